@@ -1,0 +1,41 @@
+# The two set-up commands of the README:
+#   make demo   builds what it needs and opens a chat with the default model (offline)
+#   make test   builds what it needs and runs the whole suite (what CI runs)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# PyTorch's CPU build is installed before anything else, so no dependency pulls the multi-GB
+# CUDA build. Elsewhere, point TORCH_INDEX_URL at https://download.pytorch.org/whl/cpu.
+TORCH ?= torch==2.13.0
+TORCH_INDEX_URL ?=
+PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
+
+.PHONY: install test lint demo install-gpu clean
+
+$(BIN)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install "$(TORCH)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
+	$(PIP) install -e ".[dev]"
+	touch $@
+
+install: $(BIN)/.installed
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+test: lint
+	$(BIN)/python -m pytest
+
+demo: install
+	$(BIN)/chatbot demo
+
+# Serving on an NVIDIA GPU: onnxruntime-gpu replaces onnxruntime (they share a module name).
+install-gpu: install
+	$(PIP) uninstall -y onnxruntime
+	$(PIP) install --force-reinstall --no-deps "onnxruntime-gpu>=1.20"
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
