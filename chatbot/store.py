@@ -1,0 +1,646 @@
+"""The conversation store: conversations, their turns and the feedback users gave.
+
+The engine depends only on the :class:`Store` protocol. :class:`SQLStore` implements it with
+SQLAlchemy Core, so the same SQL serves a SQLite file (one process, the default) and later
+PostgreSQL (several replicas). Every public write is one transaction, committed when the method
+returns; records handed out are frozen copies (see :mod:`chatbot.types`).
+
+Nothing is ever deleted: :meth:`Store.reset` starts a new *epoch* of a conversation, so the
+history the engine sees starts over while :meth:`Store.transcript` still returns every turn.
+
+The schema carries a version number. Opening a store runs the migrations in :data:`MIGRATIONS`
+that the database has not seen yet; a database written by a newer version is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Row,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import StaticPool
+from sqlalchemy.types import TypeDecorator
+
+from chatbot.errors import InvalidMessage, StoreError, UnknownConversation, UnknownMessage
+from chatbot.types import ROLES, Conversation, Feedback, Message, Role
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLStore", "Store", "open_store"]
+
+BUSY_TIMEOUT_MS = 10_000  # how long a SQLite writer waits for another process's lock
+_WRITE = "chatbot_write"  # execution option: this transaction writes (SQLite: BEGIN IMMEDIATE)
+
+
+@runtime_checkable
+class Store(Protocol):
+    """What the engine needs from a conversation store."""
+
+    def open_conversation(
+        self,
+        conversation_id: str,
+        *,
+        system_prompt: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Conversation:
+        """Start a conversation, or resume it (then the stored prompt and metadata are kept)."""
+        ...
+
+    def get_conversation(self, conversation_id: str) -> Conversation:
+        """A conversation with its current history (since the last reset), ordered by seq."""
+        ...
+
+    def append_message(
+        self, conversation_id: str, role: Role, content: str, *, meta: dict[str, Any] | None = None
+    ) -> Message:
+        """Store one turn; it is durable when this returns."""
+        ...
+
+    def add_feedback(self, message_id: int, rating: int, *, comment: str | None = None) -> Feedback:
+        """Record a +1/-1 rating of an assistant reply (every rating is kept)."""
+        ...
+
+    def feedback(self, conversation_id: str) -> tuple[Feedback, ...]:
+        """All feedback of a conversation, oldest first (the latest per message wins)."""
+        ...
+
+    def reset(self, conversation_id: str) -> None:
+        """Start the history over; earlier turns stay in the transcript."""
+        ...
+
+    def transcript(self, conversation_id: str) -> tuple[Message, ...]:
+        """Every turn ever stored in a conversation, across resets, ordered by seq."""
+        ...
+
+    def conversation_ids(self, *, limit: int = 100, offset: int = 0) -> list[str]:
+        """Conversation ids, most recently updated first."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; the store cannot be used afterwards."""
+        ...
+
+
+# --------------------------------------------------------------------------- schema
+
+
+class _UTCText(TypeDecorator[datetime]):
+    """A timezone-aware datetime stored as fixed-width UTC ISO 8601 text (sorts by time)."""
+
+    impl = String(32)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> str | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"store timestamps must be timezone-aware, got {value!r}")
+        return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+    def process_result_value(self, value: str | None, dialect: Any) -> datetime | None:
+        return None if value is None else datetime.fromisoformat(value)
+
+
+_ID = BigInteger().with_variant(Integer(), "sqlite")  # INTEGER PRIMARY KEY is SQLite's rowid
+
+metadata_obj = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+conversations = Table(
+    "chatbot_conversations",
+    metadata_obj,
+    Column("id", Text, primary_key=True),
+    Column("created_at", _UTCText, nullable=False),
+    Column("updated_at", _UTCText, nullable=False, index=True),
+    Column("system_prompt", Text, nullable=True),
+    Column("metadata", Text, nullable=False),  # a JSON object
+    Column("epoch", Integer, nullable=False, default=0),
+)
+
+messages = Table(
+    "chatbot_messages",
+    metadata_obj,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("conversation_id", Text, ForeignKey(conversations.c.id), nullable=False),
+    Column("epoch", Integer, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("content", Text, nullable=False),
+    Column("meta", Text, nullable=False),  # a JSON object
+    Column("created_at", _UTCText, nullable=False),
+    UniqueConstraint("conversation_id", "seq"),
+    sqlite_autoincrement=True,  # ids are never reused: feedback points at them
+)
+
+feedback = Table(
+    "chatbot_feedback",
+    metadata_obj,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("message_id", _ID, ForeignKey(messages.c.id), nullable=False),
+    Column("conversation_id", Text, ForeignKey(conversations.c.id), nullable=False),
+    Column("rating", Integer, nullable=False),
+    Column("comment", Text, nullable=True),
+    Column("created_at", _UTCText, nullable=False),
+    Index(None, "conversation_id"),
+    sqlite_autoincrement=True,
+)
+
+schema_version = Table(
+    "chatbot_schema_version",
+    metadata_obj,
+    Column("version", Integer, nullable=False),
+)
+
+Migration = Callable[[Connection], None]
+
+
+def _create_v1(conn: Connection) -> None:
+    """Version 1: the conversations, messages and feedback tables.
+
+    Today's table definitions *are* version 1. The first migration that changes a table must
+    freeze the version-1 definitions here, so a fresh database is built step by step.
+    """
+    metadata_obj.create_all(conn, tables=[conversations, messages, feedback])
+
+
+# MIGRATIONS[i] takes a database from version i to version i + 1, inside one transaction.
+# Opening a store reads len(MIGRATIONS) at that moment, so a test can append a migration.
+# Issue 9 replaces this with Alembic for PostgreSQL; keep the two in step until then.
+MIGRATIONS: list[Migration] = [_create_v1]
+SCHEMA_VERSION: int = len(MIGRATIONS)
+
+
+def _read_version(conn: Connection) -> int:
+    """The database's schema version; 0 for a fresh database."""
+    schema_version.create(conn, checkfirst=True)
+    return conn.scalar(select(func.max(schema_version.c.version))) or 0
+
+
+def _migrate(conn: Connection, name: str) -> None:
+    """Bring the database to the newest schema version, or refuse a newer one."""
+    target = len(MIGRATIONS)
+    version = _read_version(conn)
+    if version > target:
+        raise StoreError(
+            f"the conversation store {name} has schema version {version}, but this chatbot "
+            f"only knows versions up to {target}: it was written by a newer version of chatbot",
+            hint="upgrade the chatbot package (pip install -U chatbot), or use another store",
+        )
+    for step in range(version, target):
+        MIGRATIONS[step](conn)
+    if version != target:
+        conn.execute(delete(schema_version))
+        conn.execute(insert(schema_version).values(version=target))
+
+
+# --------------------------------------------------------------------------- engines
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    """Set durability pragmas on every new SQLite connection, and let SQLAlchemy emit BEGIN."""
+    dbapi_connection.isolation_level = None  # the driver's own BEGIN handling is off
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    """Writers take the write lock up front, so two processes never deadlock on an upgrade."""
+    mode = "IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "DEFERRED"
+    conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _is_sqlite_memory(url: URL) -> bool:
+    """Whether ``url`` names SQLite's in-memory database."""
+    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+
+
+def _create_engine(url: URL, *, echo: bool) -> Engine:
+    """An engine for ``url``; SQLite gets its pragmas, BEGIN handling and a shared memory DB."""
+    if url.get_backend_name() != "sqlite":
+        return create_engine(url, echo=echo)
+    options: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
+    if _is_sqlite_memory(url):
+        options["poolclass"] = StaticPool  # one connection, so every thread sees one database
+    engine = create_engine(url, echo=echo, **options)
+    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def _parse_url(url: str) -> URL:
+    """``url`` parsed; StoreError if it is not a database URL."""
+    try:
+        return make_url(url)
+    except sa_exc.ArgumentError as error:
+        raise StoreError(
+            f"not a database URL: {url!r}",
+            hint="use sqlite:///path/to/chat.db, postgresql://user@host/db or a file path",
+        ) from error
+
+
+def _display_name(url: URL) -> str:
+    """The file of a SQLite store, else the URL without its password."""
+    if url.get_backend_name() == "sqlite":
+        return ":memory:" if _is_sqlite_memory(url) else str(url.database)
+    return url.render_as_string(hide_password=True)
+
+
+def _engine_or_error(url: URL, *, echo: bool, name: str) -> Engine:
+    """The engine for ``url``; StoreError for an unknown scheme or a missing driver."""
+    try:
+        return _create_engine(url, echo=echo)
+    except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ImportError) as error:
+        raise StoreError(
+            f"cannot open the conversation store {name}: {error}",
+            hint="check the URL's scheme and install its driver (for PostgreSQL: pip install "
+            "'psycopg[binary]' and use postgresql+psycopg://)",
+        ) from error
+
+
+# --------------------------------------------------------------------------- records
+
+
+def _now() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(timezone.utc)
+
+
+def _encode_json(value: dict[str, Any] | None, what: str) -> str:
+    """``value`` as JSON text; rejects what JSON cannot hold so reads give back the same."""
+    if value is None:
+        return "{}"
+    if not isinstance(value, dict):
+        raise InvalidMessage(f"{what} must be a dict, got {type(value).__name__}")
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError) as error:
+        raise InvalidMessage(
+            f"{what} cannot be stored as JSON: {error}",
+            hint="use only str, int, float, bool, None, lists and dicts with str keys",
+        ) from error
+
+
+def _message(row: Row[Any]) -> Message:
+    """A messages row as a record (with its own meta dict)."""
+    return Message(
+        id=row.id,
+        conversation_id=row.conversation_id,
+        seq=row.seq,
+        role=row.role,
+        content=row.content,
+        created_at=row.created_at,
+        meta=json.loads(row.meta),
+    )
+
+
+def _feedback(row: Row[Any]) -> Feedback:
+    """A feedback row as a record."""
+    return Feedback(
+        id=row.id,
+        message_id=row.message_id,
+        conversation_id=row.conversation_id,
+        rating=row.rating,
+        comment=row.comment,
+        created_at=row.created_at,
+    )
+
+
+def _unknown_conversation(conversation_id: str) -> UnknownConversation:
+    """The error for a conversation id the store does not know."""
+    return UnknownConversation(
+        f"no conversation {conversation_id!r} in the store",
+        hint="start it with open_conversation() first, or check the id",
+    )
+
+
+def _check_conversation_id(conversation_id: str) -> None:
+    """Reject an empty or non-string conversation id before it is stored."""
+    if not isinstance(conversation_id, str) or not conversation_id:
+        raise InvalidMessage(
+            f"a conversation id must be a non-empty string, got {conversation_id!r}",
+            hint="use the channel's chat or session id",
+        )
+
+
+def _check_turn(role: str, content: str) -> None:
+    """Reject a turn with an unknown role or non-text content."""
+    if role not in ROLES:
+        raise InvalidMessage(f"unknown role {role!r}", hint=f"use one of {', '.join(ROLES)}")
+    if not isinstance(content, str):
+        raise InvalidMessage(f"message content must be a string, got {type(content).__name__}")
+
+
+def _check_rating(rating: int, comment: str | None) -> None:
+    """Reject a rating other than +1/-1 (bools too) and a comment that is not text."""
+    if isinstance(rating, bool) or rating not in (1, -1):
+        raise InvalidMessage(
+            f"a rating must be +1 or -1, got {rating!r}", hint="send 1 (thumbs up) or -1 (down)"
+        )
+    if comment is not None and not isinstance(comment, str):
+        raise InvalidMessage(f"a feedback comment must be a string, got {type(comment).__name__}")
+
+
+# --------------------------------------------------------------------------- queries
+
+
+def _epoch(conn: Connection, conversation_id: str) -> int:
+    """The conversation's current epoch; raises UnknownConversation."""
+    epoch = conn.scalar(select(conversations.c.epoch).where(conversations.c.id == conversation_id))
+    if epoch is None:
+        raise _unknown_conversation(conversation_id)
+    return epoch
+
+
+def _touch(conn: Connection, conversation_id: str, now: datetime, *, new_epoch: bool) -> None:
+    """Mark the conversation updated (and start a new epoch if asked).
+
+    On PostgreSQL this UPDATE also locks the row until commit, so concurrent appends to one
+    conversation compute their seq one after the other; UNIQUE(conversation_id, seq) backs it up.
+    """
+    values: dict[str, Any] = {"updated_at": now}
+    if new_epoch:
+        values["epoch"] = conversations.c.epoch + 1
+    result = conn.execute(update(conversations).where(conversations.c.id == conversation_id).values(**values))
+    if result.rowcount == 0:
+        raise _unknown_conversation(conversation_id)
+
+
+def _next_seq(conn: Connection, conversation_id: str) -> int:
+    """The seq the next turn of the conversation gets (seq counts on across resets)."""
+    last = select(func.max(messages.c.seq)).where(messages.c.conversation_id == conversation_id)
+    return (conn.scalar(last) or 0) + 1
+
+
+def _insert_if_absent(conn: Connection, values: dict[str, Any]) -> None:
+    """Create a conversation row unless one with that id exists (atomically where supported)."""
+    dialects = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+    dialect_insert = dialects.get(conn.dialect.name)
+    if dialect_insert is not None:
+        statement = dialect_insert(conversations).on_conflict_do_nothing(index_elements=["id"])
+        conn.execute(statement.values(**values))
+        return
+    found = select(conversations.c.id).where(conversations.c.id == values["id"])
+    if conn.scalar(found) is None:  # other dialects: the primary key catches a racing twin
+        conn.execute(insert(conversations).values(**values))
+
+
+def _read_messages(conn: Connection, conversation_id: str, *, epoch: int | None) -> tuple[Message, ...]:
+    """The conversation's turns in one epoch (all epochs when ``epoch`` is None), by seq."""
+    query = select(messages).where(messages.c.conversation_id == conversation_id)
+    if epoch is not None:
+        query = query.where(messages.c.epoch == epoch)
+    return tuple(_message(row) for row in conn.execute(query.order_by(messages.c.seq)))
+
+
+def _read_conversation(conn: Connection, conversation_id: str) -> Conversation:
+    """A conversation with its current epoch's turns; raises UnknownConversation."""
+    row = conn.execute(select(conversations).where(conversations.c.id == conversation_id)).first()
+    if row is None:
+        raise _unknown_conversation(conversation_id)
+    return Conversation(
+        id=row.id,
+        created_at=row.created_at,
+        system_prompt=row.system_prompt,
+        metadata=json.loads(row.metadata),
+        messages=_read_messages(conn, conversation_id, epoch=row.epoch),
+    )
+
+
+def _rated_conversation(conn: Connection, message_id: int) -> str:
+    """The conversation of the assistant message ``message_id``; feedback goes on nothing else."""
+    query = select(messages.c.conversation_id, messages.c.role).where(messages.c.id == message_id)
+    rated = conn.execute(query).first()
+    if rated is None:
+        raise UnknownMessage(
+            f"no message {message_id} in the store",
+            hint="use the message_id of a reply the engine returned",
+        )
+    if rated.role != "assistant":
+        raise InvalidMessage(
+            f"message {message_id} is a {rated.role} message; only assistant replies take feedback",
+            hint="rate the reply's message_id, not the user's turn",
+        )
+    return rated.conversation_id
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class SQLStore:
+    """A :class:`Store` in any database SQLAlchemy reaches (SQLite now, PostgreSQL next).
+
+    Safe to share between threads: SQLite calls are serialized by a lock (SQLite has one
+    writer anyway, and the in-memory database is one shared connection); other databases
+    rely on their own locking.
+    """
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        parsed = _parse_url(url)
+        self._name = _display_name(parsed)
+        self._closed = False
+        self._lock: AbstractContextManager[Any] = (
+            threading.RLock() if parsed.get_backend_name() == "sqlite" else nullcontext()
+        )
+        self._engine = _engine_or_error(parsed, echo=echo, name=self._name)
+        try:
+            with self._transaction(write=True) as conn:
+                _migrate(conn, self._name)
+        except BaseException:
+            self._engine.dispose()
+            raise
+
+    @classmethod
+    def sqlite(cls, path: str | os.PathLike[str]) -> SQLStore:
+        """A store in a SQLite file (created with its parent folders if missing)."""
+        location = Path(path).expanduser()
+        try:
+            location.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StoreError(
+                f"cannot create the folder for the conversation store {location}: {error}",
+                hint="choose a path in a folder you can write to",
+            ) from error
+        return cls(URL.create("sqlite+pysqlite", database=str(location)).render_as_string())
+
+    @classmethod
+    def memory(cls) -> SQLStore:
+        """A store in memory, shared by all threads, gone on close (for tests)."""
+        return cls("sqlite+pysqlite://")
+
+    def __repr__(self) -> str:
+        return f"SQLStore({self._name!r})"
+
+    def __enter__(self) -> SQLStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[Connection]:
+        """One transaction, committed on exit; database failures become StoreError."""
+        with self._lock:
+            if self._closed:
+                raise StoreError(
+                    f"the conversation store {self._name} is closed",
+                    hint="open it again with open_store()",
+                )
+            try:
+                with self._engine.connect() as conn:
+                    conn.execution_options(**{_WRITE: write})
+                    with conn.begin():
+                        yield conn
+            except sa_exc.DBAPIError as error:
+                raise StoreError(
+                    f"the conversation store {self._name} failed: {error.orig}",
+                    hint="check that it is a chatbot store and the disk or server is healthy",
+                ) from error
+
+    def open_conversation(
+        self,
+        conversation_id: str,
+        *,
+        system_prompt: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Conversation:
+        """Start a conversation, or resume it (then the stored prompt and metadata are kept)."""
+        _check_conversation_id(conversation_id)
+        now = _now()
+        values = {
+            "id": conversation_id,
+            "created_at": now,
+            "updated_at": now,
+            "system_prompt": system_prompt,
+            "metadata": _encode_json(metadata, "metadata"),
+            "epoch": 0,
+        }
+        with self._transaction(write=True) as conn:
+            _insert_if_absent(conn, values)
+            return _read_conversation(conn, conversation_id)
+
+    def get_conversation(self, conversation_id: str) -> Conversation:
+        """A conversation with its current history (since the last reset), ordered by seq."""
+        with self._transaction(write=False) as conn:
+            return _read_conversation(conn, conversation_id)
+
+    def append_message(
+        self, conversation_id: str, role: Role, content: str, *, meta: dict[str, Any] | None = None
+    ) -> Message:
+        """Store one turn with the next seq of its conversation; durable when this returns."""
+        _check_turn(role, content)
+        encoded, now = _encode_json(meta, "meta"), _now()
+        fields: dict[str, Any] = {
+            "conversation_id": conversation_id,
+            "role": role,
+            "content": content,
+            "created_at": now,
+        }
+        with self._transaction(write=True) as conn:
+            _touch(conn, conversation_id, now, new_epoch=False)
+            epoch, seq = _epoch(conn, conversation_id), _next_seq(conn, conversation_id)
+            row = fields | {"epoch": epoch, "seq": seq, "meta": encoded}
+            message_id = conn.execute(insert(messages).values(row)).inserted_primary_key[0]
+        return Message(id=message_id, seq=seq, meta=json.loads(encoded), **fields)
+
+    def add_feedback(self, message_id: int, rating: int, *, comment: str | None = None) -> Feedback:
+        """Record a +1/-1 rating of an assistant reply; earlier ratings of it are kept too."""
+        _check_rating(rating, comment)
+        fields: dict[str, Any] = {
+            "message_id": message_id,
+            "rating": rating,
+            "comment": comment,
+            "created_at": _now(),
+        }
+        with self._transaction(write=True) as conn:
+            conversation_id = _rated_conversation(conn, message_id)
+            row = fields | {"conversation_id": conversation_id}
+            feedback_id = conn.execute(insert(feedback).values(row)).inserted_primary_key[0]
+        return Feedback(id=feedback_id, conversation_id=conversation_id, **fields)
+
+    def feedback(self, conversation_id: str) -> tuple[Feedback, ...]:
+        """All feedback of a conversation, oldest first (the latest rating of a message wins)."""
+        query = select(feedback).where(feedback.c.conversation_id == conversation_id)
+        with self._transaction(write=False) as conn:
+            _epoch(conn, conversation_id)
+            return tuple(_feedback(row) for row in conn.execute(query.order_by(feedback.c.id)))
+
+    def reset(self, conversation_id: str) -> None:
+        """Start the history over; the earlier turns stay in the transcript."""
+        with self._transaction(write=True) as conn:
+            _touch(conn, conversation_id, _now(), new_epoch=True)
+
+    def transcript(self, conversation_id: str) -> tuple[Message, ...]:
+        """Every turn ever stored in a conversation, across resets, ordered by seq."""
+        with self._transaction(write=False) as conn:
+            _epoch(conn, conversation_id)
+            return _read_messages(conn, conversation_id, epoch=None)
+
+    def conversation_ids(self, *, limit: int = 100, offset: int = 0) -> list[str]:
+        """Conversation ids, most recently updated first."""
+        if limit < 0 or offset < 0:
+            raise ValueError(f"limit and offset must be >= 0, got {limit} and {offset}")
+        query = (
+            select(conversations.c.id)
+            .order_by(conversations.c.updated_at.desc(), conversations.c.id)
+            .limit(limit)
+            .offset(offset)
+        )
+        with self._transaction(write=False) as conn:
+            return list(conn.scalars(query))
+
+    def close(self) -> None:
+        """Release every connection; later calls raise StoreError. Closing twice is fine."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._engine.dispose()
+
+
+def open_store(url_or_path: str | os.PathLike[str]) -> SQLStore:
+    """Open a store from a database URL, a SQLite file path, or ``":memory:"``."""
+    if isinstance(url_or_path, str):
+        if url_or_path == ":memory:":
+            return SQLStore.memory()
+        if "://" in url_or_path:
+            return SQLStore(url_or_path)
+    return SQLStore.sqlite(url_or_path)
