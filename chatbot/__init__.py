@@ -1,0 +1,62 @@
+"""chatbot: a customer-service chatbot engine serving fine-tuned GPT-2 models with ONNX Runtime.
+
+The public API, all a channel may touch::
+
+    from chatbot import Engine
+    engine = Engine.from_folder("models/current", store="conversations.db")
+    conversation = engine.start()
+    reply = engine.reply(conversation.id, "Where is my order?")
+    print(reply.text, reply.confidence, reply.handover)
+"""
+
+from __future__ import annotations
+
+from chatbot.channels import Channel, ChannelInfo, available_channels, find_channel
+from chatbot.engine import Engine, EngineConfig, ReplyStream
+from chatbot.errors import (
+    ChannelError,
+    ChatbotError,
+    ExportError,
+    InvalidMessage,
+    MessageTooLong,
+    ModelFolderError,
+    StoreError,
+    UnknownConversation,
+    UnknownMessage,
+)
+from chatbot.folder import ModelFolder
+from chatbot.generation import Generator, OnnxGenerator, Token
+from chatbot.store import SQLStore, Store, open_store
+from chatbot.types import Conversation, Feedback, GenerationConfig, Message, Reply, Role
+
+__all__ = [
+    "Channel",
+    "ChannelError",
+    "ChannelInfo",
+    "ChatbotError",
+    "Conversation",
+    "Engine",
+    "EngineConfig",
+    "ExportError",
+    "Feedback",
+    "GenerationConfig",
+    "Generator",
+    "InvalidMessage",
+    "Message",
+    "MessageTooLong",
+    "ModelFolder",
+    "ModelFolderError",
+    "OnnxGenerator",
+    "Reply",
+    "ReplyStream",
+    "Role",
+    "SQLStore",
+    "Store",
+    "StoreError",
+    "Token",
+    "UnknownConversation",
+    "UnknownMessage",
+    "available_channels",
+    "find_channel",
+    "open_store",
+]

@@ -1,0 +1,320 @@
+"""The engine: conversations in, replies out. The only API a channel may use.
+
+>>> engine = Engine.from_folder("models/current", store="conversations.db")   # doctest: +SKIP
+>>> conversation = engine.start()                                             # doctest: +SKIP
+>>> engine.reply(conversation.id, "Where is my order?").text                  # doctest: +SKIP
+>>> for delta in engine.stream(conversation.id, "Thanks!"):                   # doctest: +SKIP
+...     print(delta, end="")
+
+A user turn is committed to the store before generation starts and the reply after it, so a
+process killed mid-reply loses no acknowledged turn. Many conversations may be served from many
+threads at once; turns of one conversation are serialised so their order is kept.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import unicodedata
+import uuid
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from chatbot.errors import InvalidMessage
+from chatbot.folder import ModelFolder
+from chatbot.generation import Generator, OnnxGenerator, Token
+from chatbot.prompt import Prompt, build_prompt
+from chatbot.store import SQLStore, Store, open_store
+from chatbot.textstream import IncrementalDecoder
+from chatbot.types import Conversation, Feedback, FinishReason, GenerationConfig, Message, Reply
+
+ALLOWED_CONTROL = {"\n", "\r", "\t"}
+RATINGS = {"up": 1, "down": -1, 1: 1, -1: -1}
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the engine answers. Every field has a default that suits a first run."""
+
+    generation: GenerationConfig = field(default_factory=GenerationConfig)  # reply settings
+    system_prompt: str | None = None  # used for conversations started without their own
+    max_message_chars: int = 4000  # longer user messages are refused, not cut
+    handover_below: float | None = -2.5  # mean token log-prob under which a person takes over
+
+
+class _ConversationLock:
+    """A lock per conversation id, weakly kept so idle conversations cost no memory."""
+
+    __slots__ = ("__weakref__", "lock")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+
+class ReplyStream:
+    """Text deltas of a reply as they are generated; ``reply`` holds the record once it is done.
+
+    Closing the stream early (a customer left) stores what was written so far, marked
+    ``finish_reason="cancelled"``.
+    """
+
+    def __init__(self, answer: Callable[[ReplyStream], Iterator[str]]) -> None:
+        self.reply: Reply | None = None
+        self._deltas = answer(self)
+
+    def __iter__(self) -> Iterator[str]:
+        return self._deltas
+
+    def close(self) -> None:
+        self._deltas.close()  # type: ignore[attr-defined]
+
+    def __enter__(self) -> ReplyStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Engine:
+    """Serves one model folder over one conversation store.
+
+    Build it with :meth:`from_folder`, or pass the parts yourself (a :class:`Generator` other than
+    ONNX Runtime, for example the transformers reference in tests).
+    """
+
+    def __init__(
+        self,
+        *,
+        folder: ModelFolder,
+        store: Store,
+        generator: Generator | None = None,
+        config: EngineConfig | None = None,
+    ) -> None:
+        self.folder = folder
+        self.store = store
+        self.generator: Generator = generator or OnnxGenerator(folder)
+        self.config = config or EngineConfig()
+        self._locks: weakref.WeakValueDictionary[str, _ConversationLock] = weakref.WeakValueDictionary()
+        self._locks_guard = threading.Lock()
+
+    @classmethod
+    def from_folder(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        store: Store | str | os.PathLike[str] | None = None,
+        device: str | None = None,
+        config: EngineConfig | None = None,
+    ) -> Engine:
+        """An engine on the model folder at ``path``.
+
+        ``store`` is a :class:`Store`, a SQLite file path or a SQLAlchemy URL; ``None`` keeps
+        conversations in memory only. ``device`` is "auto" (default), "cpu" or "cuda".
+        """
+        folder = ModelFolder(path)
+        generator = OnnxGenerator(folder, device=device)
+        if store is None:
+            store = SQLStore.memory()
+        elif isinstance(store, (str, os.PathLike)):
+            store = open_store(store)
+        return cls(folder=folder, store=store, generator=generator, config=config)
+
+    # -- conversations -------------------------------------------------------------------
+
+    def start(
+        self,
+        conversation_id: str | None = None,
+        *,
+        system_prompt: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Conversation:
+        """Start a conversation, or resume it when ``conversation_id`` is already stored."""
+        return self.store.open_conversation(
+            conversation_id or uuid.uuid4().hex,
+            system_prompt=system_prompt if system_prompt is not None else self.config.system_prompt,
+            metadata=dict(metadata or {}),
+        )
+
+    def get(self, conversation_id: str) -> Conversation:
+        """The conversation and its history since the last reset."""
+        return self.store.get_conversation(conversation_id)
+
+    def reset(self, conversation_id: str) -> None:
+        """Start the conversation over; earlier turns stay in the store for audit and training."""
+        with self._lock(conversation_id):
+            self.store.reset(conversation_id)
+
+    def feedback(self, message_id: int, rating: int | str, *, comment: str | None = None) -> Feedback:
+        """Record a thumbs up (+1 / "up") or down (-1 / "down") on an assistant reply."""
+        if rating not in RATINGS:
+            raise InvalidMessage(f"a rating is 'up' or 'down' (or +1 / -1), not {rating!r}")
+        return self.store.add_feedback(message_id, RATINGS[rating], comment=comment)
+
+    # -- replies -------------------------------------------------------------------------
+
+    def check_message(self, text: object) -> str:
+        """Return ``text`` if the engine accepts it as a user message; raise InvalidMessage otherwise."""
+        if not isinstance(text, str):
+            raise InvalidMessage(f"a message is text, not {type(text).__name__}")
+        if not text.strip():
+            raise InvalidMessage("the message is empty", hint="type a question or a request")
+        limit = self.config.max_message_chars
+        if len(text) > limit:
+            raise InvalidMessage(
+                f"the message is {len(text)} characters long; the limit is {limit}",
+                hint="shorten it or send it in several parts",
+            )
+        for position, char in enumerate(text):
+            if unicodedata.category(char) in ("Cc", "Cs") and char not in ALLOWED_CONTROL:
+                raise InvalidMessage(
+                    f"the message contains a control character (U+{ord(char):04X}) at position {position}",
+                    hint="remove it; only line breaks and tabs are allowed",
+                )
+        for marker in self.folder.reserved_markers:
+            if marker in text:
+                raise InvalidMessage(
+                    f"the message contains {marker!r}, which this model reserves for its own use",
+                    hint="remove it",
+                )
+        return text
+
+    def reply(self, conversation_id: str, text: str, *, generation: GenerationConfig | None = None) -> Reply:
+        """Answer ``text`` in the conversation and return the whole reply."""
+        stream = self.stream(conversation_id, text, generation=generation)
+        for _ in stream:
+            pass
+        assert stream.reply is not None
+        return stream.reply
+
+    def stream(
+        self, conversation_id: str, text: str, *, generation: GenerationConfig | None = None
+    ) -> ReplyStream:
+        """Answer ``text`` as a stream of text deltas; bad input and unknown ids raise at once."""
+        text = self.check_message(text)
+        self.store.get_conversation(conversation_id)  # raises UnknownConversation now, not mid-stream
+        settings = generation or self.config.generation
+        return ReplyStream(lambda stream: self._answer(stream, conversation_id, text, settings))
+
+    def _answer(
+        self, stream: ReplyStream, conversation_id: str, text: str, generation: GenerationConfig
+    ) -> Iterator[str]:
+        started = time.perf_counter()
+        with self._lock(conversation_id):
+            conversation = self.store.get_conversation(conversation_id)
+            prompt = self._prompt(conversation, text, generation)  # may refuse: store unchanged
+            self.store.append_message(conversation_id, "user", text)  # acknowledged before generating
+            tokens: list[Token] = []
+            pieces: list[str] = []  # what was streamed: the stored text is exactly their sum
+            finish: FinishReason = "error"
+            try:
+                for delta in self._deltas(prompt, generation, tokens):
+                    pieces.append(delta)
+                    yield delta
+                finish = "stop" if tokens and tokens[-1].id in self.generator.stop_token_ids else "length"
+            except GeneratorExit:
+                finish = "cancelled"  # the reader stopped early: keep what was written
+                raise
+            finally:
+                text = "".join(pieces)
+                stream.reply = self._record(conversation_id, prompt, text, tokens, finish, started)
+
+    def _deltas(self, prompt: Prompt, generation: GenerationConfig, tokens: list[Token]) -> Iterator[str]:
+        """Text deltas of the reply, never splitting a character, stripped at both ends."""
+        decoder = IncrementalDecoder(self.folder.tokenizer)
+        trim = _Trim()
+        for token in self.generator.generate(prompt.token_ids, generation):
+            tokens.append(token)
+            if token.id in self.generator.stop_token_ids:
+                break
+            if delta := trim.push(decoder.push(token.id)):
+                yield delta
+        if delta := trim.push(decoder.flush()):
+            yield delta
+
+    def _prompt(self, conversation: Conversation, text: str, generation: GenerationConfig) -> Prompt:
+        pending = Message(-1, conversation.id, -1, "user", text, conversation.created_at)
+        return build_prompt(
+            self.folder,
+            (*conversation.messages, pending),
+            system_prompt=conversation.system_prompt,
+            max_new_tokens=generation.max_new_tokens,
+        )
+
+    def _record(
+        self,
+        conversation_id: str,
+        prompt: Prompt,
+        text: str,
+        tokens: list[Token],
+        finish: FinishReason,
+        started: float,
+    ) -> Reply:
+        """Store the assistant turn and return its reply record."""
+        confidence = sum(t.logprob for t in tokens) / len(tokens) if tokens else float("-inf")
+        threshold = self.config.handover_below
+        handover = not text or (threshold is not None and confidence < threshold)
+        meta: dict[str, Any] = {
+            "confidence": confidence,
+            "handover": handover,
+            "prompt_tokens": len(prompt.token_ids),
+            "reply_tokens": len(tokens),
+            "finish_reason": finish,
+            "dropped_turns": prompt.dropped_turns,
+            "model": self.folder.name,
+        }
+        meta["latency_s"] = time.perf_counter() - started
+        message = self.store.append_message(conversation_id, "assistant", text, meta=meta)
+        fields = {k: v for k, v in meta.items() if k != "model"}
+        return Reply(text=text, conversation_id=conversation_id, message_id=message.id, **fields)
+
+    def _lock(self, conversation_id: str) -> _HeldLock:
+        with self._locks_guard:
+            holder = self._locks.get(conversation_id)
+            if holder is None:
+                holder = self._locks[conversation_id] = _ConversationLock()
+        return _HeldLock(holder)
+
+    def close(self) -> None:
+        """Close the store."""
+        self.store.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Trim:
+    """Drops leading whitespace and holds trailing whitespace back, so that the streamed deltas add
+    up to exactly the stored (stripped) reply text."""
+
+    def __init__(self) -> None:
+        self._started = False
+        self._held = ""
+
+    def push(self, delta: str) -> str:
+        if not self._started:
+            delta = delta.lstrip()
+            self._started = bool(delta)
+        body = (self._held + delta).rstrip()
+        self._held = (self._held + delta)[len(body) :]
+        return body
+
+
+class _HeldLock:
+    """Context manager on a conversation lock; its strong reference keeps the lock alive in use."""
+
+    __slots__ = ("holder",)
+
+    def __init__(self, holder: _ConversationLock) -> None:
+        self.holder = holder
+
+    def __enter__(self) -> None:
+        self.holder.lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.holder.lock.release()

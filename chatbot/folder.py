@@ -1,0 +1,160 @@
+"""Loading and validating a model folder (the contract between training and the engine).
+
+A model folder holds the Hugging Face files (``config.json``, ``tokenizer.json``,
+``tokenizer_config.json`` with the ``chat_template``, safetensors weights), the ONNX export
+(``onnx/model.onnx``) and ``card.json``. Serving reads only what it needs and never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer
+
+from chatbot.errors import ModelFolderError
+from chatbot.template import END_OF_TEXT, END_OF_TURN, ChatTemplate
+
+TRAIN_HINT = "create it with `chatbot train` (or `chatbot demo` for the default model)"
+EXPORT_HINT = "run `chatbot export {folder}` to write it"
+
+# file -> how to make it again
+REQUIRED_FILES = {
+    "config.json": TRAIN_HINT,
+    "tokenizer.json": TRAIN_HINT,
+    "tokenizer_config.json": TRAIN_HINT,
+    "onnx/model.onnx": EXPORT_HINT,
+    "card.json": EXPORT_HINT,
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The few facts about the network the engine needs (read from ``config.json``)."""
+
+    n_positions: int  # context window in tokens
+    n_layer: int
+    n_head: int
+    head_dim: int
+    vocab_size: int
+
+
+class ModelFolder:
+    """A validated model folder.
+
+    >>> folder = ModelFolder("models/current")   # doctest: +SKIP
+    >>> folder.spec.n_positions                   # doctest: +SKIP
+    1024
+
+    Raises :class:`ModelFolderError` naming the missing or broken file and the command that
+    makes it.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path).expanduser()
+        if not self.path.is_dir():
+            raise ModelFolderError(
+                f"model folder {self.path} does not exist or is not a folder", hint=TRAIN_HINT
+            )
+        for name, hint in REQUIRED_FILES.items():
+            if not (self.path / name).is_file():
+                raise ModelFolderError(
+                    f"model folder {self.path} has no {name}", hint=hint.format(folder=self.path)
+                )
+        # Read everything once, up front, so a broken file fails at start-up, not mid-reply.
+        self.config = self._read_json("config.json")
+        self.tokenizer_config = self._read_json("tokenizer_config.json")
+        self.card = self._read_json("card.json")
+        self.spec = self._spec()
+        self.tokenizer = self._tokenizer()
+        self.template = self._template()
+        self.stop_token_ids = self._stop_token_ids()
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.path / "onnx" / "model.onnx"
+
+    @property
+    def name(self) -> str:
+        return str(self.card.get("name") or self.path.name)
+
+    def _read_json(self, name: str) -> dict[str, Any]:
+        file = self.path / name
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ModelFolderError(
+                f"{file} is not readable JSON: {error}", hint=REQUIRED_FILES.get(name, TRAIN_HINT)
+            ) from error
+        if not isinstance(data, dict):
+            raise ModelFolderError(f"{file} must hold a JSON object", hint=TRAIN_HINT)
+        return data
+
+    def _spec(self) -> ModelSpec:
+        cfg = self.config
+        try:
+            n_embd, n_head = int(cfg["n_embd"]), int(cfg["n_head"])
+            return ModelSpec(
+                n_positions=int(cfg["n_positions"]),
+                n_layer=int(cfg["n_layer"]),
+                n_head=n_head,
+                head_dim=n_embd // n_head,
+                vocab_size=int(cfg["vocab_size"]),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelFolderError(
+                f"{self.path / 'config.json'} is not a GPT-2 config (missing or bad {error})",
+                hint="the engine serves GPT-2 models; " + TRAIN_HINT,
+            ) from error
+
+    def _tokenizer(self) -> Tokenizer:
+        file = self.path / "tokenizer.json"
+        try:
+            return Tokenizer.from_file(str(file))
+        except Exception as error:  # tokenizers raises a bare Exception on a broken file
+            raise ModelFolderError(f"{file} is not a valid tokenizer: {error}", hint=TRAIN_HINT) from error
+
+    def _template(self) -> ChatTemplate:
+        source = self.tokenizer_config.get("chat_template")
+        if not isinstance(source, str) or not source.strip():
+            raise ModelFolderError(
+                f"{self.path / 'tokenizer_config.json'} has no chat_template",
+                hint="the chat template belongs in the model folder; " + TRAIN_HINT,
+            )
+        special = {
+            key: value
+            for key in ("bos_token", "eos_token", "pad_token", "unk_token")
+            if isinstance(value := self.tokenizer_config.get(key), str)
+        }
+        return ChatTemplate(source, special_tokens=special)
+
+    def _stop_token_ids(self) -> tuple[int, ...]:
+        """Tokens that end a reply: generation_config.json's eos ids, else <|end|> and <|endoftext|>."""
+        file = self.path / "generation_config.json"
+        ids: list[int] = []
+        if file.is_file():
+            eos = self._read_json("generation_config.json").get("eos_token_id")
+            ids = [eos] if isinstance(eos, int) else [int(i) for i in eos or []]
+        if not ids:
+            ids = [i for t in (END_OF_TURN, END_OF_TEXT) if (i := self.tokenizer.token_to_id(t)) is not None]
+        if not ids:
+            raise ModelFolderError(
+                f"{self.path} defines no end-of-turn token, so replies would never stop",
+                hint=f"add {END_OF_TURN} to the tokenizer and eos_token_id to generation_config.json",
+            )
+        return tuple(ids)
+
+    @cached_property
+    def reserved_markers(self) -> tuple[str, ...]:
+        """Special-token strings a user may not type (they would forge turns in the prompt)."""
+        return tuple(
+            token.content for token in self.tokenizer.get_added_tokens_decoder().values() if token.special
+        )
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of an already rendered prompt (no extra special tokens, as transformers does)."""
+        return self.tokenizer.encode(text, add_special_tokens=False).ids

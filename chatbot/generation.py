@@ -1,0 +1,148 @@
+"""Generation with ONNX Runtime: the KV cache of each step feeds the next, tensors stay on the device.
+
+One :class:`Generator` interface; :class:`OnnxGenerator` is the product. It drives the optimum
+export (``onnx/model.onnx``, a decoder with past key values) through I/O binding: the
+``present.*`` outputs of one step are bound as the ``past_key_values.*`` inputs of the next
+without a copy, on the GPU when ``CUDAExecutionProvider`` is available and on the CPU otherwise.
+Only the last position's logits come back to the host to pick the next token.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import onnxruntime as ort
+
+from chatbot.errors import ChatbotError, ModelFolderError
+from chatbot.folder import ModelFolder
+from chatbot.sampling import Sampler, log_softmax
+from chatbot.types import GenerationConfig
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Token:
+    """One generated token and the log-probability the model gave it (before any sampling filter)."""
+
+    id: int
+    logprob: float
+
+
+class Generator(Protocol):
+    """Anything that continues a prompt one token at a time."""
+
+    stop_token_ids: tuple[int, ...]
+
+    def generate(self, prompt_ids: Sequence[int], config: GenerationConfig) -> Iterator[Token]:
+        """Yield new tokens; the last one is a stop token, unless ``max_new_tokens`` ran out first."""
+        ...
+
+
+def choose_providers(device: str | None = None) -> list[str]:
+    """Execution providers for ``device`` ("auto", "cpu", "cuda"; default ``$CHATBOT_DEVICE`` or auto)."""
+    device = (device or os.environ.get("CHATBOT_DEVICE") or "auto").lower()
+    if device not in DEVICES:
+        raise ChatbotError(f"unknown device {device!r}", hint=f"use one of {', '.join(DEVICES)}")
+    available = ort.get_available_providers()
+    if device == "cuda" and CUDA not in available:
+        raise ChatbotError(
+            "device 'cuda' was asked for, but this onnxruntime has no CUDAExecutionProvider",
+            hint="install the GPU build with `pip install 'chatbot[gpu]'`, or use --device cpu",
+        )
+    if device == "cpu" or CUDA not in available:
+        return [CPU]
+    return [CUDA, CPU]
+
+
+class OnnxGenerator:
+    """Greedy or sampled generation over a model folder's ONNX export.
+
+    >>> gen = OnnxGenerator(ModelFolder("models/current"))            # doctest: +SKIP
+    >>> [t.id for t in gen.generate([5, 6, 7], GenerationConfig())]   # doctest: +SKIP
+
+    The session is created once and is safe to use from many threads at once: every call to
+    :meth:`generate` has its own I/O binding and its own cache.
+    """
+
+    def __init__(self, folder: ModelFolder, *, device: str | None = None, threads: int | None = None) -> None:
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(
+                str(folder.onnx_path), options, providers=choose_providers(device)
+            )
+        except ort.capi.onnxruntime_pybind11_state.Fail as error:  # type: ignore[attr-defined]
+            raise ModelFolderError(
+                f"{folder.onnx_path} cannot be loaded by ONNX Runtime: {error}",
+                hint=f"export it again with `chatbot export {folder.path}`",
+            ) from error
+        self.spec = folder.spec
+        self.stop_token_ids = folder.stop_token_ids
+        self.device = "cuda" if self.session.get_providers()[0] == CUDA else "cpu"
+        self._past_names, self._present_names = self._cache_names(folder)
+        past_type = next(i.type for i in self.session.get_inputs() if i.name == self._past_names[0])
+        self._cache_dtype = np.float16 if "float16" in past_type else np.float32
+        self._ones = np.ones((1, self.spec.n_positions), dtype=np.int64)  # attention mask source
+
+    def _cache_names(self, folder: ModelFolder) -> tuple[list[str], list[str]]:
+        inputs = {i.name for i in self.session.get_inputs()}
+        past = [f"past_key_values.{i}.{kv}" for i in range(self.spec.n_layer) for kv in ("key", "value")]
+        missing = [n for n in (*past, "input_ids", "attention_mask", "position_ids") if n not in inputs]
+        if missing:
+            raise ModelFolderError(
+                f"{folder.onnx_path} is not a decoder with past key values (missing {missing[0]})",
+                hint=f"export it again with `chatbot export {folder.path}`",
+            )
+        return past, [n.replace("past_key_values", "present") for n in past]
+
+    def _ortvalue(self, array: np.ndarray) -> ort.OrtValue:
+        return ort.OrtValue.ortvalue_from_numpy(array, self.device, 0)
+
+    def generate(self, prompt_ids: Sequence[int], config: GenerationConfig) -> Iterator[Token]:
+        """Yield the reply's tokens one by one (see :class:`Generator`)."""
+        n_prompt = len(prompt_ids)
+        budget = min(config.max_new_tokens, self.spec.n_positions - n_prompt)
+        if n_prompt == 0 or budget < 1:
+            raise ValueError(
+                f"a prompt of {n_prompt} tokens leaves no room in a {self.spec.n_positions}-token window"
+            )
+        sampler = Sampler(config, vocab_size=self.spec.vocab_size, prompt_ids=prompt_ids)
+        binding = self.session.io_binding()
+        empty = np.zeros((1, self.spec.n_head, 0, self.spec.head_dim), dtype=self._cache_dtype)
+        past = [self._ortvalue(empty)] * len(self._past_names)
+        ids = np.asarray([prompt_ids], dtype=np.int64)  # (1, T) prefill, then (1, 1) per step
+        for step in range(budget):
+            start = n_prompt + step - ids.shape[1]  # first position of this step's input
+            logits, past = self._step(binding, ids, start, past)
+            token = sampler.pick(logits)
+            yield Token(token, float(log_softmax(logits)[token]))
+            if token in self.stop_token_ids:
+                return
+            ids = np.asarray([[token]], dtype=np.int64)
+
+    def _step(
+        self, binding: ort.IOBinding, ids: np.ndarray, start: int, past: list[ort.OrtValue]
+    ) -> tuple[np.ndarray, list[ort.OrtValue]]:
+        """Run one forward pass; return the last position's logits (vocab,) and the new cache."""
+        end = start + ids.shape[1]
+        positions = np.arange(start, end, dtype=np.int64)[None, :]
+        binding.bind_ortvalue_input("input_ids", self._ortvalue(ids))
+        binding.bind_ortvalue_input("position_ids", self._ortvalue(positions))
+        binding.bind_ortvalue_input("attention_mask", self._ortvalue(self._ones[:, :end]))
+        for name, value in zip(self._past_names, past, strict=True):
+            binding.bind_ortvalue_input(name, value)
+        binding.clear_binding_outputs()
+        binding.bind_output("logits", "cpu")
+        for name in self._present_names:
+            binding.bind_output(name, self.device)
+        self.session.run_with_iobinding(binding)
+        logits, *present = binding.get_outputs()
+        return logits.numpy()[0, -1].astype(np.float32, copy=False), present
