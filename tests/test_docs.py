@@ -1,0 +1,45 @@
+"""Meta-tests: the README keeps up with the commands, channels and environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from chatbot.channels import GROUP
+from chatbot.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_every_command_is_in_the_readme():
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name in commands.choices:
+        assert f"chatbot {name}" in README, f"`chatbot {name}` is not documented in README.md"
+
+
+def test_every_environment_variable_is_in_the_readme():
+    code = "\n".join(
+        p.read_text(encoding="utf-8")
+        for d in ("chatbot", "plugins", "training")
+        for p in (ROOT / d).rglob("*.py")
+    )
+    variables = set(re.findall(r"\bCHATBOT_[A-Z_]+\b", code))
+    assert variables, "expected the code to read some CHATBOT_* variables"
+    for variable in variables:
+        assert f"`{variable}`" in README, f"{variable} is read by the code but not documented"
+
+
+def test_every_built_in_channel_is_in_the_readme():
+    ours = [ep for ep in entry_points(group=GROUP) if ep.value.startswith("plugins.")]
+    assert ours
+    for ep in ours:
+        assert f"`{ep.name}`" in README and ep.value in README
+
+
+def test_the_two_setup_commands_are_in_the_readme_and_ci_runs_the_test_one():
+    assert "make demo" in README and "make test" in README
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
