@@ -64,7 +64,12 @@ def build_parser(*, channel_flags: dict[str, type[Channel]] | None = None) -> ar
         description="Fine-tune GPT-2 on support transcripts and serve it with ONNX Runtime.",
         epilog="Run `chatbot COMMAND --help` for a command's options.",
     )
-    parser.set_defaults(run=lambda _: parser.print_help() or 2)
+
+    def show_help(_: argparse.Namespace) -> int:
+        parser.print_help()
+        return 2
+
+    parser.set_defaults(run=show_help)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     chat = commands.add_parser("chat", help="talk to a model in the terminal")

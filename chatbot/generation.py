@@ -79,7 +79,9 @@ class OnnxGenerator:
             self.session = ort.InferenceSession(
                 str(folder.onnx_path), options, providers=choose_providers(device)
             )
-        except ort.capi.onnxruntime_pybind11_state.Fail as error:  # type: ignore[attr-defined]
+        except Exception as error:  # ORT raises Fail, InvalidProtobuf, InvalidGraph... from pybind
+            if isinstance(error, ChatbotError):
+                raise
             raise ModelFolderError(
                 f"{folder.onnx_path} cannot be loaded by ONNX Runtime: {error}",
                 hint=f"export it again with `chatbot export {folder.path}`",

@@ -47,7 +47,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, CursorResult, make_url
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 
@@ -411,9 +411,17 @@ def _next_seq(conn: Connection, conversation_id: str) -> int:
     return (conn.scalar(last) or 0) + 1
 
 
+def _inserted_id(result: CursorResult[Any]) -> int:
+    """The primary key of the row an INSERT just wrote."""
+    key = result.inserted_primary_key
+    if key is None:  # only for executemany or statements without a primary key
+        raise StoreError("the store did not report the id of the row it wrote")
+    return int(key[0])
+
+
 def _insert_if_absent(conn: Connection, values: dict[str, Any]) -> None:
     """Create a conversation row unless one with that id exists (atomically where supported)."""
-    dialects = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+    dialects: dict[str, Callable[[Table], Any]] = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
     dialect_insert = dialects.get(conn.dialect.name)
     if dialect_insert is not None:
         statement = dialect_insert(conversations).on_conflict_do_nothing(index_elements=["id"])
@@ -579,7 +587,7 @@ class SQLStore:
             _touch(conn, conversation_id, now, new_epoch=False)
             epoch, seq = _epoch(conn, conversation_id), _next_seq(conn, conversation_id)
             row = fields | {"epoch": epoch, "seq": seq, "meta": encoded}
-            message_id = conn.execute(insert(messages).values(row)).inserted_primary_key[0]
+            message_id = _inserted_id(conn.execute(insert(messages).values(row)))
         return Message(id=message_id, seq=seq, meta=json.loads(encoded), **fields)
 
     def add_feedback(self, message_id: int, rating: int, *, comment: str | None = None) -> Feedback:
@@ -594,7 +602,7 @@ class SQLStore:
         with self._transaction(write=True) as conn:
             conversation_id = _rated_conversation(conn, message_id)
             row = fields | {"conversation_id": conversation_id}
-            feedback_id = conn.execute(insert(feedback).values(row)).inserted_primary_key[0]
+            feedback_id = _inserted_id(conn.execute(insert(feedback).values(row)))
         return Feedback(id=feedback_id, conversation_id=conversation_id, **fields)
 
     def feedback(self, conversation_id: str) -> tuple[Feedback, ...]:

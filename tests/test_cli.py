@@ -100,6 +100,27 @@ def test_a_missing_export_names_the_file_and_the_command(tiny_model_dir, tmp_pat
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (
+            lambda f: (f / "onnx" / "model.onnx").write_bytes(b"not a model"),
+            "cannot be loaded by ONNX Runtime",
+        ),
+        (lambda f: (f / "config.json").write_text("{broken"), "config.json is not readable JSON"),
+        (lambda f: (f / "tokenizer.json").write_text("{}"), "tokenizer.json is not a valid tokenizer"),
+    ],
+    ids=["onnx", "config", "tokenizer"],
+)
+def test_a_broken_file_is_named_before_anything_is_served(tiny_model_dir, tmp_path, damage, expected):
+    broken = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    damage(broken)
+    result = chatbot("chat", str(broken), "--store", str(tmp_path / "c.db"), stdin="hello\n")
+    assert result.returncode == 1
+    assert expected in result.stderr and "you>" not in result.stdout
+    assert "Traceback" not in result.stderr
+
+
 def test_a_missing_folder_says_how_to_make_one(tmp_path):
     result = chatbot("chat", str(tmp_path / "nowhere"), "--store", str(tmp_path / "c.db"))
     assert result.returncode == 1
