@@ -194,17 +194,25 @@ class Engine:
     ) -> ReplyStream:
         """Answer ``text`` as a stream of text deltas; bad input and unknown ids raise at once."""
         text = self.check_message(text)
-        self.store.get_conversation(conversation_id)  # raises UnknownConversation now, not mid-stream
         settings = generation or self.config.generation
-        return ReplyStream(lambda stream: self._answer(stream, conversation_id, text, settings))
+        seen = self.store.get_conversation(conversation_id)  # UnknownConversation now, not mid-stream
+        prompt = self._prompt(seen, text, settings)  # MessageTooLong now, store unchanged
+        return ReplyStream(lambda stream: self._answer(stream, seen, prompt, text, settings))
 
     def _answer(
-        self, stream: ReplyStream, conversation_id: str, text: str, generation: GenerationConfig
+        self,
+        stream: ReplyStream,
+        seen: Conversation,
+        prompt: Prompt,
+        text: str,
+        generation: GenerationConfig,
     ) -> Iterator[str]:
         started = time.perf_counter()
+        conversation_id = seen.id
         with self._lock(conversation_id):
-            conversation = self.store.get_conversation(conversation_id)
-            prompt = self._prompt(conversation, text, generation)  # may refuse: store unchanged
+            current = self.store.get_conversation(conversation_id)
+            if current.messages != seen.messages:  # another turn landed while this one waited
+                prompt = self._prompt(current, text, generation)
             self.store.append_message(conversation_id, "user", text)  # acknowledged before generating
             tokens: list[Token] = []
             pieces: list[str] = []  # what was streamed: the stored text is exactly their sum
@@ -218,8 +226,8 @@ class Engine:
                 finish = "cancelled"  # the reader stopped early: keep what was written
                 raise
             finally:
-                text = "".join(pieces)
-                stream.reply = self._record(conversation_id, prompt, text, tokens, finish, started)
+                reply_text = "".join(pieces)
+                stream.reply = self._record(conversation_id, prompt, reply_text, tokens, finish, started)
 
     def _deltas(self, prompt: Prompt, generation: GenerationConfig, tokens: list[Token]) -> Iterator[str]:
         """Text deltas of the reply, never splitting a character, stripped at both ends."""

@@ -119,6 +119,8 @@ def test_a_message_too_long_for_the_window_is_refused_and_not_stored(tiny_model_
         conversation = engine.start()
         with pytest.raises(MessageTooLong, match="too long for this model"):
             engine.reply(conversation.id, "refund please " * 300)
+        with pytest.raises(MessageTooLong):
+            engine.stream(conversation.id, "refund please " * 300)  # at once, before iterating
         assert engine.store.transcript(conversation.id) == ()
 
 
