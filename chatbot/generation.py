@@ -10,7 +10,7 @@ Only the last position's logits come back to the host to pick the next token.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -43,6 +43,37 @@ class Generator(Protocol):
     def generate(self, prompt_ids: Sequence[int], config: GenerationConfig) -> Iterator[Token]:
         """Yield new tokens; the last one is a stop token, unless ``max_new_tokens`` ran out first."""
         ...
+
+
+# One forward pass: (new token ids, position of the first one) -> last position's logits (vocab,).
+# The step keeps its own KV cache between calls.
+Step = Callable[[Sequence[int], int], np.ndarray]
+
+
+def decode(
+    step: Step,
+    prompt_ids: Sequence[int],
+    config: GenerationConfig,
+    *,
+    n_positions: int,
+    vocab_size: int,
+    stop_token_ids: Sequence[int],
+) -> Iterator[Token]:
+    """The decode loop every generator shares: prefill, then one token per step until a stop token,
+    ``max_new_tokens`` or the end of the context window. Only ``step`` differs between backends."""
+    n_prompt = len(prompt_ids)
+    budget = min(config.max_new_tokens, n_positions - n_prompt)
+    if n_prompt == 0 or budget < 1:
+        raise ValueError(f"a prompt of {n_prompt} tokens leaves no room in a {n_positions}-token window")
+    sampler = Sampler(config, vocab_size=vocab_size, prompt_ids=prompt_ids)
+    ids, start = list(prompt_ids), 0
+    for _ in range(budget):
+        logits = step(ids, start)
+        token = sampler.pick(logits)
+        yield Token(token, float(log_softmax(logits)[token]))
+        if token in stop_token_ids:
+            return
+        start, ids = start + len(ids), [token]
 
 
 def choose_providers(device: str | None = None) -> list[str]:
@@ -110,25 +141,23 @@ class OnnxGenerator:
 
     def generate(self, prompt_ids: Sequence[int], config: GenerationConfig) -> Iterator[Token]:
         """Yield the reply's tokens one by one (see :class:`Generator`)."""
-        n_prompt = len(prompt_ids)
-        budget = min(config.max_new_tokens, self.spec.n_positions - n_prompt)
-        if n_prompt == 0 or budget < 1:
-            raise ValueError(
-                f"a prompt of {n_prompt} tokens leaves no room in a {self.spec.n_positions}-token window"
-            )
-        sampler = Sampler(config, vocab_size=self.spec.vocab_size, prompt_ids=prompt_ids)
-        binding = self.session.io_binding()
+        binding = self.session.io_binding()  # per call: concurrent replies never share one
         empty = np.zeros((1, self.spec.n_head, 0, self.spec.head_dim), dtype=self._cache_dtype)
         past = [self._ortvalue(empty)] * len(self._past_names)
-        ids = np.asarray([prompt_ids], dtype=np.int64)  # (1, T) prefill, then (1, 1) per step
-        for step in range(budget):
-            start = n_prompt + step - ids.shape[1]  # first position of this step's input
-            logits, past = self._step(binding, ids, start, past)
-            token = sampler.pick(logits)
-            yield Token(token, float(log_softmax(logits)[token]))
-            if token in self.stop_token_ids:
-                return
-            ids = np.asarray([[token]], dtype=np.int64)
+
+        def step(ids: Sequence[int], start: int) -> np.ndarray:
+            nonlocal past
+            logits, past = self._step(binding, np.asarray([ids], dtype=np.int64), start, past)
+            return logits
+
+        return decode(
+            step,
+            prompt_ids,
+            config,
+            n_positions=self.spec.n_positions,
+            vocab_size=self.spec.vocab_size,
+            stop_token_ids=self.stop_token_ids,
+        )
 
     def _step(
         self, binding: ort.IOBinding, ids: np.ndarray, start: int, past: list[ort.OrtValue]

@@ -1,7 +1,8 @@
 """A reference :class:`~chatbot.generation.Generator` on transformers, for parity tests and benchmarks.
 
-It runs the same model folder with PyTorch (the safetensors weights) and the same sampling code
-as the engine, so greedy ONNX and greedy transformers must choose the same token ids.
+It runs the same model folder with PyTorch (the safetensors weights) through the engine's own
+decode loop (:func:`chatbot.generation.decode`), so only the forward pass differs: greedy ONNX and
+greedy transformers must choose the same token ids.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from chatbot.folder import ModelFolder
-from chatbot.generation import Token
-from chatbot.sampling import Sampler, log_softmax
+from chatbot.generation import Token, decode
 from chatbot.types import GenerationConfig
 
 
@@ -31,18 +31,21 @@ class TransformersGenerator:
 
     def generate(self, prompt_ids: Sequence[int], config: GenerationConfig) -> Iterator[Token]:
         torch = self._torch
-        spec = self.folder.spec
-        sampler = Sampler(config, vocab_size=spec.vocab_size, prompt_ids=prompt_ids)
-        budget = min(config.max_new_tokens, spec.n_positions - len(prompt_ids))
-        ids = torch.tensor([list(prompt_ids)], dtype=torch.long)
         past = None
-        with torch.inference_mode():
-            for _ in range(budget):
-                out = self.model(input_ids=ids, past_key_values=past, use_cache=True)
-                past = out.past_key_values
-                logits = out.logits[0, -1].float().numpy().astype(np.float32)
-                token = sampler.pick(logits)
-                yield Token(token, float(log_softmax(logits)[token]))
-                if token in self.stop_token_ids:
-                    return
-                ids = torch.tensor([[token]], dtype=torch.long)
+
+        def step(ids: Sequence[int], start: int) -> np.ndarray:
+            nonlocal past
+            with torch.inference_mode():
+                out = self.model(input_ids=torch.tensor([list(ids)]), past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            return out.logits[0, -1].float().numpy()
+
+        spec = self.folder.spec
+        return decode(
+            step,
+            prompt_ids,
+            config,
+            n_positions=spec.n_positions,
+            vocab_size=spec.vocab_size,
+            stop_token_ids=self.stop_token_ids,
+        )
