@@ -1,8 +1,8 @@
 """The `chatbot` command.
 
 The command line is the composition root: it is the one place in ``chatbot`` allowed to reach
-into ``training`` (lazily, for `export` and `demo`), and it finds channels through their entry
-points, never by importing ``plugins``.
+into ``training`` (lazily, for `train`, `eval`, `export` and `demo`), and it finds channels
+through their entry points, never by importing ``plugins``.
 """
 
 from __future__ import annotations
@@ -11,20 +11,26 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from chatbot import paths
 from chatbot.channels import Channel, available_channels, find_channel
 from chatbot.engine import Engine, EngineConfig
-from chatbot.errors import ChannelError, ChatbotError
+from chatbot.errors import ChannelError, ChatbotError, StoreError
+from chatbot.feedback import ExportOptions, export_feedback, export_feedback_file, parse_since
 from chatbot.generation import DEVICES
+from chatbot.store import open_store
 from chatbot.types import GenerationConfig
+from chatbot.versions import ModelVersions, VersionInfo, default_root, no_versions_error
+
+if TYPE_CHECKING:
+    from training.readers import CsvColumns
 
 TRAIN_EXTRA = "install the training tools with `pip install 'chatbot[train]'`"
+RESTART_NOTE = "a running server keeps the version it started with: restart it to serve this one"
 
 # Commands that later releases fill in: shown in the help so users see where the tool is going.
 PLANNED = {
-    "train": "fine-tune a model on support transcripts",
-    "eval": "measure a model on held-out transcripts",
     "bench": "measure speed and memory against transformers",
 }
 
@@ -95,12 +101,19 @@ def build_parser(*, channel_flags: dict[str, type[Channel]] | None = None) -> ar
     plugins = commands.add_parser("plugins", help="list the installed channels")
     plugins.set_defaults(run=_plugins)
 
-    demo = commands.add_parser("demo", help="chat with a small default model, built offline")
-    demo.add_argument("--rebuild", action="store_true", help="build the default model again")
+    demo = commands.add_parser(
+        "demo", help="chat with the default model (trained offline on the bundled sample the first time)"
+    )
+    demo.add_argument("--rebuild", action="store_true", help="train the default model again")
     _add_generation_options(demo)
     if "demo" in flags:
         flags["demo"].add_arguments(demo)
     demo.set_defaults(run=_demo, channel="terminal")
+
+    _add_train_command(commands)
+    _add_eval_command(commands)
+    _add_models_commands(commands)
+    _add_feedback_commands(commands)
 
     for name, summary in PLANNED.items():
         planned = commands.add_parser(name, help=f"{summary} (coming in a later release)")
@@ -197,19 +210,21 @@ def _plugins(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    folder = paths.cache_home() / "models" / "demo"
-    if args.rebuild or not (folder / "card.json").is_file():
+    root = paths.cache_home() / "demo"
+    current = None if args.rebuild else ModelVersions(root=root).current()
+    if current is None:
         try:
-            from training.tiny import build_tiny_model
+            from training.demo import ensure_demo_model
         except ImportError as error:
             raise ChatbotError(
-                f"building the demo model needs PyTorch ({error})", hint=TRAIN_EXTRA
+                f"training the demo model needs PyTorch and transformers ({error})", hint=TRAIN_EXTRA
             ) from error
-        _progress(f"building the demo model in {folder} (once; later starts reuse it)")
-        build_tiny_model(folder, name="demo")
+        folder = ensure_demo_model(rebuild=args.rebuild, root=root, progress=_progress)
+    else:
+        folder = current.path
     _progress(
-        "note: this demo model has random weights, so its replies are gibberish; it shows the "
-        "whole path (template, store, ONNX Runtime, streaming). Train a real one with `chatbot train`."
+        f"the default model ({folder}) was trained on a synthetic shop's support chats: ask about "
+        "orders, deliveries, returns, refunds, payments or your account. Train your own with `chatbot train`."
     )
     args.model_dir, args.store, args.device = folder, paths.default_store(), None
     return _serve(args)
@@ -223,5 +238,299 @@ def _planned(name: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+def _add_models_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    models = commands.add_parser("models", help="list model versions, switch to one, roll back")
+    models.set_defaults(run=_usage(models))
+    actions = models.add_subparsers(title="actions", metavar="ACTION")
+    listing = actions.add_parser("list", help="the versions, oldest first; * marks the current one")
+    listing.set_defaults(run=_models_list)
+    use = actions.add_parser("use", help="make VERSION the current version")
+    use.add_argument("version", metavar="VERSION", help="a version name, e.g. v3 (or 3)")
+    use.set_defaults(run=_models_use)
+    rollback = actions.add_parser("rollback", help="go back to the version that was current before")
+    rollback.set_defaults(run=_models_rollback)
+    add = actions.add_parser("add", help="add a model folder as the next version and make it current")
+    add.add_argument("folder", metavar="FOLDER", type=Path, help="a complete model folder")
+    add.add_argument("--move", action="store_true", help="move the folder in instead of copying it")
+    add.add_argument("--keep-current", action="store_true", help="add it without making it current")
+    add.set_defaults(run=_models_add)
+    for action in (listing, use, rollback, add):
+        action.add_argument(
+            "--root",
+            type=Path,
+            default=None,
+            help="the versions root (default: $CHATBOT_MODELS, else ./models)",
+        )
+
+
+def _add_feedback_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    feedback = commands.add_parser("feedback", help="turn rated conversations into training data")
+    feedback.set_defaults(run=_usage(feedback))
+    actions = feedback.add_subparsers(title="actions", metavar="ACTION")
+    export = actions.add_parser(
+        "export",
+        help="write the stored conversations as JSON Lines transcripts, disliked replies cut out",
+    )
+    export.add_argument("--store", default=None, help="conversation store (default: $CHATBOT_STORE)")
+    export.add_argument("--out", type=Path, default=None, help="a .jsonl file (default: standard output)")
+    export.add_argument("--only-liked", action="store_true", help="only conversations with a thumbs up")
+    export.add_argument("--since", default=None, help="only conversations started on or after this date")
+    export.add_argument(
+        "--keep-unfinished", action="store_true", help="keep replies cut at --max-new-tokens or cancelled"
+    )
+    export.set_defaults(run=_feedback_export)
+
+
+def _versions(args: argparse.Namespace) -> ModelVersions:
+    return ModelVersions(root=args.root or default_root())
+
+
+def _describe(info: VersionInfo) -> str:
+    """One line of `chatbot models list`: marker, version, name, creation time, a few metrics."""
+    metrics = " ".join(f"{key}={value:.4g}" for key, value in list(info.metrics.items())[:4])
+    detail = info.problem or f"{info.name:<20} {info.created_at:<25} {metrics}".rstrip()
+    return f"{'*' if info.current else ' '} {info.version:<5} {detail}"
+
+
+def _short(info: VersionInfo) -> str:
+    return f"{info.version} ({info.name}, created {info.created_at or 'at an unknown time'})"
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    versions = _versions(args)
+    infos = versions.list()
+    if not infos:
+        raise no_versions_error(versions.root)
+    for info in infos:
+        print(_describe(info))
+    return 0
+
+
+def _models_use(args: argparse.Namespace) -> int:
+    info = _versions(args).use(args.version)
+    print(f"current version: {_short(info)}")
+    _progress(RESTART_NOTE)
+    return 0
+
+
+def _models_rollback(args: argparse.Namespace) -> int:
+    versions = _versions(args)
+    before = versions.current()
+    info = versions.rollback()  # raises when there is no current version
+    print(f"rolled back from {before.version if before else 'none'} to {_short(info)}")
+    _progress(RESTART_NOTE)
+    return 0
+
+
+def _models_add(args: argparse.Namespace) -> int:
+    versions = _versions(args)
+    info = versions.add(args.folder, make_current=not args.keep_current, move=args.move)
+    current = versions.current()
+    print(f"added {_short(info)} as {info.path}; current version: {current.version if current else 'none'}")
+    return 0
+
+
+def _feedback_export(args: argparse.Namespace) -> int:
+    options = ExportOptions(
+        only_liked=args.only_liked,
+        since=None if args.since is None else parse_since(args.since),
+        keep_unfinished=args.keep_unfinished,
+    )
+    with open_store(_existing_store(args.store or paths.default_store())) as store:
+        if args.out is None:
+            report = export_feedback(store, sys.stdout, options)
+        else:
+            report = export_feedback_file(store, args.out, options)
+    _progress(report.summary() + (f" -> {args.out}" if args.out else ""))
+    return 0
+
+
+def _existing_store(location: str) -> str:
+    """``location`` unless it names a SQLite file that does not exist (opening would create it)."""
+    if "://" not in location and location != ":memory:" and not Path(location).expanduser().is_file():
+        raise StoreError(
+            f"no conversation store at {location}",
+            hint="pass --store FILE_OR_URL, or set CHATBOT_STORE to the store the chat or serve command used",
+        )
+    return location
+
+
+def _usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    def run(_: argparse.Namespace) -> int:
+        parser.print_help()
+        return 2
+
+    return run
+
+
 def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def _add_train_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    train = commands.add_parser(
+        "train",
+        help="fine-tune a model on support transcripts; it becomes the next version",
+        description="Read and redact transcripts, fine-tune GPT-2 on the agent turns, export to ONNX "
+        "with a parity check, evaluate, and add the model to the versions root as the current version.",
+    )
+    train.add_argument(
+        "--data", nargs="+", required=True, metavar="PATH", help="transcript files, folders or globs"
+    )
+    train.add_argument(
+        "--out", type=Path, default=None, help="versions root (default: $CHATBOT_MODELS or ./models)"
+    )
+    start = train.add_mutually_exclusive_group(required=True)
+    start.add_argument(
+        "--base", metavar="NAME_OR_DIR", help="a hub name or a model folder, e.g. models/current"
+    )
+    start.add_argument(
+        "--from-scratch", metavar="SIZE", choices=("tiny", "small", "medium"), help="tiny, small or medium"
+    )
+    run = train.add_argument_group("training")
+    run.add_argument("--epochs", type=float, default=3.0)
+    run.add_argument(
+        "--learning-rate", type=float, default=None, help="default 5e-5 from a base, 2e-3 from scratch"
+    )
+    run.add_argument("--batch-size", type=int, default=8, help="examples per device and step")
+    run.add_argument("--gradient-accumulation", type=int, default=1)
+    run.add_argument("--warmup-ratio", type=float, default=0.05)
+    run.add_argument("--weight-decay", type=float, default=0.01)
+    run.add_argument("--max-length", type=int, default=None, help="tokens per example (default: the context)")
+    run.add_argument("--validation", type=float, default=0.1, help="share of conversations held out")
+    run.add_argument(
+        "--patience", type=int, default=3, help="evaluations without improvement before stopping"
+    )
+    run.add_argument("--evals-per-epoch", type=int, default=1)
+    run.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--resume", action="store_true", help="continue the interrupted run in OUT/.train")
+    run.add_argument(
+        "--eval-replies", type=int, default=100, help="replies generated by the final evaluation"
+    )
+    run.add_argument("--name", default=None, help="the model's name in its card")
+    run.add_argument("--system-prompt", default=None, help="prepended to conversations without one")
+    run.add_argument("--keep-current", action="store_true", help="add the version without making it current")
+    _add_reading_options(train)
+    train.set_defaults(run=_train)
+
+
+def _add_reading_options(parser: argparse.ArgumentParser) -> None:
+    reading = parser.add_argument_group("reading transcripts")
+    reading.add_argument("--strict", action="store_true", help="stop at the first rejected conversation")
+    reading.add_argument(
+        "--format", choices=("jsonl", "csv", "text"), default=None, help="default: by extension"
+    )
+    for column in ("conversation", "speaker", "text", "timestamp"):
+        reading.add_argument(
+            f"--csv-{column}", metavar="COLUMN", default=None, help=f"the CSV {column} column"
+        )
+
+
+def _csv_columns(args: argparse.Namespace) -> CsvColumns:
+    from training.readers import CsvColumns
+
+    return CsvColumns(
+        conversation=args.csv_conversation,
+        speaker=args.csv_speaker,
+        text=args.csv_text,
+        timestamp=args.csv_timestamp,
+    )
+
+
+def _train(args: argparse.Namespace) -> int:
+    try:
+        from training.train import TrainOptions, train
+    except ImportError as error:
+        raise ChatbotError(
+            f"`chatbot train` needs PyTorch and transformers ({error})", hint=TRAIN_EXTRA
+        ) from error
+    options = TrainOptions(
+        data=tuple(args.data),
+        out=args.out or default_root(),
+        base=args.base,
+        from_scratch=args.from_scratch,
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
+        batch_size=args.batch_size,
+        gradient_accumulation=args.gradient_accumulation,
+        warmup_ratio=args.warmup_ratio,
+        weight_decay=args.weight_decay,
+        max_length=args.max_length,
+        validation=args.validation,
+        seed=args.seed,
+        patience=args.patience,
+        evals_per_epoch=args.evals_per_epoch,
+        resume=args.resume,
+        eval_replies=args.eval_replies,
+        precision=args.precision,
+        name=args.name,
+        system_prompt=args.system_prompt,
+        make_current=not args.keep_current,
+        strict=args.strict,
+        format=args.format,
+        csv_columns=_csv_columns(args),
+    )
+    result = train(options, progress=_progress)
+    if result.folder is not None:
+        metrics = ", ".join(f"{k} {v}" for k, v in result.metrics.items() if isinstance(v, (int, float)))
+        print(f"{result.folder}: {metrics}")
+    return 0
+
+
+def _add_eval_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    evaluate = commands.add_parser(
+        "eval",
+        help="measure a model on held-out transcripts, next to a retrieval baseline",
+        description="Perplexity on the agent turns, ROUGE-L and BLEU of greedy replies against the "
+        "agent's, latency per reply, and the same for a TF-IDF retrieval baseline over the training "
+        "replies. Prints a markdown table.",
+    )
+    evaluate.add_argument("model_dir", metavar="MODEL_DIR", type=Path, help="a model folder")
+    evaluate.add_argument("data", metavar="DATA", nargs="+", help="test transcripts: files, folders, globs")
+    evaluate.add_argument(
+        "--train-data",
+        metavar="PATH",
+        nargs="+",
+        default=None,
+        help="training transcripts for the baseline (default: the files recorded in card.json)",
+    )
+    evaluate.add_argument(
+        "--max-replies",
+        type=int,
+        metavar="N",
+        default=None,
+        help="at most N replies, spread evenly (default: all)",
+    )
+    evaluate.add_argument("--max-new-tokens", type=int, metavar="N", default=64, help="the reply budget (64)")
+    evaluate.add_argument(
+        "--system-prompt", metavar="TEXT", default=None, help="for conversations without one"
+    )
+    evaluate.add_argument("--device", choices=DEVICES, default=None, help="default: $CHATBOT_DEVICE or auto")
+    evaluate.add_argument("--json", metavar="OUT.json", type=Path, default=None, help="write every figure")
+    evaluate.add_argument("--markdown", metavar="OUT.md", type=Path, default=None, help="write the table")
+    evaluate.set_defaults(run=_eval)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    try:
+        from training.evaluate import evaluate_files, write_reports
+
+        result = evaluate_files(  # checks the model folder before the slow imports
+            args.model_dir,
+            args.data,
+            train_data=args.train_data,
+            max_replies=args.max_replies,
+            max_new_tokens=args.max_new_tokens,
+            system_prompt=args.system_prompt,
+            device=args.device,
+            progress=_progress,
+        )
+    except ImportError as error:
+        raise ChatbotError(
+            f"`chatbot eval` needs transformers, rouge-score and sacrebleu ({error})", hint=TRAIN_EXTRA
+        ) from error
+    print(result.to_markdown())
+    for path in write_reports(result, json_path=args.json, markdown_path=args.markdown):
+        _progress(f"wrote {path}")
+    return 0

@@ -18,6 +18,7 @@ from tokenizers import Tokenizer
 
 from chatbot.errors import ModelFolderError
 from chatbot.template import END_OF_TEXT, END_OF_TURN, ChatTemplate
+from chatbot.versions import resolve_model_path
 
 TRAIN_HINT = "create it with `chatbot train` (or `chatbot demo` for the default model)"
 EXPORT_HINT = "run `chatbot export {folder}` to write it"
@@ -50,12 +51,15 @@ class ModelFolder:
     >>> folder.spec.n_positions                   # doctest: +SKIP
     1024
 
+    ``path`` may also be a versions root (``models``, see :mod:`chatbot.versions`): the folder
+    of its current version is loaded, and ``path`` becomes that folder (``models/v3``).
+
     Raises :class:`ModelFolderError` naming the missing or broken file and the command that
     makes it.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path).expanduser()
+        self.path = resolve_model_path(path)
         if not self.path.is_dir():
             raise ModelFolderError(
                 f"model folder {self.path} does not exist or is not a folder", hint=TRAIN_HINT

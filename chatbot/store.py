@@ -330,6 +330,7 @@ def _message(row: Row[Any]) -> Message:
         content=row.content,
         created_at=row.created_at,
         meta=json.loads(row.meta),
+        epoch=row.epoch,
     )
 
 
@@ -588,7 +589,7 @@ class SQLStore:
             epoch, seq = _epoch(conn, conversation_id), _next_seq(conn, conversation_id)
             row = fields | {"epoch": epoch, "seq": seq, "meta": encoded}
             message_id = _inserted_id(conn.execute(insert(messages).values(row)))
-        return Message(id=message_id, seq=seq, meta=json.loads(encoded), **fields)
+        return Message(id=message_id, seq=seq, meta=json.loads(encoded), epoch=epoch, **fields)
 
     def add_feedback(self, message_id: int, rating: int, *, comment: str | None = None) -> Feedback:
         """Record a +1/-1 rating of an assistant reply; earlier ratings of it are kept too."""

@@ -31,6 +31,7 @@ class Message:
     content: str
     created_at: datetime
     meta: dict[str, Any] = field(default_factory=dict)
+    epoch: int = 0  # which stretch between resets the turn belongs to (see Store.reset)
 
 
 @dataclass(frozen=True)

@@ -224,7 +224,7 @@ def measure_parity(
     worst = 0.0
     for ids in _parity_sequences(Path(model_dir), sequences, decode_steps, limit, vocab, seed):
         prefill = max(1, len(ids) - decode_steps)
-        diff = _max_abs_diff(_torch_logits(model, ids), _onnx_logits(session, ids, prefill))
+        diff = _max_abs_diff(_torch_logits(model, ids), onnx_logits(session, ids, prefill))
         worst = max(worst, diff)
     return worst
 
@@ -292,8 +292,11 @@ def _torch_logits(model: Any, ids: Sequence[int]) -> np.ndarray:
     return output.logits[0].float().numpy()
 
 
-def _onnx_logits(session: InferenceSession, ids: Sequence[int], prefill: int) -> np.ndarray:
-    """ONNX Runtime's logits: a prefill of ``prefill`` tokens, then one token per step."""
+def onnx_logits(session: InferenceSession, ids: Sequence[int], prefill: int) -> np.ndarray:
+    """ONNX Runtime's logits (length, vocab): a prefill of ``prefill`` tokens, then one token per step.
+
+    Starts from an empty KV cache; ``prefill=len(ids)`` scores the whole sequence in one pass.
+    """
     import numpy as np
 
     past = _empty_past(session)

@@ -524,11 +524,12 @@ def _check_required(index: dict[str, int | None], header: list[str], source: str
     if not missing:
         return
     expected = "; ".join(f"{role}: one of {', '.join(COLUMN_NAMES[role])}" for role in missing)
+    flags = " ".join(f"--csv-{role} COLUMN" for role in missing)
     settings = ", ".join(f'{role}="<column>"' for role in missing)
     raise TranscriptError(
         f"{source}: cannot find the {' and '.join(missing)} column(s); "
         f"found columns: {', '.join(header)}; expected {expected}",
-        hint=f"name them with csv_columns=CsvColumns({settings})",
+        hint=f"name them with {flags} (in Python: csv_columns=CsvColumns({settings}))",
     )
 
 

@@ -194,12 +194,12 @@ def _write_folder(
     sizes: dict[str, int],
 ) -> None:
     """Write tokenizer, random weights, generation settings and card into ``folder``."""
-    tokenizer = _wrap_tokenizer(
+    tokenizer = wrap_tokenizer(
         train_tokenizer(DEFAULT_CORPUS if corpus is None else corpus, vocab_size=vocab_size),
         n_positions=sizes["n_positions"],
     )
     tokenizer.save_pretrained(folder, save_jinja_files=False)
-    model = _random_model(tokenizer, seed=seed, **sizes)
+    model = random_model(tokenizer, seed=seed, **sizes)
     model.save_pretrained(folder, safe_serialization=True)
     base_model = f"random GPT-2 (tiny config, seed {seed})"
     write_card(folder, new_card(name=name, base_model=base_model, description=_describe(model)))
@@ -228,7 +228,7 @@ def train_tokenizer(corpus: Iterable[str], *, vocab_size: int = 512) -> Tokenize
     return tokenizer
 
 
-def _wrap_tokenizer(tokenizer: Tokenizer, *, n_positions: int) -> PreTrainedTokenizerFast:
+def wrap_tokenizer(tokenizer: Tokenizer, *, n_positions: int) -> PreTrainedTokenizerFast:
     """The transformers tokenizer around ``tokenizer``, with the chat template and roles."""
     from transformers import PreTrainedTokenizerFast
 
@@ -245,7 +245,7 @@ def _wrap_tokenizer(tokenizer: Tokenizer, *, n_positions: int) -> PreTrainedToke
     )
 
 
-def _random_model(tokenizer: PreTrainedTokenizerFast, *, seed: int, **sizes: int) -> GPT2LMHeadModel:
+def random_model(tokenizer: PreTrainedTokenizerFast, *, seed: int, **sizes: int) -> GPT2LMHeadModel:
     """A GPT-2 with random weights for ``seed`` and the folder's generation settings.
 
     The global torch random state is restored afterwards, so building does not disturb the

@@ -1,0 +1,40 @@
+"""The default model: trained once from the bundled sample, then found in the cache."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from training.demo import DemoRecipe, ensure_demo_model
+
+TINY = DemoRecipe(conversations=120, size="tiny", epochs=1, batch_size=8, eval_replies=4)
+
+
+def test_the_demo_model_is_trained_once_then_reused_and_chats(tmp_path: Path) -> None:
+    root = tmp_path / "cache" / "chatbot" / "demo"
+    messages: list[str] = []
+    folder = ensure_demo_model(recipe=TINY, root=root, progress=messages.append)
+    assert folder == root / "v1" and (folder / "onnx" / "model.onnx").is_file()
+    assert (root.parent / "demo-sample.jsonl").is_file()
+    assert any("training the default model" in m for m in messages)
+    again: list[str] = []
+    assert ensure_demo_model(recipe=TINY, root=root, progress=again.append) == folder
+    assert again == []  # found in the cache: no training
+
+    result = subprocess.run(
+        [sys.executable, "-m", "chatbot", "demo", "--max-new-tokens", "8"],
+        input="where is my order?\n/quit\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            **os.environ,
+            "XDG_CACHE_HOME": str(tmp_path / "cache"),
+            "CHATBOT_STORE": str(tmp_path / "c.db"),
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    assert "synthetic shop" in result.stderr and "training the default model" not in result.stderr
+    assert "where is my order?" in result.stdout

@@ -1,0 +1,217 @@
+"""`chatbot train` for real: small runs on real files, the folder they write, retraining, resuming.
+
+The runs use the tiny size on a small sample so the file stays within a minute or two on two
+cores; what they check is the whole path a user takes, not model quality.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from chatbot.engine import Engine
+from chatbot.versions import ModelVersions
+from training.sample import write_sample
+
+DATA = Path(__file__).parent / "data" / "transcripts"
+FORMATS = [DATA / "chats.jsonl", DATA / "helpdesk.csv", DATA / "transcripts.txt"]
+FAST = ["--from-scratch", "tiny", "--batch-size", "8", "--eval-replies", "8"]
+
+
+def chatbot(
+    *args: str | os.PathLike[str], cwd: Path | None = None, **kwargs
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "XDG_CACHE_HOME": str(Path(cwd or ".") / "cache")}
+    return subprocess.run(
+        [sys.executable, "-m", "chatbot", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+        env=env,
+        **kwargs,
+    )
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("train")
+
+
+@pytest.fixture(scope="module")
+def sample(work: Path) -> Path:
+    return write_sample(work / "sample.jsonl", n=160, seed=1, pii_rate=0.2)
+
+
+@pytest.fixture(scope="module")
+def first_run(work: Path, sample: Path) -> subprocess.CompletedProcess[str]:
+    result = chatbot("train", "--data", sample, *FORMATS, "--out", "models", "--epochs", "2", *FAST, cwd=work)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_a_run_writes_a_complete_current_version(work: Path, first_run) -> None:
+    models = ModelVersions(root=work / "models")
+    current = models.current()
+    assert current is not None and current.version == "v1"
+    folder = current.path
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "onnx/model.onnx",
+        "report.md",
+        "loss.png",
+    ):
+        assert (folder / name).is_file(), name
+    assert (folder / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (folder / "training_args.bin").exists()
+    assert not (work / "models" / ".train").exists()  # checkpoints are cleaned up after success
+
+
+def test_the_card_records_data_training_metrics_and_versions(work: Path, first_run) -> None:
+    card = json.loads((work / "models" / "current" / "card.json").read_text())
+    data = card["data"]
+    assert len(data["files"]) == 4 and data["kept"] == data["read"] == 166
+    assert data["redacted"]["email"] > 0 and data["redacted"]["phone"] > 0  # the sample had PII in it
+    assert data["conversations"]["validation"] > 0 and len(data["fingerprint"]) == 16
+    assert card["training"]["steps"] > 0 and card["training"]["processes"] == 1
+    assert card["metrics"]["validation_loss"] > 0
+    assert {"rouge_l", "bleu"} <= set(json.dumps(card["metrics"]["evaluation"]).replace('"', " ").split())
+    assert card["onnx"]["reference"]["parity"]["max_abs_diff"] < 1e-3
+    assert card["versions"]["transformers"]
+    assert {"train_s", "export_s", "evaluate_s"} <= set(card["durations"])
+
+
+def test_the_report_shows_data_curves_and_evaluation(work: Path, first_run) -> None:
+    report = (work / "models" / "current" / "report.md").read_text()
+    for heading in ("## Data", "## Training", "## Loss", "## Evaluation", "## Export"):
+        assert heading in report
+    assert "![training and validation loss](loss.png)" in report
+    assert "retrieval" in report.lower()
+    assert "wrote" in first_run.stderr and "validation loss" in first_run.stderr
+
+
+def test_the_trained_model_serves_and_stops_at_the_end_of_its_turn(work: Path, first_run) -> None:
+    with Engine.from_folder(work / "models", store=":memory:") as engine:
+        conversation = engine.start()
+        reply = engine.reply(conversation.id, "hello")
+    assert reply.text and "<|" not in reply.text
+
+
+def test_retraining_from_the_current_version_then_rolling_back(work: Path, first_run) -> None:
+    new = write_sample(work / "new.jsonl", n=40, seed=7)
+    result = chatbot(
+        "train", "--base", "models/current", "--data", new, "--out", "models", "--epochs", "1",
+        "--eval-replies", "0", cwd=work,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    models = ModelVersions(root=work / "models")
+    current = models.current()
+    assert current is not None and current.version == "v2"
+    card = json.loads((current.path / "card.json").read_text())
+    assert card["base_model"] == "models/current"
+    rollback = chatbot("models", "rollback", "--root", "models", cwd=work)
+    assert rollback.returncode == 0, rollback.stderr
+    current = models.current()
+    assert current is not None and current.version == "v1"
+
+
+def test_bad_data_gets_a_clear_error(work: Path, tmp_path: Path) -> None:
+    missing = chatbot("train", "--data", tmp_path / "nothing.jsonl", *FAST, "--out", tmp_path / "m", cwd=work)
+    assert missing.returncode == 1 and "nothing.jsonl" in missing.stderr
+    columns = chatbot("train", "--data", DATA / "bad_columns.csv", *FAST, "--out", tmp_path / "m", cwd=work)
+    assert columns.returncode == 1 and "--csv-conversation COLUMN" in columns.stderr
+    strict = chatbot(
+        "train", "--data", DATA / "malformed.jsonl", "--strict", *FAST, "--out", tmp_path / "m", cwd=work
+    )
+    assert strict.returncode == 1 and "malformed.jsonl:" in strict.stderr
+    neither = chatbot("train", "--data", DATA / "chats.jsonl", cwd=work)
+    assert neither.returncode == 2 and "--base" in neither.stderr
+
+
+def test_a_base_without_chat_tokens_gets_them(tmp_path: Path, sample: Path) -> None:
+    """A plain GPT-2 (as from a hub) lacks our role tokens and template: they are added."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    from training.train import TrainOptions, train
+
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    raw.train_from_iterator(["hello there", "where is my order"], trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=raw, eos_token="<|endoftext|>", bos_token="<|endoftext|>"
+    )
+    base = tmp_path / "plain-gpt2"
+    tokenizer.save_pretrained(base)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2, n_positions=128)
+    GPT2LMHeadModel(config).save_pretrained(base)
+    options = TrainOptions(
+        data=(str(sample),), out=tmp_path / "models", base=str(base), epochs=1, eval_replies=0
+    )
+    result = train(options, progress=lambda message: None)
+    assert result.folder is not None
+    saved = json.loads((result.folder / "tokenizer_config.json").read_text())
+    assert "<|end|>" in saved["chat_template"] and "<|user|>" in saved["additional_special_tokens"]
+    assert json.loads((result.folder / "config.json").read_text())["vocab_size"] == len(tokenizer) + 4
+
+
+def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
+    data = write_sample(tmp_path / "data.jsonl", n=200, seed=3)
+    args = ["train", "--data", data, "--out", "models", *FAST, "--epochs", "2", "--evals-per-epoch", "4"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "chatbot", *map(str, args)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},
+    )
+    checkpoints = tmp_path / "models" / ".train" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not any(checkpoints.glob("checkpoint-*/trainer_state.json")) and process.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert not (tmp_path / "models" / "v1").exists()
+    again = chatbot("train", *args[1:], "--resume", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    card = json.loads((tmp_path / "models" / "v1" / "card.json").read_text())
+    steps = card["training"]["steps"]
+    assert steps > 0
+    fresh = chatbot("train", *args[1:], "--resume", cwd=tmp_path)
+    assert fresh.returncode == 1 and "no interrupted run" in fresh.stderr
+
+
+def test_two_processes_under_torchrun_train_one_model(tmp_path: Path) -> None:
+    data = write_sample(tmp_path / "data.jsonl", n=150, seed=2)
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            "-m", "chatbot", "train", "--data", str(data), *FAST, "--epochs", "1", "--out", "models",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "models").glob("v*")) == ["v1"]  # written once
+    card = json.loads((tmp_path / "models" / "v1" / "card.json").read_text())
+    assert card["training"]["processes"] == 2
+    assert 0 < card["metrics"]["train_loss"] < 10 and card["metrics"]["validation_loss"] > 0

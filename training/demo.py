@@ -1,0 +1,73 @@
+"""The default model of ``chatbot demo``: trained once, offline, from the bundled sample.
+
+The first ``chatbot demo`` writes the synthetic shop corpus (:mod:`training.sample`), trains a
+small GPT-2 from scratch on it with ``chatbot train``'s own pipeline and keeps the result as a
+versions root in the user's cache folder; later starts find it there and take seconds.
+
+Example::
+
+    from training.demo import ensure_demo_model
+    folder = ensure_demo_model()  # trains on the first call only
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from chatbot import paths
+from chatbot.versions import ModelVersions
+from training.sample import write_sample
+from training.train import TrainOptions, train
+
+
+@dataclass(frozen=True)
+class DemoRecipe:
+    """How the default model is made (about four minutes on a 2-core CPU)."""
+
+    conversations: int = 2000  # sample conversations written and trained on
+    seed: int = 0  # for the sample, the split and the weights
+    size: str = "small"  # from training.train.SIZES
+    epochs: float = 6.0
+    batch_size: int = 16
+    eval_replies: int = 60  # replies generated for the report's evaluation
+
+
+DEMO_RECIPE = DemoRecipe()
+
+
+def demo_root() -> Path:
+    """Where the default model's versions live: ``~/.cache/chatbot/demo``."""
+    return paths.cache_home() / "demo"
+
+
+def ensure_demo_model(
+    *,
+    rebuild: bool = False,
+    recipe: DemoRecipe = DEMO_RECIPE,
+    root: str | os.PathLike[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """The default model folder, trained first when there is none yet (or ``rebuild``)."""
+    root = Path(root) if root is not None else demo_root()
+    current = ModelVersions(root=root).current()
+    if current is not None and not rebuild:
+        return current.path
+    say = progress or (lambda message: None)
+    say(f"training the default model in {root} (once; later starts reuse it)")
+    sample = write_sample(root.parent / f"{root.name}-sample.jsonl", n=recipe.conversations, seed=recipe.seed)
+    options = TrainOptions(
+        data=(str(sample),),
+        out=root,
+        from_scratch=recipe.size,
+        epochs=recipe.epochs,
+        batch_size=recipe.batch_size,
+        seed=recipe.seed,
+        eval_replies=recipe.eval_replies,
+        name="demo",
+    )
+    result = train(options, progress=progress)
+    assert result.folder is not None  # one process: this one writes the folder
+    return result.folder
