@@ -245,7 +245,7 @@ def wrap_tokenizer(tokenizer: Tokenizer, *, n_positions: int) -> PreTrainedToken
     )
 
 
-def random_model(tokenizer: PreTrainedTokenizerFast, *, seed: int, **sizes: int) -> GPT2LMHeadModel:
+def random_model(tokenizer: PreTrainedTokenizerFast, *, seed: int, **sizes: float) -> GPT2LMHeadModel:
     """A GPT-2 with random weights for ``seed`` and the folder's generation settings.
 
     The global torch random state is restored afterwards, so building does not disturb the

@@ -60,16 +60,16 @@ class ModelSize:
     n_head: int  # attention heads (n_embd must divide by it)
     n_positions: int  # context window in tokens
     vocab_size: int  # byte-level BPE vocabulary trained on the data (at most this many tokens)
+    dropout: float  # on embeddings, attention and residuals; 0 learns fastest in a short run
 
 
 SIZES = {
-    "tiny": ModelSize(n_embd=64, n_layer=2, n_head=4, n_positions=256, vocab_size=1024),  # tests: seconds
-    "small": ModelSize(
-        n_embd=128, n_layer=4, n_head=4, n_positions=256, vocab_size=2048
-    ),  # the demo: minutes
-    "medium": ModelSize(
-        n_embd=256, n_layer=6, n_head=8, n_positions=512, vocab_size=8192
-    ),  # a GPU or patience
+    # tests: seconds
+    "tiny": ModelSize(n_embd=64, n_layer=2, n_head=4, n_positions=256, vocab_size=1024, dropout=0.0),
+    # the demo: minutes on a CPU
+    "small": ModelSize(n_embd=128, n_layer=4, n_head=4, n_positions=256, vocab_size=2048, dropout=0.0),
+    # a GPU or patience
+    "medium": ModelSize(n_embd=256, n_layer=6, n_head=8, n_positions=512, vocab_size=8192, dropout=0.1),
 }
 
 
@@ -175,8 +175,9 @@ def _tokenizer_and_model(
         tokenizer = wrap_tokenizer(
             train_tokenizer(texts, vocab_size=size.vocab_size), n_positions=size.n_positions
         )
-        shape = {k: v for k, v in asdict(size).items() if k != "vocab_size"}
-        model = random_model(tokenizer, seed=options.seed, **shape)
+        shape = {k: v for k, v in asdict(size).items() if k not in ("vocab_size", "dropout")}
+        dropout = {key: size.dropout for key in ("resid_pdrop", "embd_pdrop", "attn_pdrop")}
+        model = random_model(tokenizer, seed=options.seed, **shape, **dropout)
         model.loss_type = "ForCausalLM"  # as in _load_base
         base = f"none: from scratch ({options.from_scratch}, {_parameters(model) / 1e6:.1f}M parameters)"
         return tokenizer, model.train(), base
