@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from importlib import metadata
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from chatbot.errors import ModelFolderError
+from chatbot.paths import write_text_atomically
 
 CARD_FILE = "card.json"
 CARD_FORMAT = 1
@@ -119,17 +119,7 @@ def write_card(model_dir: str | os.PathLike[str], card: Mapping[str, Any]) -> Pa
     path = card_path(model_dir)
     text = json.dumps(card, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
     mode = path.stat().st_mode & 0o777 if path.exists() else CARD_MODE
-    fd, tmp_name = tempfile.mkstemp(prefix=".card-", suffix=".json.tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)  # mkstemp makes the file private; a card is as readable as the rest
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    write_text_atomically(path, text, mode=mode)
     return path
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from chatbot.errors import ChatbotError
+from chatbot.paths import write_text_atomically
 from chatbot.template import END_OF_TURN, ChatTemplate
 
 if TYPE_CHECKING:
@@ -359,9 +360,7 @@ def _save_cached(folder: Path, splits: dict[str, Dataset], report: DatasetReport
     for name, split in splits.items():
         split.save_to_disk(str(folder / name))
     state = {**report.to_dict(), "skipped": [vars(skip) for skip in report.skipped]}
-    tmp = folder / "report.json.tmp"
-    tmp.write_text(json.dumps(state), encoding="utf-8")
-    os.replace(tmp, folder / "report.json")  # written last: its presence marks a complete cache
+    write_text_atomically(folder / "report.json", json.dumps(state))  # last: marks a complete cache
 
 
 def _load_cached(folder: Path, load_from_disk: Any) -> Datasets:

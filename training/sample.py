@@ -50,7 +50,6 @@ import os
 import random
 import re
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1561,15 +1560,9 @@ def write_jsonl(path: str | os.PathLike[str], conversations: Sequence[Conversati
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     text = "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in conversations)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}-", suffix=".tmp", dir=target.parent)
-    try:
-        os.fchmod(fd, FILE_MODE)  # mkstemp makes the file private
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    from chatbot.paths import write_text_atomically  # here: the chatbot package is slow to import
+
+    write_text_atomically(target, text, mode=FILE_MODE)
     return target
 
 
