@@ -9,8 +9,12 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 TORCH_INDEX_URL ?=
 PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
+# The web chat's browser test drives Debian's chromium (Playwright never downloads a browser here).
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get -y -q
 
-.PHONY: install test lint demo install-gpu clean
+.PHONY: install test lint demo browser install-gpu clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +31,13 @@ lint: install
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 
-test: lint
-	$(BIN)/python -m pytest
+$(CHROMIUM):
+	$(APT) install chromium >/dev/null || ($(APT) update >/dev/null && $(APT) install chromium >/dev/null)
+
+browser: $(CHROMIUM)
+
+test: lint browser
+	CHATBOT_CHROMIUM=$(CHROMIUM) CHATBOT_BROWSER_TESTS=required $(BIN)/python -m pytest
 
 demo: install
 	$(BIN)/chatbot demo

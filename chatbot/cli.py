@@ -26,6 +26,11 @@ from chatbot.versions import ModelVersions, VersionInfo, default_root, no_versio
 if TYPE_CHECKING:
     from training.readers import CsvColumns
 
+DEMO_CHANNEL = "web"
+DEMO_DESCRIPTION = (
+    "A demo model trained on a synthetic shop's support chats: ask about orders, deliveries, "
+    "returns, refunds, payments or your account."
+)
 TRAIN_EXTRA = "install the training tools with `pip install 'chatbot[train]'`"
 RESTART_NOTE = "a running server keeps the version it started with: restart it to serve this one"
 
@@ -51,14 +56,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _chosen_channel(argv: list[str]) -> dict[str, type[Channel]]:
-    """The channel whose flags the command needs: `chat` is the terminal, `serve` names one."""
-    if argv[:1] in (["chat"], ["demo"]):
-        return {argv[0]: find_channel("terminal").load()}
-    if argv[:1] == ["serve"]:
+    """The channel whose flags the command needs: `chat` is the terminal, `serve` names one,
+    `demo` names one or serves the web chat."""
+    if argv[:1] == ["chat"]:
+        return {"chat": find_channel("terminal").load()}
+    if argv[:1] in (["serve"], ["demo"]):
         pre = argparse.ArgumentParser(add_help=False)
-        pre.add_argument("--channel")
+        pre.add_argument("--channel", default=DEMO_CHANNEL if argv[0] == "demo" else None)
         name = pre.parse_known_args(argv[1:])[0].channel
-        return {"serve": find_channel(name).load()} if name else {}
+        return {argv[0]: find_channel(name).load()} if name else {}
     return {}
 
 
@@ -105,10 +111,15 @@ def build_parser(*, channel_flags: dict[str, type[Channel]] | None = None) -> ar
         "demo", help="chat with the default model (trained offline on the bundled sample the first time)"
     )
     demo.add_argument("--rebuild", action="store_true", help="train the default model again")
+    demo.add_argument(
+        "--channel",
+        default=DEMO_CHANNEL,
+        help=f"where to chat: {DEMO_CHANNEL} (default) or terminal, or any installed channel",
+    )
     _add_generation_options(demo)
     if "demo" in flags:
         flags["demo"].add_arguments(demo)
-    demo.set_defaults(run=_demo, channel="terminal")
+    demo.set_defaults(run=_demo)
 
     _add_train_command(commands)
     _add_eval_command(commands)
@@ -227,6 +238,8 @@ def _demo(args: argparse.Namespace) -> int:
         "orders, deliveries, returns, refunds, payments or your account. Train your own with `chatbot train`."
     )
     args.model_dir, args.store, args.device = folder, paths.default_store(), None
+    if getattr(args, "description", None) == "":  # the web page says what this model knows
+        args.description = DEMO_DESCRIPTION
     return _serve(args)
 
 

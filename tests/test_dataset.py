@@ -9,6 +9,7 @@ import pytest
 from chatbot.folder import ModelFolder
 from chatbot.template import END_OF_TURN
 from training.dataset import IGNORE, ConversationEncoder, Example, Skipped, build_datasets, split_ids
+from training.prepare import example_questions
 from training.readers import Transcript, Turn
 
 TURNS = (
@@ -128,3 +129,23 @@ def test_build_datasets_splits_counts_and_caches_by_fingerprint(tokenizer, tmp_p
         transcripts[:9], tokenizer, max_length=256, validation=0.2, seed=0, cache_dir=tmp_path
     )
     assert not changed.report.cached and changed.report.fingerprint != first.report.fingerprint
+
+
+def test_example_questions_are_frequent_opening_requests_past_greetings() -> None:
+    def chat(number: int, *customer: str) -> Transcript:
+        turns = [Turn(role, text) for text in customer for role in ("user",)]
+        return Transcript(f"c{number}", "t.jsonl", number, (*turns, Turn("assistant", "Sure.")))
+
+    transcripts = [
+        chat(1, "hi", "I want to return my shoes please"),
+        chat(2, "Where is my order number 5?"),
+        chat(3, "hello", "where is my order number 5?"),
+        chat(4, "Can I change my address to <EMAIL> please?"),
+        chat(5, "Thanks, everything is sorted now"),
+        chat(6, "too short?"),
+    ]
+    assert example_questions(transcripts, limit=3) == [
+        "Where is my order number 5?",  # a question, asked twice
+        "I want to return my shoes please",
+        "Thanks, everything is sorted now",
+    ]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 from training.demo import DemoRecipe, ensure_demo_model
@@ -24,7 +27,7 @@ def test_the_demo_model_is_trained_once_then_reused_and_chats(tmp_path: Path) ->
     assert again == []  # found in the cache: no training
 
     result = subprocess.run(
-        [sys.executable, "-m", "chatbot", "demo", "--max-new-tokens", "8"],
+        [sys.executable, "-m", "chatbot", "demo", "--channel", "terminal", "--max-new-tokens", "8"],
         input="where is my order?\n/quit\n",
         capture_output=True,
         text=True,
@@ -38,3 +41,36 @@ def test_the_demo_model_is_trained_once_then_reused_and_chats(tmp_path: Path) ->
     assert result.returncode == 0, result.stderr
     assert "synthetic shop" in result.stderr and "training the default model" not in result.stderr
     assert "where is my order?" in result.stdout
+
+
+def test_the_demo_serves_the_web_chat_by_default(tmp_path: Path) -> None:
+    root = tmp_path / "cache" / "chatbot" / "demo"
+    ensure_demo_model(recipe=TINY, root=root, progress=lambda _: None)
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "chatbot", "demo", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={
+            **os.environ,
+            "XDG_CACHE_HOME": str(tmp_path / "cache"),
+            "CHATBOT_STORE": str(tmp_path / "c.db"),
+        },
+    )
+    assert demo.stdout is not None
+    try:
+        lines = []
+        for line in demo.stdout:
+            lines.append(line)
+            if found := re.search(r"web chat on (http://\S+)", line):
+                break
+        else:
+            raise AssertionError("".join(lines))
+        with urllib.request.urlopen(found.group(1), timeout=30) as page:
+            html = page.read().decode()
+        assert page.status == 200 and "Support chat" in html
+        assert "synthetic shop" in "".join(lines)
+    finally:
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(timeout=30) == 0
+        demo.stdout.close()

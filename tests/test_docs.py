@@ -43,3 +43,14 @@ def test_every_built_in_channel_is_in_the_readme():
 def test_the_two_setup_commands_are_in_the_readme_and_ci_runs_the_test_one():
     assert "make demo" in README and "make test" in README
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_every_web_chat_flag_is_in_the_readme():
+    from plugins.web import WebChannel
+
+    parser = argparse.ArgumentParser(add_help=False)
+    WebChannel.add_arguments(parser)
+    for action in parser._actions:
+        for flag in action.option_strings:
+            if flag.startswith("--"):
+                assert f"`{flag}" in README, f"the web chat's {flag} is not documented in README.md"

@@ -86,6 +86,7 @@ def test_the_card_records_data_training_metrics_and_versions(work: Path, first_r
     assert card["metrics"]["validation_loss"] > 0
     assert {"rouge_l", "bleu"} <= set(json.dumps(card["metrics"]["evaluation"]).replace('"', " ").split())
     assert card["onnx"]["reference"]["parity"]["max_abs_diff"] < 1e-3
+    assert isinstance(card["examples"], list)  # opening questions the web chat offers
     assert card["versions"]["transformers"]
     assert {"train_s", "export_s", "evaluate_s"} <= set(card["durations"])
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from training.readers import CsvColumns, ReadReport, Transcript, Turn, read_transcripts
-from training.redact import KINDS, Redactor
+from training.redact import KINDS, PLACEHOLDERS, Redactor
 
 
 @dataclass
@@ -70,3 +70,33 @@ def load_conversations(
 def _redacted(transcript: Transcript, redactor: Redactor) -> Transcript:
     turns = tuple(Turn(turn.role, redactor(turn.content)) for turn in transcript.turns)
     return replace(transcript, turns=turns)
+
+
+def example_questions(transcripts: Iterable[Transcript], *, limit: int = 4) -> list[str]:
+    """Opening customer requests to offer as examples in a chat page (recorded in the card).
+
+    A conversation's opening request is its first customer turn of four words or more (past a
+    greeting). Questions come first, then the most frequent; among equally frequent ones, those
+    nearest 40 characters. Openings with a redaction placeholder (``<EMAIL>``) are never offered.
+    """
+    counts: Counter[str] = Counter()
+    first_seen: dict[str, str] = {}
+    for transcript in transcripts:
+        asks = (
+            turn.content
+            for turn in transcript.turns
+            if turn.role == "user" and len(turn.content.split()) >= 4
+        )
+        opening = next(asks, None)  # past a bare "hi there"
+        if opening is None or not 12 <= len(opening) <= 120 or "\n" in opening:
+            continue
+        if any(placeholder in opening for placeholder in PLACEHOLDERS.values()):
+            continue
+        key = " ".join(opening.casefold().split())
+        counts[key] += 1
+        first_seen.setdefault(key, opening)
+
+    def rank(key: str) -> tuple[int, int, int]:
+        return (0 if key.endswith("?") else 1, -counts[key], abs(len(key) - 40))
+
+    return [first_seen[key] for key in sorted(counts, key=rank)[:limit]]

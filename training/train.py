@@ -35,7 +35,7 @@ from chatbot.errors import ChatbotError
 from chatbot.template import DEFAULT_CHAT_TEMPLATE, END_OF_TEXT, END_OF_TURN
 from training.card import new_card, set_card_entry, update_card, write_card
 from training.dataset import DatasetReport, Datasets, build_datasets, pad_batch, split_ids
-from training.prepare import Conversations, load_conversations
+from training.prepare import Conversations, example_questions, load_conversations
 from training.readers import CsvColumns, Transcript
 from training.report import REPORT_FILE, summarize, write_report
 from training.tiny import ROLE_TOKENS, random_model, train_tokenizer, wrap_tokenizer
@@ -416,6 +416,8 @@ def _card(run: _Run, trainer: Trainer) -> dict[str, Any]:
         "validation_share": options.validation,
         "seed": options.seed,
     }
+    train_transcripts = [t for t in run.conversations.transcripts if t.id in run.train_ids]
+    card["examples"] = example_questions(train_transcripts)  # offered by the web chat
     card["training"] = {
         "parameters": _parameters(model),
         "context_tokens": run.max_length,

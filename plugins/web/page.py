@@ -1,0 +1,225 @@
+"""The chat page: a Gradio Blocks app that talks to the engine and keeps no state of its own.
+
+Every handler finds the visitor's conversation from the request (the session cookie, else the
+Gradio session of an API client) and reads or writes it through the engine; the store is the
+source of truth, so a reload, a second tab or a restarted server shows the same conversation.
+Nothing is shared between visitors but the engine.
+
+The API endpoints a script can call with ``gradio_client`` (``Client(url).view_api()``):
+
+``/chat`` (message) streams the conversation as the reply is written; ``/history`` returns it;
+``/new_conversation`` starts over; ``/feedback`` (index, "up" | "down") rates the reply at that
+position of the conversation, as the thumbs in the page do.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio reads it
+
+import gradio as gr
+
+from chatbot import ChatbotError, Conversation, Engine, UnknownConversation
+from plugins.web.access import conversation_id, session_token
+
+ChatMessage = dict[str, Any]
+LIKE, DISLIKE = "Like", "Dislike"  # the two feedback options Gradio draws as thumbs
+
+
+@dataclass(frozen=True)
+class PageSettings:
+    """What the page says; everything else comes from the engine."""
+
+    title: str = "Support chat"
+    description: str = ""
+    examples: tuple[str, ...] = ()
+    handover_text: str = "A person from our support team will take over this conversation shortly."
+    placeholder: str = "Type your message and press Enter"
+
+
+@dataclass
+class _Shown:
+    """The conversation as the page draws it, with the stored message behind each entry."""
+
+    messages: list[ChatMessage]
+    message_ids: list[int]
+    feedback: list[str | None]  # one per assistant message, for Gradio's thumbs
+
+
+class ChatPage:
+    """The handlers of the page and the Blocks that wires them."""
+
+    def __init__(self, engine: Engine, settings: PageSettings) -> None:
+        self.engine = engine
+        self.settings = settings
+
+    # -- the page ------------------------------------------------------------------------
+
+    def blocks(self) -> gr.Blocks:
+        settings = self.settings
+        with gr.Blocks(title=settings.title, analytics_enabled=False, fill_height=True) as blocks:
+            heading = f"## {settings.title}"
+            gr.Markdown(f"{heading}\n{settings.description}" if settings.description else heading)
+            chat = gr.Chatbot(
+                show_label=False,
+                elem_id="chat",
+                scale=1,
+                height="70vh",
+                feedback_options=(LIKE, DISLIKE),
+                buttons=["copy"],  # no share button: nothing leaves this server
+                examples=[{"text": text} for text in settings.examples] or None,
+                placeholder=None if settings.examples else "How can we help?",
+            )
+            box = gr.Textbox(
+                show_label=False,
+                placeholder=settings.placeholder,
+                elem_id="message",
+                autofocus=True,
+                submit_btn=True,
+                lines=1,
+                max_lines=8,
+            )
+            new = gr.Button("New conversation", elem_id="new-conversation", size="sm", variant="secondary")
+
+            fast: dict[str, Any] = {"concurrency_limit": None, "show_progress": "hidden"}
+            blocks.load(self.history, None, chat, api_name="history", **fast)
+            box.submit(self.chat, box, [chat, box], api_name="chat", concurrency_id="reply")
+            chat.example_select(self.example, None, box, api_visibility="private", **fast).then(
+                self.chat, box, [chat, box], api_visibility="private", concurrency_id="reply"
+            )
+            chat.like(self.like, None, None, api_visibility="private", **fast)
+            new.click(self.new_conversation, None, chat, api_name="new_conversation", **fast)
+            chat.clear(self.new_conversation, None, chat, api_visibility="private", **fast)  # its bin icon
+            gr.api(self.feedback, api_name="feedback", concurrency_limit=None)
+        return blocks
+
+    # -- handlers ------------------------------------------------------------------------
+
+    def history(self, request: gr.Request) -> gr.Chatbot:
+        """The visitor's conversation as stored (on page load: this is what survives a reload)."""
+        return self._update(self._stored(request))
+
+    def chat(self, text: str | None, request: gr.Request) -> Iterator[tuple[Any, Any]]:
+        """Send ``text`` and stream the reply into the page."""
+        if not text or not text.strip():
+            yield gr.skip(), gr.skip()  # empty input sends nothing
+            return
+        conversation = self.engine.start(self._conversation_id(request), metadata={"channel": "web"})
+        shown = self._shown(conversation)
+        try:
+            stream = self.engine.stream(conversation.id, text)
+        except ChatbotError as error:  # refused before anything was stored: keep the text in the box
+            yield [*shown.messages, _notice(error)], gr.skip()
+            return
+        messages = [*shown.messages, {"role": "user", "content": text}]
+        written = ""
+        yield [*messages, _assistant("…")], ""  # the message is on its way: empty the box
+        with stream:
+            try:
+                for delta in stream:
+                    written += delta
+                    yield [*messages, _assistant(written)], gr.skip()
+            except ChatbotError as error:
+                yield [*messages, _assistant(written), _notice(error)], gr.skip()
+                return
+        yield self._update(self.engine.get(conversation.id)), gr.skip()
+
+    def example(self, selected: gr.SelectData) -> str:
+        """An example question clicked: it goes into the box, then out as a message."""
+        value = selected.value
+        return str(value.get("text", "") if isinstance(value, dict) else value)
+
+    def new_conversation(self, request: gr.Request) -> gr.Chatbot:
+        """Start over; the earlier turns stay in the store (for audit and for training)."""
+        conversation = self._stored(request)
+        if conversation.messages:
+            self.engine.reset(conversation.id)
+            conversation = self.engine.get(conversation.id)
+        return self._update(conversation)
+
+    def like(self, data: gr.LikeData, request: gr.Request) -> None:
+        """A thumb clicked in the page."""
+        if isinstance(data.index, int) and isinstance(data.liked, bool):
+            self._rate(request, data.index, "up" if data.liked else "down", shown_as=data.value)
+        # a thumb clicked off again: the earlier rating stays (every rating is kept)
+
+    def feedback(self, index: int, rating: Literal["up", "down"], request: gr.Request) -> str:
+        """Rate the reply at position ``index`` of the conversation (as ``/history`` lists it)."""
+        return self._rate(request, int(index), rating)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _conversation_id(self, request: gr.Request) -> str:
+        """The browser's conversation (its session cookie), else the API client's Gradio session."""
+        token = session_token(request.headers.get("cookie"))
+        return conversation_id(token if token is not None else f"gradio-session:{request.session_hash}")
+
+    def _stored(self, request: gr.Request) -> Conversation:
+        """The visitor's conversation, or an empty one (not stored) before the first message."""
+        key = self._conversation_id(request)
+        try:
+            return self.engine.get(key)
+        except UnknownConversation:
+            return Conversation(key, datetime.now(timezone.utc))
+
+    def _shown(self, conversation: Conversation) -> _Shown:
+        ratings = self._ratings(conversation.id) if conversation.messages else {}
+        shown = _Shown([], [], [])
+        for message in conversation.messages:
+            if message.role == "user":
+                shown.messages.append({"role": "user", "content": message.content})
+            elif message.role == "assistant":
+                note = self.settings.handover_text if message.meta.get("handover") else ""
+                text = "\n\n".join(part for part in (message.content, f"*{note}*" if note else "") if part)
+                shown.messages.append(_assistant(text))
+                shown.feedback.append(ratings.get(message.id))
+            else:
+                continue
+            shown.message_ids.append(message.id)
+        return shown
+
+    def _ratings(self, conversation_id: str) -> dict[int, str]:
+        latest = {item.message_id: item.rating for item in self.engine.store.feedback(conversation_id)}
+        return {message_id: LIKE if rating > 0 else DISLIKE for message_id, rating in latest.items()}
+
+    def _update(self, conversation: Conversation) -> gr.Chatbot:
+        shown = self._shown(conversation)
+        messages: list[Any] = list(shown.messages)  # gradio's MessageDict is a TypedDict
+        return gr.Chatbot(value=messages, feedback_value=shown.feedback)
+
+    def _rate(self, request: gr.Request, index: int, rating: str, *, shown_as: Any = None) -> str:
+        shown = self._shown(self._stored(request))
+        if not 0 <= index < len(shown.messages) or shown.messages[index]["role"] != "assistant":
+            raise gr.Error(f"there is no reply at position {index} of this conversation")
+        if shown_as is not None and _text(shown_as) != shown.messages[index]["content"]:
+            raise gr.Error("that reply is no longer in this conversation (it was started over)")
+        try:
+            self.engine.feedback(shown.message_ids[index], rating)
+        except ChatbotError as error:
+            raise gr.Error(str(error)) from error
+        return f"thanks: reply {index} rated {rating}"
+
+
+def _assistant(text: str) -> ChatMessage:
+    return {"role": "assistant", "content": text}
+
+
+def _notice(error: ChatbotError) -> ChatMessage:
+    """An error shown in the chat; it is not part of the stored conversation."""
+    return {"role": "assistant", "content": f"⚠️ Not sent: {error}"}
+
+
+def _text(value: Any) -> str:
+    """The text of a message as Gradio hands it back (a string, a message or a list of parts)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return _text(value.get("content", value.get("text", value.get("value", ""))))
+    if isinstance(value, list):
+        return "".join(_text(part) for part in value)
+    return str(value)

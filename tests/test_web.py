@@ -1,0 +1,405 @@
+"""The web chat, served for real (`chatbot serve --channel web`) and talked to by real clients:
+``gradio_client`` for the API and Debian's chromium, driven by Playwright, for the page."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import os
+import queue
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gradio_client import Client
+
+from chatbot import SQLStore
+from plugins.web.access import COOKIE, Credentials, conversation_id, session_token
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+HANDOVER = "Passing you to a colleague now."
+EXAMPLE = "Where is my order?"
+
+
+@dataclass
+class Server:
+    url: str
+    store: Path
+    process: subprocess.Popen[str]
+    lines: list[str] = field(default_factory=list)
+
+    def client(self, cookie: str | None = None, **headers: str) -> Client:
+        if cookie is not None:
+            headers["Cookie"] = f"{COOKIE}={cookie}"
+        return Client(self.url, verbose=False, headers=headers or None, download_files=False)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        return self.process.returncode
+
+
+def serve(model_dir: Path, store: Path, *flags: str, env: dict[str, str] | None = None) -> Server:
+    """Start `chatbot serve --channel web` on a free port; return once it says where it listens."""
+    command = [sys.executable, "-m", "chatbot", "serve", "--channel", "web", str(model_dir)]
+    command += ["--port", "0", "--store", str(store), "--max-new-tokens", "12", *flags]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    assert process.stdout is not None
+    lines: queue.Queue[str | None] = queue.Queue()
+    seen: list[str] = []
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            seen.append(line)
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    while True:
+        line = lines.get(timeout=120)
+        if line is None:
+            process.wait()
+            raise AssertionError(f"the server stopped ({process.returncode}):\n{''.join(seen)}")
+        if found := re.search(r"web chat on (http://\S+)", line):
+            return Server(found.group(1), store, process, seen)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    store = tmp_path_factory.mktemp("web") / "conversations.db"
+    running = serve(tiny_model_dir, store, "--handover-text", HANDOVER, "--example", EXAMPLE)
+    yield running
+    assert running.stop() == 0, "".join(running.lines)
+
+
+def stored(server: Server, cookie: str) -> Any:
+    with SQLStore(f"sqlite:///{server.store}") as store:
+        return store.get_conversation(conversation_id(cookie))
+
+
+def texts(update: Any) -> list[tuple[str, str]]:
+    """(role, text) of each message in what an endpoint returned for the chat."""
+    messages = update["value"] if isinstance(update, dict) else update
+    return [(m["role"], "".join(part["text"] for part in m["content"])) for m in messages]
+
+
+def new_cookie() -> str:
+    return base64.urlsafe_b64encode(os.urandom(24)).decode()
+
+
+# -- the API, with gradio_client ----------------------------------------------------------
+
+
+def test_a_conversation_remembers_its_turns_and_is_stored(server: Server) -> None:
+    cookie = new_cookie()
+    client = server.client(cookie)
+    client.predict("Where is my order?", api_name="/chat")
+    chat, box = client.predict("It was order 123", api_name="/chat")
+    assert box == {"__type__": "update"} or box == ""
+    shown = texts(chat)
+    assert [role for role, _ in shown] == ["user", "assistant", "user", "assistant"]
+    assert shown[0][1] == "Where is my order?" and shown[2][1] == "It was order 123"
+    conversation = stored(server, cookie)
+    assert [m.content for m in conversation.messages if m.role == "user"] == [
+        "Where is my order?",
+        "It was order 123",
+    ]
+    first, second = (m for m in conversation.messages if m.role == "assistant")
+    assert second.meta["prompt_tokens"] > first.meta["prompt_tokens"]  # the first turn went into the prompt
+    assert conversation.metadata == {"channel": "web"}
+    # the page adds the handover text to a reply flagged for a person; the store keeps the reply alone
+    assert first.meta["handover"] and shown[1][1] == f"{first.content}\n\n*{HANDOVER}*"
+
+
+def test_replies_stream_in_several_growing_updates(server: Server) -> None:
+    client = server.client(new_cookie())
+    job = client.submit("Can I return my shoes?", api_name="/chat")
+    updates = [texts(chat) for chat, _ in job]
+    replies = [shown[-1][1] for shown in updates if shown and shown[-1][0] == "assistant"]
+    partial = [r for r in replies if HANDOVER not in r and r != "…"]
+    assert len(partial) >= 3, updates
+    assert all(a == b[: len(a)] for a, b in itertools.pairwise(partial))  # each one grows
+    assert replies[-1].startswith(partial[-1])
+
+
+def test_two_visitors_at_once_keep_separate_conversations(server: Server) -> None:
+    cookies = [new_cookie(), new_cookie()]
+    questions = ["I want a refund", "My parcel is damaged"]
+
+    def talk(cookie: str, question: str) -> list[tuple[str, str]]:
+        client = server.client(cookie)
+        client.predict(question, api_name="/chat")
+        return texts(client.predict(question + " again", api_name="/chat")[0])
+
+    with ThreadPoolExecutor(2) as pool:
+        shown = list(pool.map(talk, cookies, questions))
+    for cookie, question, chat in zip(cookies, questions, shown, strict=True):
+        assert [text for role, text in chat if role == "user"] == [question, question + " again"]
+        assert [m.content for m in stored(server, cookie).messages if m.role == "user"] == [
+            question,
+            question + " again",
+        ]
+
+
+def test_a_client_without_cookies_has_one_conversation_per_session(server: Server) -> None:
+    first, second = server.client(), server.client()
+    first.predict("hello from the first", api_name="/chat")
+    second.predict("hello from the second", api_name="/chat")
+    assert [t for r, t in texts(first.predict(api_name="/history")) if r == "user"] == [
+        "hello from the first"
+    ]
+    assert [t for r, t in texts(second.predict(api_name="/history")) if r == "user"] == [
+        "hello from the second"
+    ]
+
+
+def test_a_reload_restores_the_conversation_and_others_never_see_it(server: Server) -> None:
+    cookie = new_cookie()
+    server.client(cookie).predict("Do you ship to Canada?", api_name="/chat")
+    restored = texts(server.client(cookie).predict(api_name="/history"))  # a new page load, same browser
+    assert restored[0] == ("user", "Do you ship to Canada?") and restored[1][0] == "assistant"
+    assert texts(server.client(new_cookie()).predict(api_name="/history")) == []
+
+
+def test_feedback_reaches_the_store_and_shows_after_a_reload(server: Server) -> None:
+    cookie = new_cookie()
+    client = server.client(cookie)
+    client.predict("My card was charged twice", api_name="/chat")
+    assert "rated down" in client.predict(1, "down", api_name="/feedback")
+    reply = stored(server, cookie).messages[1]
+    with SQLStore(f"sqlite:///{server.store}") as store:
+        assert [(f.message_id, f.rating) for f in store.feedback(reply.conversation_id)] == [(reply.id, -1)]
+    assert server.client(cookie).predict(api_name="/history")["feedback_value"] == ["Dislike"]
+    with pytest.raises(Exception, match="no reply at position 0"):
+        client.predict(0, "up", api_name="/feedback")  # a customer's own message
+
+
+def test_new_conversation_starts_over_and_keeps_the_transcript(server: Server) -> None:
+    cookie = new_cookie()
+    client = server.client(cookie)
+    client.predict("first question", api_name="/chat")
+    assert texts(client.predict(api_name="/new_conversation")) == []
+    client.predict("second question", api_name="/chat")
+    assert [t for r, t in texts(client.predict(api_name="/history")) if r == "user"] == ["second question"]
+    with SQLStore(f"sqlite:///{server.store}") as store:
+        transcript = store.transcript(conversation_id(cookie))
+    assert [m.content for m in transcript if m.role == "user"] == ["first question", "second question"]
+
+
+def test_empty_input_sends_nothing_and_an_oversized_one_shows_the_error(server: Server) -> None:
+    cookie = new_cookie()
+    client = server.client(cookie)
+    client.predict("hello", api_name="/chat")
+    assert client.predict("   ", api_name="/chat") == ({"__type__": "update"}, {"__type__": "update"})
+    chat, box = client.predict("x" * 5000, api_name="/chat")
+    assert box == {"__type__": "update"}  # the text stays in the box, nothing is lost
+    shown = texts(chat)
+    assert shown[-1][0] == "assistant" and "5000 characters long; the limit is 4000" in shown[-1][1]
+    assert [m.content for m in stored(server, cookie).messages if m.role == "user"] == ["hello"]
+    client.predict("still there?", api_name="/chat")  # and the conversation goes on
+    assert [m.content for m in stored(server, cookie).messages if m.role == "user"] == [
+        "hello",
+        "still there?",
+    ]
+
+
+# -- start-up, shutdown and access -------------------------------------------------------
+
+
+def test_a_broken_model_folder_stops_start_up_before_a_port_opens(tmp_path: Path) -> None:
+    (tmp_path / "model").mkdir()
+    result = serve_once(tmp_path / "model", "--port", str(free_port()), "--store", str(tmp_path / "c.db"))
+    assert result.returncode == 1
+    assert "error:" in result.stderr and "config.json" in result.stderr
+    assert "web chat on" not in result.stdout
+
+
+def test_a_port_in_use_is_a_clear_error(tiny_model_dir: Path, tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = serve_once(tiny_model_dir, "--port", str(port), "--store", str(tmp_path / "c.db"))
+    assert result.returncode == 1
+    assert f"port {port} on 127.0.0.1 is already in use" in result.stderr and "--port" in result.stderr
+
+
+def test_basic_auth_from_the_environment_guards_every_route(tiny_model_dir: Path, tmp_path: Path) -> None:
+    secret = "s3cret-Pa55:with-colon"
+    running = serve(tiny_model_dir, tmp_path / "c.db", env={"CHATBOT_WEB_AUTH": f"agent:{secret}"})
+    try:
+        for path in ("", "config", "gradio_api/info"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(running.url + path, timeout=30)
+            assert refused.value.code == 401 and "Basic" in refused.value.headers["WWW-Authenticate"]
+        wrong = base64.b64encode(b"agent:guess").decode()
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(
+                urllib.request.Request(running.url, headers={"Authorization": f"Basic {wrong}"}), timeout=30
+            )
+        right = base64.b64encode(f"agent:{secret}".encode()).decode()
+        client = running.client(Authorization=f"Basic {right}")
+        chat, _ = client.predict("hello", api_name="/chat")
+        assert texts(chat)[0] == ("user", "hello")
+    finally:
+        assert running.stop() == 0
+    assert "basic auth" in "".join(running.lines) and secret not in "".join(running.lines)
+
+
+def test_a_malformed_auth_setting_stops_start_up_without_echoing_it(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    flags = ("--port", "0", "--store", str(tmp_path / "c.db"))
+    result = serve_once(tiny_model_dir, *flags, env={"CHATBOT_WEB_AUTH": "no-colon-secret"})
+    assert result.returncode == 1 and "user:password" in result.stderr
+    assert "no-colon-secret" not in result.stderr + result.stdout
+
+
+def test_credentials_compare_and_never_show_the_password() -> None:
+    credentials = Credentials.from_environment({"CHATBOT_WEB_AUTH": "ann:pa:ss"})
+    assert credentials == Credentials("ann", "pa:ss") and "pa:ss" not in repr(credentials)
+    assert credentials.accepts("Basic " + base64.b64encode(b"ann:pa:ss").decode())
+    for header in (
+        None,
+        "",
+        "Basic",
+        "Basic !!!",
+        "Bearer x",
+        "Basic " + base64.b64encode(b"ann:pa").decode(),
+    ):
+        assert not credentials.accepts(header)
+    assert Credentials.from_environment({}) is None
+
+
+def test_session_tokens_are_read_from_the_cookie_header_only_when_well_formed() -> None:
+    token = new_cookie()
+    assert session_token(f"other=1; {COOKIE}={token}") == token
+    for header in (None, "", f"{COOKIE}=short", 'bad="', "other=1"):
+        assert session_token(header) is None
+    assert conversation_id(token) != conversation_id(new_cookie()) and token not in conversation_id(token)
+
+
+def serve_once(model_dir: Path, *flags: str, env: dict[str, str] | None = None) -> Any:
+    """Run the server to its end (a refused start-up) and return what it printed."""
+    return subprocess.run(
+        [sys.executable, "-m", "chatbot", "serve", "--channel", "web", str(model_dir), *flags],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+# -- the page, in a real browser ----------------------------------------------------------
+
+CHROMIUM = os.environ.get("CHATBOT_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        message = "chromium is not installed (`make test` installs Debian's chromium)"
+        if os.environ.get("CHATBOT_BROWSER_TESTS") == "required":
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+            ],
+        )
+        yield launched
+        launched.close()
+
+
+def test_a_customer_chats_in_the_page_rates_a_reply_and_reloads(server: Server, browser: Any) -> None:
+    context = browser.new_context(viewport={"width": 1000, "height": 760})
+    outside: list[str] = []
+    host = re.match(r"(http://[^/]+)", server.url).group(1)  # type: ignore[union-attr]
+
+    def no_internet(route: Any) -> None:  # the page must load and work with no network
+        if route.request.url.startswith((host, "data:", "blob:")):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", no_internet)
+    page = context.new_page()
+    try:
+        page.goto(server.url)
+        page.get_by_role("button", name=re.compile(f"example 1: {EXAMPLE}")).click()  # an example question
+        bots = page.locator('[data-testid="bot"]')
+        bots.first.get_by_text(HANDOVER).wait_for(timeout=30_000)
+        page.locator("#message textarea").fill("And when will it arrive?")
+        page.keyboard.press("Enter")
+        bots.nth(1).get_by_text(HANDOVER).wait_for(timeout=30_000)
+        users = page.locator('[data-testid="user"]')
+        assert users.all_inner_texts() == [EXAMPLE, "And when will it arrive?"]
+        assert page.locator("#message textarea").input_value() == ""
+
+        cookie = next(c["value"] for c in context.cookies() if c["name"] == COOKIE)
+        page.locator('button[aria-label="Like"]').last.click()
+        reply = [m for m in stored(server, cookie).messages if m.role == "assistant"][-1]
+        with SQLStore(f"sqlite:///{server.store}") as store:
+            wait_for(
+                lambda: (
+                    [(f.message_id, f.rating) for f in store.feedback(reply.conversation_id)]
+                    == [(reply.id, 1)]
+                )
+            )
+
+        page.reload()
+        users.nth(1).wait_for(timeout=30_000)
+        assert users.all_inner_texts() == [EXAMPLE, "And when will it arrive?"]
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "web-chat.png"), full_page=True)
+    finally:
+        context.close()
+    assert outside == [], f"the page fetched from outside this server: {outside}"
+
+
+def wait_for(condition: Any, timeout: float = 20.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
