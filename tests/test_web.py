@@ -168,6 +168,25 @@ def test_two_visitors_at_once_keep_separate_conversations(server: Server) -> Non
         ]
 
 
+def test_a_long_reply_does_not_hold_up_another_visitors_reply(
+    tiny_model_factory: Any, tmp_path: Path
+) -> None:
+    model = tiny_model_factory(n_positions=1024, n_embd=128, n_layer=4)
+    running = serve(model, tmp_path / "c.db", "--max-new-tokens", "900")
+    cookies = [new_cookie(), new_cookie()]
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda c: running.client(c).predict("hello", api_name="/chat"), cookies))
+        spans = []
+        for cookie in cookies:
+            asked, answered = stored(running, cookie).messages
+            assert answered.meta["reply_tokens"] > 300  # long enough to overlap
+            spans.append((asked.created_at, answered.created_at))
+    finally:
+        assert running.stop() == 0
+    assert max(start for start, _ in spans) < min(end for _, end in spans)  # generated at the same time
+
+
 def test_a_client_without_cookies_has_one_conversation_per_session(server: Server) -> None:
     first, second = server.client(), server.client()
     first.predict("hello from the first", api_name="/chat")
