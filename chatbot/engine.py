@@ -147,6 +147,21 @@ class Engine:
         with self._lock(conversation_id):
             self.store.reset(conversation_id)
 
+    def update_metadata(self, conversation_id: str, changes: Mapping[str, Any]) -> Conversation:
+        """Merge ``changes`` into the conversation's metadata; a ``None`` value removes a key.
+
+        Channels keep their own state of a conversation there (e.g. Slack's "a person took over").
+        """
+        return self.store.update_metadata(conversation_id, dict(changes))
+
+    def claim(self, key: str) -> bool:
+        """True the first time ``key`` is claimed in this store, False ever after.
+
+        A channel claims each delivered event before answering it, so an event delivered twice
+        (a retry, a second replica, a restart in between) is answered once.
+        """
+        return self.store.claim(key)
+
     def feedback(self, message_id: int, rating: int | str, *, comment: str | None = None) -> Feedback:
         """Record a thumbs up (+1 / "up") or down (-1 / "down") on an assistant reply."""
         if rating not in RATINGS:

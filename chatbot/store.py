@@ -104,6 +104,18 @@ class Store(Protocol):
         """Conversation ids, most recently updated first."""
         ...
 
+    def update_metadata(self, conversation_id: str, changes: dict[str, Any]) -> Conversation:
+        """Merge ``changes`` into a conversation's metadata (a ``None`` value removes the key)."""
+        ...
+
+    def claim(self, key: str) -> bool:
+        """Record a once-only key (a delivered event's id): True the first time, False ever after.
+
+        Durable when it returns, and atomic across processes sharing the store, so a channel
+        that claims before answering answers a redelivered event once, even across a restart.
+        """
+        ...
+
     def close(self) -> None:
         """Release connections; the store cannot be used afterwards."""
         ...
@@ -179,6 +191,13 @@ feedback = Table(
     sqlite_autoincrement=True,
 )
 
+claims = Table(
+    "chatbot_claims",
+    metadata_obj,
+    Column("key", Text, primary_key=True),
+    Column("created_at", _UTCText, nullable=False),
+)
+
 schema_version = Table(
     "chatbot_schema_version",
     metadata_obj,
@@ -197,10 +216,15 @@ def _create_v1(conn: Connection) -> None:
     metadata_obj.create_all(conn, tables=[conversations, messages, feedback])
 
 
+def _create_v2(conn: Connection) -> None:
+    """Version 2: the claims table (once-only keys, e.g. the Slack events already answered)."""
+    metadata_obj.create_all(conn, tables=[claims])
+
+
 # MIGRATIONS[i] takes a database from version i to version i + 1, inside one transaction.
 # Opening a store reads len(MIGRATIONS) at that moment, so a test can append a migration.
 # Issue 9 replaces this with Alembic for PostgreSQL; keep the two in step until then.
-MIGRATIONS: list[Migration] = [_create_v1]
+MIGRATIONS: list[Migration] = [_create_v1, _create_v2]
 SCHEMA_VERSION: int = len(MIGRATIONS)
 
 
@@ -420,17 +444,19 @@ def _inserted_id(result: CursorResult[Any]) -> int:
     return int(key[0])
 
 
-def _insert_if_absent(conn: Connection, values: dict[str, Any]) -> None:
-    """Create a conversation row unless one with that id exists (atomically where supported)."""
+def _insert_if_absent(conn: Connection, table: Table, values: dict[str, Any]) -> bool:
+    """Insert a row unless one with its primary key exists (atomically where supported);
+    whether it was inserted."""
+    (key,) = table.primary_key.columns
     dialects: dict[str, Callable[[Table], Any]] = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
     dialect_insert = dialects.get(conn.dialect.name)
     if dialect_insert is not None:
-        statement = dialect_insert(conversations).on_conflict_do_nothing(index_elements=["id"])
-        conn.execute(statement.values(**values))
-        return
-    found = select(conversations.c.id).where(conversations.c.id == values["id"])
-    if conn.scalar(found) is None:  # other dialects: the primary key catches a racing twin
-        conn.execute(insert(conversations).values(**values))
+        statement = dialect_insert(table).on_conflict_do_nothing(index_elements=[key.name])
+        return bool(conn.execute(statement.values(**values)).rowcount)
+    if conn.scalar(select(key).where(key == values[key.name])) is not None:
+        return False
+    conn.execute(insert(table).values(**values))  # other dialects: the primary key catches a racing twin
+    return True
 
 
 def _read_messages(conn: Connection, conversation_id: str, *, epoch: int | None) -> tuple[Message, ...]:
@@ -564,7 +590,7 @@ class SQLStore:
             "epoch": 0,
         }
         with self._transaction(write=True) as conn:
-            _insert_if_absent(conn, values)
+            _insert_if_absent(conn, conversations, values)
             return _read_conversation(conn, conversation_id)
 
     def get_conversation(self, conversation_id: str) -> Conversation:
@@ -636,6 +662,25 @@ class SQLStore:
         )
         with self._transaction(write=False) as conn:
             return list(conn.scalars(query))
+
+    def update_metadata(self, conversation_id: str, changes: dict[str, Any]) -> Conversation:
+        """Merge ``changes`` into a conversation's metadata (a ``None`` value removes the key)."""
+        with self._transaction(write=True) as conn:
+            current = _read_conversation(conn, conversation_id).metadata
+            merged = {k: v for k, v in {**current, **changes}.items() if v is not None}
+            conn.execute(
+                update(conversations)
+                .where(conversations.c.id == conversation_id)
+                .values(metadata=_encode_json(merged, "metadata"))
+            )
+            return _read_conversation(conn, conversation_id)
+
+    def claim(self, key: str) -> bool:
+        """Record a once-only key: True the first time, False ever after (durable, atomic)."""
+        if not isinstance(key, str) or not key or len(key) > 512:
+            raise InvalidMessage(f"a claim key is 1 to 512 characters of text, not {key!r:.80}")
+        with self._transaction(write=True) as conn:
+            return _insert_if_absent(conn, claims, {"key": key, "created_at": _now()})
 
     def close(self) -> None:
         """Release every connection; later calls raise StoreError. Closing twice is fine."""

@@ -328,7 +328,7 @@ def test_wal_mode_is_on(store: SQLStore, db_path: Path) -> None:
 
 
 def test_fresh_database_gets_current_version(store: SQLStore, db_path: Path) -> None:
-    assert SCHEMA_VERSION == len(store_module.MIGRATIONS) == 1
+    assert SCHEMA_VERSION == len(store_module.MIGRATIONS) == 2
     assert raw_sql(db_path, "SELECT version FROM chatbot_schema_version") == [(SCHEMA_VERSION,)]
 
 
@@ -355,7 +355,7 @@ def test_older_database_is_migrated_in_place(
     monkeypatch.setattr(store_module, "MIGRATIONS", [*store_module.MIGRATIONS, _add_locale])
     migrated = opener()
     assert migrated.get_conversation("c1").messages == (sent,)
-    assert raw_sql(db_path, "SELECT version FROM chatbot_schema_version") == [(2,)]
+    assert raw_sql(db_path, "SELECT version FROM chatbot_schema_version") == [(SCHEMA_VERSION + 1,)]
     columns = [row[1] for row in raw_sql(db_path, "PRAGMA table_info(chatbot_conversations)")]
     assert "locale" in columns
     migrated.close()
@@ -380,7 +380,7 @@ def test_failed_migration_changes_nothing(
     with pytest.raises(StoreError, match="no_such_table"):
         opener()
     monkeypatch.undo()
-    assert raw_sql(db_path, "SELECT version FROM chatbot_schema_version") == [(1,)]
+    assert raw_sql(db_path, "SELECT version FROM chatbot_schema_version") == [(SCHEMA_VERSION,)]
     columns = [row[1] for row in raw_sql(db_path, "PRAGMA table_info(chatbot_conversations)")]
     assert "locale" not in columns
     assert opener().conversation_ids() == ["c1"]
@@ -430,3 +430,47 @@ def test_closed_store_refuses_calls(store: SQLStore) -> None:
     store.close()
     with pytest.raises(StoreError, match="closed"):
         store.conversation_ids()
+
+
+# --------------------------------------------------------------------------- claims and metadata
+
+
+def test_a_key_is_claimed_once_across_reopening_and_threads(opener: Callable[[], SQLStore]) -> None:
+    first = opener()
+    assert first.claim("slack:T1:C1:1700000000.000100") is True
+    assert first.claim("slack:T1:C1:1700000000.000100") is False
+    first.close()
+    again = opener()
+    assert again.claim("slack:T1:C1:1700000000.000100") is False  # durable
+    results: list[bool] = []
+    workers = [threading.Thread(target=lambda: results.append(again.claim("race"))) for _ in range(8)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert sorted(results) == [False] * 7 + [True]
+    with pytest.raises(InvalidMessage):
+        again.claim("")
+
+
+def test_a_version_1_store_gains_the_claims_table(
+    opener: Callable[[], SQLStore], db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as patched:
+        patched.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:1])
+        old = opener()
+        old.open_conversation("c1")
+        old.close()
+    assert raw_sql(db_path, "SELECT version FROM chatbot_schema_version") == [(1,)]
+    upgraded = opener()
+    assert upgraded.claim("k") is True and upgraded.get_conversation("c1").id == "c1"
+    assert raw_sql(db_path, "SELECT version FROM chatbot_schema_version") == [(2,)]
+
+
+def test_metadata_is_merged_and_a_none_removes_a_key(store: SQLStore) -> None:
+    store.open_conversation("c1", metadata={"channel": "slack", "team": "T1"})
+    updated = store.update_metadata("c1", {"paused": True, "team": None})
+    assert updated.metadata == {"channel": "slack", "paused": True}
+    assert store.get_conversation("c1").metadata == {"channel": "slack", "paused": True}
+    with pytest.raises(UnknownConversation):
+        store.update_metadata("nope", {"paused": True})

@@ -1,30 +1,19 @@
 """`chatbot serve --channel web MODEL_DIR`: the web chat, served by uvicorn on one port.
 
 The engine is loaded (and a broken model folder refused) by the command line before this
-channel runs, so no port is ever opened for a model that cannot answer. The port is bound here,
-before the server starts, so "in use" is a clear error and ``--port 0`` picks a free one; the
-line ``web chat on http://HOST:PORT`` is printed once the server accepts connections.
+channel runs, so no port is ever opened for a model that cannot answer (see
+:mod:`plugins.serving`). The line ``web chat on http://HOST:PORT/`` is printed once the server
+accepts connections.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import errno
-import logging
-import signal
-import socket
-import sys
-import threading
 import warnings
-from collections.abc import Iterator
-from types import FrameType
 from typing import Any
 
-import uvicorn
-
 from chatbot import Channel, ChannelError, Engine
+from plugins.serving import listen, serve, url_of
 from plugins.web.access import AUTH_VARIABLE, AccessMiddleware, Credentials
 from plugins.web.page import ChatPage, PageSettings, gr
 
@@ -112,90 +101,19 @@ class WebChannel(Channel):
         # (Starlette's deprecation warnings are UserWarnings.)
         for category in (DeprecationWarning, UserWarning):
             warnings.filterwarnings("ignore", message=".*deprecated", category=category, module=r"gradio\.")
-        logging.getLogger("uvicorn.error").addFilter(_quiet_cancelled_streams)
-        host, port = getattr(self.options, "host", "127.0.0.1"), getattr(self.options, "port", 7860)
-        listener = _bind(host, port)
-        config = uvicorn.Config(
+        root_path = getattr(self.options, "root_path", "") or ""
+        listener = listen(getattr(self.options, "host", "127.0.0.1"), getattr(self.options, "port", 7860))
+        auth = f" (basic auth from ${AUTH_VARIABLE})" if self.credentials else ""
+        serve(
             self.app(),
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=2,  # then open page streams are closed
-            lifespan="on",
+            listener,
+            announce=f"web chat on {url_of(listener, root_path.rstrip('/') + '/')}{auth}",
         )
-        server = _Server(config, url=_url(listener, getattr(self.options, "root_path", "")))
-        server.auth_note = f" (basic auth from ${AUTH_VARIABLE})" if self.credentials else ""
-        asyncio.run(server.serve(sockets=[listener]))
         print("web chat stopped", flush=True)
         return 0
-
-
-def _quiet_cancelled_streams(record: logging.LogRecord) -> bool:
-    """Drop the tracebacks of page streams cancelled at shutdown: an open browser tab keeps one
-    open for good, so stopping cancels it after the grace period, and that is no error."""
-    error = record.exc_info[1] if record.exc_info else None
-    if isinstance(error, asyncio.CancelledError):
-        return False
-    return "timeout graceful shutdown exceeded" not in record.getMessage()
 
 
 def _fastapi() -> Any:
     from fastapi import FastAPI  # gradio's own dependency
 
     return FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        return socket.create_server((host, port), family=family, backlog=128)
-    except socket.gaierror as error:
-        raise ChannelError(f"cannot listen on {host!r}: {error.strerror}", hint="check --host") from error
-    except OSError as error:
-        if error.errno == errno.EADDRINUSE:
-            raise ChannelError(
-                f"port {port} on {host} is already in use",
-                hint="stop what uses it or choose another port with --port (0 picks a free one)",
-            ) from error
-        raise ChannelError(
-            f"cannot listen on {host}:{port}: {error.strerror}", hint="check --host and --port"
-        ) from error
-
-
-def _url(listener: socket.socket, root_path: str) -> str:
-    host, port = listener.getsockname()[:2]
-    shown = "127.0.0.1" if host == "0.0.0.0" else "[::1]" if host == "::" else host
-    shown = f"[{shown}]" if ":" in shown and not shown.startswith("[") else shown
-    return f"http://{shown}:{port}{root_path.rstrip('/')}/"
-
-
-class _Server(uvicorn.Server):
-    """uvicorn's server, saying where the chat is once it accepts connections."""
-
-    def __init__(self, config: uvicorn.Config, *, url: str) -> None:
-        super().__init__(config)
-        self.url = url
-        self.auth_note = ""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        """Ctrl+C or SIGTERM stops the server gracefully and the command exits 0 (a second Ctrl+C
-        stops it at once); uvicorn's own handler would re-raise the signal afterwards."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-    def _stop(self, sig: int, frame: FrameType | None) -> None:
-        self.force_exit = self.should_exit and sig == signal.SIGINT
-        self.should_exit = True
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        if self.started:
-            print(f"web chat on {self.url}{self.auth_note} — press Ctrl+C to stop", flush=True)
-            sys.stdout.flush()
