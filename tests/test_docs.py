@@ -45,12 +45,16 @@ def test_the_two_setup_commands_are_in_the_readme_and_ci_runs_the_test_one():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_every_web_chat_flag_is_in_the_readme():
+def test_every_channel_flag_and_slack_variable_is_in_the_readme():
+    from plugins.slack import SlackChannel
     from plugins.web import WebChannel
 
-    parser = argparse.ArgumentParser(add_help=False)
-    WebChannel.add_arguments(parser)
-    for action in parser._actions:
-        for flag in action.option_strings:
-            if flag.startswith("--"):
-                assert f"`{flag}" in README, f"the web chat's {flag} is not documented in README.md"
+    for channel in (WebChannel, SlackChannel):
+        parser = argparse.ArgumentParser(add_help=False)
+        channel.add_arguments(parser)
+        for action in parser._actions:
+            for flag in action.option_strings:
+                assert f"`{flag}" in README, f"{channel.__name__}'s {flag} is not documented in README.md"
+    code = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "plugins" / "slack").glob("*.py"))
+    for variable in set(re.findall(r"\bSLACK_[A-Z_]+\b", code)):
+        assert f"`{variable}`" in README, f"{variable} is read by the Slack channel but not documented"

@@ -6,24 +6,21 @@ from __future__ import annotations
 import base64
 import itertools
 import os
-import queue
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from gradio_client import Client
+from served import ServedProcess
 
 from chatbot import SQLStore
 from plugins.web.access import COOKIE, Credentials, conversation_id, session_token
@@ -34,61 +31,24 @@ HANDOVER = "Passing you to a colleague now."
 EXAMPLE = "Where is my order?"
 
 
-@dataclass
-class Server:
-    url: str
-    store: Path
-    process: subprocess.Popen[str]
-    lines: list[str] = field(default_factory=list)
+class Server(ServedProcess):
+    """The web chat, with the address it printed and the store it writes."""
+
+    def __init__(self, model_dir: Path, store: Path, *flags: str, env: dict[str, str] | None = None) -> None:
+        args = ["serve", "--channel", "web", str(model_dir), "--port", "0", "--store", str(store)]
+        super().__init__([*args, "--max-new-tokens", "12", *flags], env={**os.environ, **(env or {})})
+        self.store = store
+        self.url = self.wait_for_line(r"web chat on (http://\S+)").group(1)
 
     def client(self, cookie: str | None = None, **headers: str) -> Client:
         if cookie is not None:
             headers["Cookie"] = f"{COOKIE}={cookie}"
         return Client(self.url, verbose=False, headers=headers or None, download_files=False)
 
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        return self.process.returncode
-
 
 def serve(model_dir: Path, store: Path, *flags: str, env: dict[str, str] | None = None) -> Server:
     """Start `chatbot serve --channel web` on a free port; return once it says where it listens."""
-    command = [sys.executable, "-m", "chatbot", "serve", "--channel", "web", str(model_dir)]
-    command += ["--port", "0", "--store", str(store), "--max-new-tokens", "12", *flags]
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
-    assert process.stdout is not None
-    lines: queue.Queue[str | None] = queue.Queue()
-    seen: list[str] = []
-
-    def pump() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            seen.append(line)
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    while True:
-        line = lines.get(timeout=120)
-        if line is None:
-            process.wait()
-            raise AssertionError(f"the server stopped ({process.returncode}):\n{''.join(seen)}")
-        if found := re.search(r"web chat on (http://\S+)", line):
-            return Server(found.group(1), store, process, seen)
+    return Server(model_dir, store, *flags, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +56,7 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     store = tmp_path_factory.mktemp("web") / "conversations.db"
     running = serve(tiny_model_dir, store, "--handover-text", HANDOVER, "--example", EXAMPLE)
     yield running
-    assert running.stop() == 0, "".join(running.lines)
+    assert running.stop() == 0, running.output()
 
 
 def stored(server: Server, cookie: str) -> Any:
@@ -287,7 +247,7 @@ def test_basic_auth_from_the_environment_guards_every_route(tiny_model_dir: Path
         assert texts(chat)[0] == ("user", "hello")
     finally:
         assert running.stop() == 0
-    assert "basic auth" in "".join(running.lines) and secret not in "".join(running.lines)
+    assert "basic auth" in running.output() and secret not in running.output()
 
 
 def test_a_malformed_auth_setting_stops_start_up_without_echoing_it(

@@ -1,0 +1,254 @@
+"""The Slack bot: a slack-bolt app that answers in threads through the engine.
+
+What it answers: direct messages, mentions of the app, and later messages in a channel thread it
+is already in. Each (team, channel, thread) is one engine conversation. Bolt acknowledges every
+request at once (within Slack's 3 seconds) and runs the listener afterwards; the listener posts
+a placeholder in the thread and edits it as the reply streams (at most every
+``update_interval`` seconds), then writes the final text.
+
+Every message is claimed in the engine's store (``slack:TEAM:CHANNEL:TS``) before it is
+answered, so Slack's retries, the duplicate events of one message (a mention arrives as both
+``app_mention`` and ``message``) and a restart in between never produce a second answer.
+
+It never answers a bot (itself included) and ignores edits, deletions, joins and every other
+message subtype. When the engine flags a reply for a person, the reply calls
+``SLACK_HANDOVER_MENTION`` and the bot stays quiet in that thread until someone runs
+``/chatbot resume LINK`` (or ``/chatbot reset LINK`` to start over).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+from slack_bolt import App
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
+
+from chatbot import ChannelError, ChatbotError, Engine, UnknownConversation
+from plugins.slack.settings import SlackSettings
+
+log = logging.getLogger("chatbot.slack")
+
+PLACEHOLDER = "…"
+HANDOVER = "handover"  # the conversation metadata key: a person has this thread
+USAGE = (
+    "Usage: `{command} reset LINK` starts the thread's conversation over, `{command} resume LINK` "
+    "lets me answer again after a handover, `{command} status LINK` says who has it. LINK is a "
+    "message's link (its ⋮ menu > Copy link)."
+)
+_LINK = re.compile(r"<([^>|]+)(?:\|([^>]*))?>")
+_ARCHIVE_PATH = re.compile(r"/archives/([A-Z0-9]+)/p(\d{7,})")
+
+
+@dataclass(frozen=True)
+class BotSettings:
+    """How the bot behaves; the credentials are in :class:`SlackSettings`."""
+
+    update_interval: float = 1.0  # seconds between edits of a streaming reply
+    handover_text: str = "A person from our team will take over from here."
+    command: str = "/chatbot"
+
+
+def escape(text: str) -> str:
+    """Slack mrkdwn: ``&``, ``<`` and ``>`` escaped, so model output never forms a mention or link."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def plain_text(text: str, *, bot_user_id: str) -> str:
+    """What a person typed, from Slack's markup: our mention dropped, links and mentions readable."""
+    text = text.replace(f"<@{bot_user_id}>", " ")
+
+    def readable(match: re.Match[str]) -> str:
+        target, label = match.group(1), match.group(2)
+        if label:
+            return label
+        return "@" + target[1:] if target.startswith(("@", "#")) else target
+
+    text = _LINK.sub(readable, text)
+    text = text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    return re.sub(r"[ \t]+", " ", text).strip()
+
+
+def thread_of_link(link: str) -> tuple[str, str]:
+    """(channel, thread ts) of a Slack message link, e.g. ``https://x.slack.com/archives/C1/p1700000000000100``."""
+    link = _LINK.sub(lambda m: m.group(1), link.strip())
+    found = _ARCHIVE_PATH.search(urlparse(link).path)
+    if not found:
+        raise ValueError(f"{link!r} is not a link to a Slack message")
+    channel, digits = found.groups()
+    thread = parse_qs(urlparse(link).query).get("thread_ts", [f"{digits[:-6]}.{digits[-6:]}"])[0]
+    return channel, thread
+
+
+def conversation_key(team: str, channel: str, thread_ts: str) -> str:
+    """The engine's conversation id of a Slack thread."""
+    return f"slack-{team}-{channel}-{thread_ts}"
+
+
+class SlackBot:
+    """The bolt app and its listeners; ``app`` is what an adapter (HTTP or Socket Mode) serves."""
+
+    def __init__(self, engine: Engine, slack: SlackSettings, settings: BotSettings | None = None) -> None:
+        self.engine = engine
+        self.slack = slack
+        self.settings = settings or BotSettings()
+        self.client = web_client(slack.bot_token, slack.api_url)
+        identity = _who_am_i(self.client)
+        self.bot_user_id: str = identity["user_id"]
+        self.bot_id: str = identity.get("bot_id") or ""
+        self.team_id: str = identity.get("team_id") or ""
+        bolt_log = logging.getLogger("chatbot.slack.bolt")
+        # Bolt reads SLACK_BOT_TOKEN itself and warns that our client (which has it) wins: it does.
+        bolt_log.addFilter(lambda record: "`token` will be unused" not in record.getMessage())
+        self.app = App(
+            client=self.client,
+            signing_secret=slack.signing_secret or "",
+            request_verification_enabled=slack.signing_secret is not None,
+            token_verification_enabled=False,  # done above, with an error that says what to fix
+            process_before_response=False,  # acknowledge first, answer after
+            logger=bolt_log,
+        )
+        self.app.event("app_mention")(self.on_event)
+        self.app.event("message")(self.on_event)
+        self.app.command(self.settings.command)(self.on_command)
+        self.app.error(self.on_error)
+
+    # -- events --------------------------------------------------------------------------
+
+    def on_event(self, event: dict[str, Any], body: dict[str, Any]) -> None:
+        """A message or a mention: answer it in its thread, once."""
+        user, text, channel, ts = (
+            event.get("user"),
+            event.get("text") or "",
+            event.get("channel"),
+            event.get("ts"),
+        )
+        if event.get("bot_id") or event.get("subtype") or not user or user == self.bot_user_id:
+            return  # bots (ourselves included), edits, deletions, joins...
+        if not channel or not ts:
+            return
+        team = str(body.get("team_id") or event.get("team") or self.team_id)
+        thread = str(event.get("thread_ts") or ts)
+        key = conversation_key(team, channel, thread)
+        if event.get("type") == "message" and event.get("channel_type") != "im":
+            if f"<@{self.bot_user_id}>" in text:
+                return  # a mention: its app_mention event answers it
+            if "thread_ts" not in event or not self._knows(key):
+                return  # channel chatter that is not in a thread the bot is in
+        if not self.engine.claim(f"slack:{team}:{channel}:{ts}"):
+            log.info("already answered %s/%s (a retry or a duplicate event)", channel, ts)
+            return
+        conversation = self.engine.start(
+            key, metadata={"channel": "slack", "team": team, "slack_channel": channel, "thread_ts": thread}
+        )
+        if conversation.metadata.get(HANDOVER):
+            log.info("a person has thread %s/%s: staying quiet", channel, thread)
+            return
+        self._answer(key, channel, thread, plain_text(text, bot_user_id=self.bot_user_id))
+
+    def _knows(self, key: str) -> bool:
+        try:
+            self.engine.get(key)
+        except UnknownConversation:
+            return False
+        return True
+
+    def _answer(self, key: str, channel: str, thread: str, text: str) -> None:
+        placeholder = self.client.chat_postMessage(channel=channel, thread_ts=thread, text=PLACEHOLDER)
+        ts = str(placeholder["ts"])
+
+        def edit(new_text: str) -> None:
+            self.client.chat_update(channel=channel, ts=ts, text=new_text)
+
+        try:
+            stream = self.engine.stream(key, text)
+        except ChatbotError as error:
+            edit(escape(f"Sorry, I can't take that message: {error}"))
+            return
+        written, last = "", time.monotonic()
+        with stream:
+            for delta in stream:
+                written += delta
+                if written.strip() and time.monotonic() - last >= self.settings.update_interval:
+                    edit(escape(written) + " " + PLACEHOLDER)
+                    last = time.monotonic()
+        reply = stream.reply
+        assert reply is not None
+        final = escape(reply.text) or PLACEHOLDER
+        if reply.handover:
+            self.engine.update_metadata(key, {HANDOVER: True})
+            call = f"{self.slack.handover_mention} " if self.slack.handover_mention else ""
+            final = f"{final}\n\n{call}{escape(self.settings.handover_text)}"
+            log.info("handed thread %s/%s over to a person", channel, thread)
+        edit(final)
+
+    # -- the slash command ---------------------------------------------------------------
+
+    def on_command(self, ack: Callable[..., None], command: dict[str, Any]) -> None:
+        """``/chatbot reset|resume|status LINK``: answered at once, only to whoever ran it."""
+        ack(self.command_reply(command))
+
+    def command_reply(self, command: dict[str, Any]) -> str:
+        words = (command.get("text") or "").split()
+        usage = USAGE.format(command=self.settings.command)
+        if len(words) != 2 or words[0] not in ("reset", "resume", "status"):
+            return usage
+        try:
+            channel, thread = thread_of_link(words[1])
+        except ValueError as error:
+            return f"{error}. {usage}"
+        team = str(command.get("team_id") or self.team_id)
+        key = conversation_key(team, channel, thread)
+        try:
+            conversation = self.engine.get(key)
+        except UnknownConversation:
+            return "I have no conversation in that thread."
+        action = words[0]
+        if action == "reset":
+            self.engine.reset(key)
+            self.engine.update_metadata(key, {HANDOVER: None})
+            return "Done: that thread's conversation starts over, and I answer there again."
+        if action == "resume":
+            self.engine.update_metadata(key, {HANDOVER: None})
+            return "Done: I answer in that thread again."
+        turns = len(conversation.messages)
+        who = "a person has it (I stay quiet)" if conversation.metadata.get(HANDOVER) else "I am answering"
+        return f"That thread: {turns} turns since the last reset; {who}."
+
+    def on_error(self, error: Exception) -> None:
+        log.error("a Slack request failed: %s: %s", type(error).__name__, error)
+
+
+def web_client(token: str, api_url: str) -> WebClient:
+    """A Web API client that waits out HTTP 429 (``Retry-After``) and retries dropped connections."""
+    return WebClient(
+        token=token,
+        base_url=api_url,
+        retry_handlers=[
+            ConnectionErrorRetryHandler(max_retry_count=2),
+            RateLimitErrorRetryHandler(max_retry_count=3),
+        ],
+    )
+
+
+def _who_am_i(client: WebClient) -> dict[str, Any]:
+    try:
+        return dict(client.auth_test().data)  # type: ignore[arg-type]
+    except SlackApiError as error:
+        code = error.response.get("error", "unknown error") if error.response else "unknown error"
+        raise ChannelError(
+            f"Slack refused SLACK_BOT_TOKEN ({code})",
+            hint="copy the Bot User OAuth Token from OAuth & Permissions again, and reinstall the app",
+        ) from None
+    except OSError as error:
+        raise ChannelError(
+            f"cannot reach Slack's Web API at {client.base_url} ({type(error).__name__})",
+            hint="check the network, or SLACK_API_URL",
+        ) from None
