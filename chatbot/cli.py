@@ -35,9 +35,7 @@ TRAIN_EXTRA = "install the training tools with `pip install 'chatbot[train]'`"
 RESTART_NOTE = "a running server keeps the version it started with: restart it to serve this one"
 
 # Commands that later releases fill in: shown in the help so users see where the tool is going.
-PLANNED = {
-    "bench": "measure speed and memory against transformers",
-}
+PLANNED: dict[str, str] = {}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -123,6 +121,7 @@ def build_parser(*, channel_flags: dict[str, type[Channel]] | None = None) -> ar
 
     _add_train_command(commands)
     _add_eval_command(commands)
+    _add_bench_command(commands)
     _add_models_commands(commands)
     _add_feedback_commands(commands)
 
@@ -488,6 +487,37 @@ def _train(args: argparse.Namespace) -> int:
     if result.folder is not None:
         metrics = ", ".join(f"{k} {v}" for k, v in result.metrics.items() if isinstance(v, (int, float)))
         print(f"{result.folder}: {metrics}")
+    return 0
+
+
+def _add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bench = commands.add_parser("bench", help="measure speed and memory against transformers generate")
+    bench.add_argument("model_dir", metavar="MODEL_DIR", type=Path, help="a model folder (or versions root)")
+    bench.add_argument("--prompt-tokens", type=int, default=128, help="prompt length (default: 128)")
+    bench.add_argument("--new-tokens", type=int, default=64, help="tokens generated per reply (default: 64)")
+    bench.add_argument("--runs", type=int, default=5, help="timed runs after a warm-up; medians (default: 5)")
+    bench.add_argument(
+        "--concurrency", default="1,4", help="conversations at once for the tokens/s rows (default: 1,4)"
+    )
+    bench.add_argument("--out", type=Path, default=Path("bench"), help="folder for bench.md and bench.json")
+    bench.set_defaults(run=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    try:
+        from training.bench import BenchOptions, markdown, run_bench
+    except ImportError as error:
+        raise ChatbotError(
+            f"`chatbot bench` compares against transformers ({error})", hint=TRAIN_EXTRA
+        ) from error
+    try:
+        concurrency = tuple(int(n) for n in args.concurrency.split(","))
+        options = BenchOptions(args.prompt_tokens, args.new_tokens, args.runs, concurrency, args.out)
+    except ValueError as error:
+        raise ChatbotError(f"--concurrency takes counts separated by commas, e.g. 1,4 ({error})") from error
+    if min(args.prompt_tokens, args.new_tokens, args.runs, *concurrency) < 1:
+        raise ChatbotError("--prompt-tokens, --new-tokens, --runs and --concurrency must be at least 1")
+    print(markdown(run_bench(args.model_dir, options, progress=_progress)))
     return 0
 
 
