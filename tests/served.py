@@ -57,3 +57,14 @@ class ServedProcess:
         if self.process.stdout is not None:
             self.process.stdout.close()
         return self.process.returncode
+
+
+def run_to_end(args: Sequence[str], *, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m chatbot ARGS...`` run until it exits by itself (a refused start-up)."""
+    return subprocess.run(
+        [sys.executable, "-m", "chatbot", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ.copy() if env is None else env,
+    )

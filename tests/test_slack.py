@@ -8,7 +8,6 @@ import itertools
 import json
 import os
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from served import ServedProcess
+from served import ServedProcess, run_to_end
 from slack_fake import (
     FakeSlack,
     app_mention_event,
@@ -72,16 +71,10 @@ def environment(slack: FakeSlack, **extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def start_bot(model_dir: Path, store: Path, env: dict[str, str], *flags: str) -> Bot:
-    """`chatbot serve --channel slack` in a subprocess; returns once it says it is ready."""
-    return Bot(model_dir, store, env, *flags)
-
-
 def start_once(model_dir: Path, store: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """Run the bot to its end (a refused start-up) and return what it printed."""
-    command = [sys.executable, "-m", "chatbot", "serve", "--channel", "slack", str(model_dir), "--port", "0"]
-    return subprocess.run(
-        [*command, "--store", str(store)], capture_output=True, text=True, timeout=120, env=env
+    return run_to_end(
+        ["serve", "--channel", "slack", str(model_dir), "--port", "0", "--store", str(store)], env=env
     )
 
 
@@ -94,7 +87,7 @@ def slack() -> Iterator[FakeSlack]:
 @pytest.fixture(scope="module")
 def bot(tiny_model_dir: Path, slack: FakeSlack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bot]:
     store = tmp_path_factory.mktemp("slack") / "conversations.db"
-    running = start_bot(tiny_model_dir, store, environment(slack), *NEVER)
+    running = Bot(tiny_model_dir, store, environment(slack), *NEVER)
     yield running
     assert running.stop() == 0, running.output()
     for secret in (SECRET, BOT_TOKEN, APP_TOKEN):
@@ -250,7 +243,7 @@ def test_a_handover_calls_a_person_and_the_bot_stays_quiet_until_resumed(
     tiny_model_dir: Path, slack: FakeSlack, tmp_path: Path
 ) -> None:
     env = environment(slack, SLACK_HANDOVER_MENTION="<!subteam^S0HELP>")
-    running = start_bot(tiny_model_dir, tmp_path / "c.db", env, "--handover-text", "A person will take over.")
+    running = Bot(tiny_model_dir, tmp_path / "c.db", env, "--handover-text", "A person will take over.")
     try:
         thread = new_ts()
         running.post(
@@ -291,13 +284,13 @@ def test_a_restart_in_between_still_answers_a_retried_event_once(
     payload = event_callback(
         message_event("one answer please", channel="D1000", ts=new_ts()), event_id="Ev10"
     )
-    first = start_bot(tiny_model_dir, tmp_path / "c.db", environment(slack), *NEVER)
+    first = Bot(tiny_model_dir, tmp_path / "c.db", environment(slack), *NEVER)
     try:
         first.post(payload)
         finished(slack, "D1000")
     finally:
         assert first.stop() == 0
-    second = start_bot(tiny_model_dir, tmp_path / "c.db", environment(slack), *NEVER)
+    second = Bot(tiny_model_dir, tmp_path / "c.db", environment(slack), *NEVER)
     try:
         assert (
             second.post(payload, **{"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_error"})[0] == 200
@@ -311,9 +304,7 @@ def test_a_restart_in_between_still_answers_a_retried_event_once(
 def test_a_streaming_reply_is_edited_as_it_is_written(
     tiny_model_dir: Path, slack: FakeSlack, tmp_path: Path
 ) -> None:
-    running = start_bot(
-        tiny_model_dir, tmp_path / "c.db", environment(slack), *NEVER, "--update-interval", "0"
-    )
+    running = Bot(tiny_model_dir, tmp_path / "c.db", environment(slack), *NEVER, "--update-interval", "0")
     try:
         running.post(
             event_callback(message_event("tell me everything", channel="D1100", ts=new_ts()), event_id="Ev11")
@@ -354,7 +345,7 @@ def test_socket_mode_acknowledges_envelopes_and_answers_in_the_thread(
 ) -> None:
     env = environment(slack, SLACK_APP_TOKEN=APP_TOKEN)
     del env["SLACK_SIGNING_SECRET"]  # not needed: nothing comes in over HTTP
-    running = start_bot(tiny_model_dir, tmp_path / "c.db", env, *NEVER)
+    running = Bot(tiny_model_dir, tmp_path / "c.db", env, *NEVER)
     try:
         slack.socket.wait_connected()
         ts = new_ts()

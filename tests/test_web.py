@@ -9,8 +9,6 @@ import os
 import re
 import shutil
 import socket
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -20,7 +18,7 @@ from typing import Any
 
 import pytest
 from gradio_client import Client
-from served import ServedProcess
+from served import ServedProcess, run_to_end
 
 from chatbot import SQLStore
 from plugins.web.access import COOKIE, Credentials, conversation_id, session_token
@@ -46,15 +44,10 @@ class Server(ServedProcess):
         return Client(self.url, verbose=False, headers=headers or None, download_files=False)
 
 
-def serve(model_dir: Path, store: Path, *flags: str, env: dict[str, str] | None = None) -> Server:
-    """Start `chatbot serve --channel web` on a free port; return once it says where it listens."""
-    return Server(model_dir, store, *flags, env=env)
-
-
 @pytest.fixture(scope="module")
 def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     store = tmp_path_factory.mktemp("web") / "conversations.db"
-    running = serve(tiny_model_dir, store, "--handover-text", HANDOVER, "--example", EXAMPLE)
+    running = Server(tiny_model_dir, store, "--handover-text", HANDOVER, "--example", EXAMPLE)
     yield running
     assert running.stop() == 0, running.output()
 
@@ -132,7 +125,7 @@ def test_a_long_reply_does_not_hold_up_another_visitors_reply(
     tiny_model_factory: Any, tmp_path: Path
 ) -> None:
     model = tiny_model_factory(n_positions=1024, n_embd=128, n_layer=4)
-    running = serve(model, tmp_path / "c.db", "--max-new-tokens", "900")
+    running = Server(model, tmp_path / "c.db", "--max-new-tokens", "900")
     cookies = [new_cookie(), new_cookie()]
     try:
         with ThreadPoolExecutor(2) as pool:
@@ -230,7 +223,7 @@ def test_a_port_in_use_is_a_clear_error(tiny_model_dir: Path, tmp_path: Path) ->
 
 def test_basic_auth_from_the_environment_guards_every_route(tiny_model_dir: Path, tmp_path: Path) -> None:
     secret = "s3cret-Pa55:with-colon"
-    running = serve(tiny_model_dir, tmp_path / "c.db", env={"CHATBOT_WEB_AUTH": f"agent:{secret}"})
+    running = Server(tiny_model_dir, tmp_path / "c.db", env={"CHATBOT_WEB_AUTH": f"agent:{secret}"})
     try:
         for path in ("", "config", "gradio_api/info"):
             with pytest.raises(urllib.error.HTTPError) as refused:
@@ -284,13 +277,9 @@ def test_session_tokens_are_read_from_the_cookie_header_only_when_well_formed() 
 
 
 def serve_once(model_dir: Path, *flags: str, env: dict[str, str] | None = None) -> Any:
-    """Run the server to its end (a refused start-up) and return what it printed."""
-    return subprocess.run(
-        [sys.executable, "-m", "chatbot", "serve", "--channel", "web", str(model_dir), *flags],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **(env or {})},
+    """Run the web chat to its end (a refused start-up) and return what it printed."""
+    return run_to_end(
+        ["serve", "--channel", "web", str(model_dir), *flags], env={**os.environ, **(env or {})}
     )
 
 
