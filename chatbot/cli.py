@@ -100,6 +100,14 @@ def build_parser(*, channel_flags: dict[str, type[Channel]] | None = None) -> ar
     export.add_argument(
         "--tolerance", type=float, default=1e-3, help="largest allowed |ONNX - PyTorch| logit"
     )
+    export.add_argument(
+        "--variant",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="fast graph to build from the weights: cpu-int8 (default), cpu-fp32, cuda-fp16; repeatable",
+    )
+    export.add_argument("--reference-only", action="store_true", help="build no fast variant")
     export.set_defaults(run=_export)
 
     plugins = commands.add_parser("plugins", help="list the installed channels")
@@ -140,6 +148,12 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         "(default: $CHATBOT_STORE, else ~/.local/share/chatbot/conversations.db)",
     )
     parser.add_argument("--device", choices=DEVICES, default=None, help="default: $CHATBOT_DEVICE or auto")
+    parser.add_argument(
+        "--variant",
+        default=None,
+        help="graph to serve: auto (the folder's fast variant for the device), reference, cpu-int8, "
+        "cpu-fp32 (default: $CHATBOT_VARIANT or auto)",
+    )
     _add_generation_options(parser)
 
 
@@ -186,7 +200,11 @@ def _serve(args: argparse.Namespace) -> int:
     channel = find_channel(args.channel).load()
     store = args.store or paths.default_store()
     with Engine.from_folder(
-        args.model_dir, store=store, device=getattr(args, "device", None), config=_engine_config(args)
+        args.model_dir,
+        store=store,
+        device=getattr(args, "device", None),
+        variant=getattr(args, "variant", None),
+        config=_engine_config(args),
     ) as engine:
         return channel(engine, args).run()
 
@@ -202,6 +220,18 @@ def _export(args: argparse.Namespace) -> int:
     print(f"exported {args.model_dir / 'onnx' / 'model.onnx'}")
     diff, tolerance = parity["max_abs_diff"], parity["tolerance"]
     print(f"parity: max |ONNX - PyTorch| logit = {diff:.2e} (tolerance {tolerance:.0e})")
+    if args.reference_only:
+        return 0
+    from training.graph import DEFAULT_VARIANTS, build_variants
+
+    entries = build_variants(args.model_dir, args.variant or DEFAULT_VARIANTS, progress=_progress)
+    for entry in entries.values():
+        check = entry["parity"]
+        print(
+            f"built {entry['path']}: {entry['nodes']} nodes, logits within {check['max_rel_diff']:.2g} "
+            f"of the reference (tolerance {check['tolerance']:g}), greedy tokens "
+            f"{check['greedy_agreement']:.1%} the same"
+        )
     return 0
 
 
@@ -491,19 +521,43 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    bench = commands.add_parser("bench", help="measure speed and memory against transformers generate")
-    bench.add_argument("model_dir", metavar="MODEL_DIR", type=Path, help="a model folder (or versions root)")
+    bench = commands.add_parser(
+        "bench",
+        help="measure speed and memory against transformers generate and CTranslate2",
+        description="Time to first token, decode ms/token and tokens/s with N conversations at once for "
+        "our ONNX engine, transformers generate and (when installed) CTranslate2, on the same weights: "
+        "a model folder, or a named shape with random weights built once in the cache (--config).",
+    )
+    bench.add_argument(
+        "model_dir", metavar="MODEL_DIR", type=Path, nargs="?", help="a model folder (or versions root)"
+    )
+    bench.add_argument(
+        "--config",
+        metavar="NAME",
+        help="instead of MODEL_DIR, a named shape with random weights, built once in the cache: "
+        "gpt2 (124M) or tiny",
+    )
     bench.add_argument("--prompt-tokens", type=int, default=128, help="prompt length (default: 128)")
     bench.add_argument("--new-tokens", type=int, default=64, help="tokens generated per reply (default: 64)")
     bench.add_argument("--runs", type=int, default=5, help="timed runs after a warm-up; medians (default: 5)")
     bench.add_argument(
-        "--concurrency", default="1,4", help="conversations at once for the tokens/s rows (default: 1,4)"
+        "--concurrency",
+        default="1,8,32",
+        help="conversations at once for the tokens/s rows (default: 1,8,32)",
+    )
+    bench.add_argument(
+        "--concurrency-runs", type=int, default=3, help="runs per tokens/s figure; medians (default: 3)"
     )
     bench.add_argument("--out", type=Path, default=Path("bench"), help="folder for bench.md and bench.json")
     bench.set_defaults(run=_bench)
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if (args.model_dir is None) == (args.config is None):
+        raise ChatbotError(
+            "`chatbot bench` takes either MODEL_DIR or --config NAME, not both or neither",
+            hint="e.g. `chatbot bench models` or `chatbot bench --config gpt2`",
+        )
     try:
         from training.bench import BenchOptions, markdown, run_bench
     except ImportError as error:
@@ -512,12 +566,24 @@ def _bench(args: argparse.Namespace) -> int:
         ) from error
     try:
         concurrency = tuple(int(n) for n in args.concurrency.split(","))
-        options = BenchOptions(args.prompt_tokens, args.new_tokens, args.runs, concurrency, args.out)
     except ValueError as error:
-        raise ChatbotError(f"--concurrency takes counts separated by commas, e.g. 1,4 ({error})") from error
-    if min(args.prompt_tokens, args.new_tokens, args.runs, *concurrency) < 1:
-        raise ChatbotError("--prompt-tokens, --new-tokens, --runs and --concurrency must be at least 1")
-    print(markdown(run_bench(args.model_dir, options, progress=_progress)))
+        raise ChatbotError(
+            f"--concurrency takes counts separated by commas, e.g. 1,8,32 ({error})"
+        ) from error
+    counts = (args.prompt_tokens, args.new_tokens, args.runs, args.concurrency_runs, *concurrency)
+    if min(counts) < 1:
+        raise ChatbotError(
+            "--prompt-tokens, --new-tokens, --runs, --concurrency and --concurrency-runs must be at least 1"
+        )
+    options = BenchOptions(
+        prompt_tokens=args.prompt_tokens,
+        new_tokens=args.new_tokens,
+        runs=args.runs,
+        concurrency=concurrency,
+        out=args.out,
+        concurrency_runs=args.concurrency_runs,
+    )
+    print(markdown(run_bench(args.model_dir, options, progress=_progress, config=args.config)))
     return 0
 
 

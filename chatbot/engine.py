@@ -25,7 +25,7 @@ from typing import Any
 
 from chatbot.errors import InvalidMessage
 from chatbot.folder import ModelFolder
-from chatbot.generation import Generator, OnnxGenerator, Token
+from chatbot.generation import Generator, OnnxGenerator, Token, load_generator
 from chatbot.prompt import Prompt, build_prompt
 from chatbot.store import SQLStore, Store, open_store
 from chatbot.textstream import IncrementalDecoder
@@ -107,15 +107,18 @@ class Engine:
         *,
         store: Store | str | os.PathLike[str] | None = None,
         device: str | None = None,
+        variant: str | None = None,
         config: EngineConfig | None = None,
     ) -> Engine:
         """An engine on the model folder at ``path``.
 
         ``store`` is a :class:`Store`, a SQLite file path or a SQLAlchemy URL; ``None`` keeps
-        conversations in memory only. ``device`` is "auto" (default), "cpu" or "cuda".
+        conversations in memory only. ``device`` is "auto" (default), "cpu" or "cuda";
+        ``variant`` picks the graph ("auto" by default: the folder's fast variant for the device,
+        served through the batching scheduler; see :func:`chatbot.generation.choose_variant`).
         """
         folder = ModelFolder(path)
-        generator = OnnxGenerator(folder, device=device)
+        generator = load_generator(folder, device=device, variant=variant)
         if store is None:
             store = SQLStore.memory()
         elif isinstance(store, (str, os.PathLike)):

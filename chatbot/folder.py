@@ -82,6 +82,17 @@ class ModelFolder:
     def onnx_path(self) -> Path:
         return self.path / "onnx" / "model.onnx"
 
+    def variant_path(self, variant: str) -> Path:
+        """``onnx/<variant>/model.onnx``, a fast graph written from the weights (see training.graph)."""
+        return self.path / "onnx" / variant / "model.onnx"
+
+    @property
+    def variants(self) -> list[str]:
+        """The fast variants this folder holds: recorded in the card and present on disk."""
+        recorded = self.card.get("onnx")
+        names = recorded if isinstance(recorded, dict) else {}
+        return [name for name in names if name != "reference" and self.variant_path(name).is_file()]
+
     @property
     def name(self) -> str:
         return str(self.card.get("name") or self.path.name)

@@ -177,3 +177,48 @@ class OnnxGenerator:
         self.session.run_with_iobinding(binding)
         logits, *present = binding.get_outputs()
         return logits.numpy()[0, -1].astype(np.float32, copy=False), present
+
+
+REFERENCE = "reference"
+AUTO_VARIANTS = {"cpu": "cpu-int8", "cuda": "cuda-fp16"}  # what "auto" serves when the folder has it
+
+
+def choose_variant(folder: ModelFolder, device: str, variant: str | None = None) -> str:
+    """The graph to serve on ``device``: ``variant``, else ``$CHATBOT_VARIANT``, else "auto".
+
+    "auto" is the fast variant built for the device (``cpu-int8`` on a CPU) when the folder has
+    it, and the reference export otherwise; "reference" always serves ``onnx/model.onnx``.
+    """
+    wanted = variant or os.environ.get("CHATBOT_VARIANT") or "auto"
+    if wanted == "auto":
+        fast = AUTO_VARIANTS[device]
+        return fast if fast in folder.variants and device == "cpu" else REFERENCE
+    if wanted != REFERENCE and wanted not in folder.variants:
+        built = ", ".join([REFERENCE, *folder.variants])
+        raise ModelFolderError(
+            f"model folder {folder.path} has no {wanted!r} variant (it has: {built})",
+            hint=f"build it with `chatbot export {folder.path} --variant {wanted}`, or choose another",
+        )
+    if wanted != REFERENCE and not wanted.startswith(device):
+        raise ChatbotError(
+            f"the {wanted!r} variant does not run on the {device} device",
+            hint=f"choose a {device} variant, or --variant reference",
+        )
+    return wanted
+
+
+def load_generator(
+    folder: ModelFolder, *, device: str | None = None, variant: str | None = None, max_batch: int = 32
+) -> Generator:
+    """The generator that serves ``folder``: the fused variant for the device behind the batching
+    scheduler when there is one (see :func:`choose_variant`), the reference export otherwise."""
+    from chatbot.fused import FusedSession
+    from chatbot.scheduler import BatchingGenerator
+
+    providers = choose_providers(device)
+    on = "cuda" if providers[0] == CUDA else "cpu"
+    chosen = choose_variant(folder, on, variant)
+    if chosen == REFERENCE:
+        return OnnxGenerator(folder, device=device)
+    session = FusedSession(folder.variant_path(chosen), folder.spec, providers=providers)
+    return BatchingGenerator(session, stop_token_ids=folder.stop_token_ids, max_batch=max_batch)

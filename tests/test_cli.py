@@ -104,7 +104,7 @@ def test_a_missing_export_names_the_file_and_the_command(tiny_model_dir, tmp_pat
     ("damage", "expected"),
     [
         (
-            lambda f: (f / "onnx" / "model.onnx").write_bytes(b"not a model"),
+            lambda f: (f / "onnx" / "cpu-int8" / "model.onnx").write_bytes(b"not a model"),
             "cannot be loaded by ONNX Runtime",
         ),
         (lambda f: (f / "config.json").write_text("{broken"), "config.json is not readable JSON"),

@@ -23,6 +23,7 @@ from chatbot import (
     UnknownMessage,
 )
 from chatbot.generation import OnnxGenerator
+from chatbot.scheduler import BatchingGenerator
 
 SHORT = GenerationConfig(max_new_tokens=12)
 
@@ -173,6 +174,7 @@ def test_a_conversation_resumes_after_a_restart(tiny_model_dir, tmp_path):
 
 
 def test_many_conversations_from_many_threads_match_serving_them_alone(tiny_model_dir, tmp_path):
+    # the default graph (cpu-int8) behind the batching scheduler: each reply is what it is alone
     questions = [f"Where is order {n}? I paid {n * 7} euros" for n in range(8)]
     config = EngineConfig(generation=GenerationConfig(max_new_tokens=16, repetition_penalty=1.3))
     with Engine.from_folder(tiny_model_dir, config=config) as alone:
@@ -258,6 +260,13 @@ def test_a_process_killed_mid_reply_loses_no_acknowledged_turn(tiny_model_dir, t
         assert len(engine.get("c1").messages) == 5
 
 
-def test_the_engine_uses_onnx_runtime_on_the_cpu_here(engine):
-    assert isinstance(engine.generator, OnnxGenerator)
-    assert engine.generator.device in ("cpu", "cuda")
+def test_the_engine_serves_the_int8_graph_through_the_scheduler_on_the_cpu_here(engine):
+    assert isinstance(engine.generator, BatchingGenerator)
+    assert engine.generator.device == "cpu"
+    assert engine.generator.session.path == engine.folder.variant_path("cpu-int8")
+
+
+def test_the_reference_export_serves_when_asked_for(tiny_model_dir):
+    with Engine.from_folder(tiny_model_dir, variant="reference") as engine:
+        assert isinstance(engine.generator, OnnxGenerator)
+        assert engine.reply(engine.start().id, "Hello").reply_tokens > 0

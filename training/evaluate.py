@@ -485,7 +485,7 @@ def _load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
 
 
 def measure_perplexity(
-    session: InferenceSession,
+    session: InferenceSession | Callable[[list[int]], np.ndarray],
     tokenizer: PreTrainedTokenizerBase,
     transcripts: Sequence[Transcript],
     *,
@@ -495,7 +495,9 @@ def measure_perplexity(
     """Perplexity of the ONNX graph in ``session`` on the agent tokens of ``transcripts``.
 
     The conversations are encoded by :class:`~training.dataset.ConversationEncoder` with
-    ``max_length`` (the model's window); each window is scored in one forward pass.
+    ``max_length`` (the model's window); each window is scored in one forward pass. ``session``
+    may also be a function from token ids to their logits (length, vocab), e.g. a fused variant
+    stepped through its cache (:func:`variant_perplexity`).
     """
     encoder = ConversationEncoder(tokenizer, max_length=max_length)
     total, count, examples, skipped = 0.0, 0, 0, []
@@ -511,7 +513,9 @@ def measure_perplexity(
     return Perplexity(value, mean, count, len(transcripts), examples, tuple(skipped))
 
 
-def example_nll(session: InferenceSession, example: Example) -> tuple[float, int]:
+def example_nll(
+    session: InferenceSession | Callable[[list[int]], np.ndarray], example: Example
+) -> tuple[float, int]:
     """The summed negative log-likelihood of the labelled tokens of ``example``, and their number.
 
     Position t predicts token t + 1, so the labels are shifted by one, as a causal LM's loss does.
@@ -521,11 +525,31 @@ def example_nll(session: InferenceSession, example: Example) -> tuple[float, int
     if not learnt.any():
         return 0.0, 0
     ids = example.input_ids
-    logits = onnx_logits(session, ids, len(ids))[:-1][learnt].astype(np.float64)  # (N, vocab)
+    scored = session(list(ids)) if callable(session) else onnx_logits(session, ids, len(ids))
+    logits = scored[:-1][learnt].astype(np.float64)  # (N, vocab)
     peak = logits.max(axis=1, keepdims=True)
     log_norm = peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=1))  # (N,)
     chosen = logits[np.arange(len(logits)), targets[learnt]]
     return float(np.sum(log_norm - chosen)), int(learnt.sum())
+
+
+def variant_perplexity(
+    folder: ModelFolder, variant: str, transcripts: Sequence[Transcript], *, system_prompt: str | None = None
+) -> Perplexity:
+    """:func:`measure_perplexity` of a fast variant (``onnx/<variant>/``), one token per step
+    through its KV cache: the fused graph scores the last position only, as it does when serving."""
+    from chatbot.fused import FusedSession
+    from training.graph import fused_logits
+
+    session = FusedSession(folder.variant_path(variant), folder.spec)
+
+    def score(ids: list[int]) -> np.ndarray:
+        return np.stack(list(fused_logits(session, ids, 1)))
+
+    tokenizer = _load_tokenizer(folder.path)
+    return measure_perplexity(
+        score, tokenizer, transcripts, max_length=folder.spec.n_positions, system_prompt=system_prompt
+    )
 
 
 # --- the replies to predict -----------------------------------------------------------------

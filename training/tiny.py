@@ -154,8 +154,10 @@ def build_tiny_model(
         )
         if export:
             from training.export import export_onnx
+            from training.graph import build_variants
 
             export_onnx(staging)
+            build_variants(staging)  # cpu-int8: what the engine serves on a CPU
         _move_into_place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

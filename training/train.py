@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from chatbot import paths
 from chatbot.errors import ChatbotError
+from chatbot.folder import ModelFolder
 from chatbot.template import DEFAULT_CHAT_TEMPLATE, END_OF_TEXT, END_OF_TURN
 from training.card import new_card, set_card_entry, update_card, write_card
 from training.dataset import DatasetReport, Datasets, build_datasets, pad_batch, split_ids
@@ -376,6 +377,7 @@ def _finish(run: _Run, trainer: Trainer, tokenizer: PreTrainedTokenizerBase, say
     """Save the best model into a staging folder, export, evaluate, describe, then install it."""
     from chatbot.versions import ModelVersions
     from training.export import export_onnx
+    from training.graph import build_variants
 
     versions = ModelVersions(root=run.options.out)
     staging = versions.staging_dir()
@@ -386,6 +388,7 @@ def _finish(run: _Run, trainer: Trainer, tokenizer: PreTrainedTokenizerBase, say
         write_card(staging, _card(run, trainer))
         clock = time.monotonic()
         export_onnx(staging, progress=say)
+        build_variants(staging, progress=say)
         run.durations["export_s"] = round(time.monotonic() - clock, 1)
         evaluation = _evaluate(run, staging, say)
         card = update_card(staging, {"durations": run.durations})
@@ -464,7 +467,37 @@ def _evaluate(run: _Run, folder: Path, say: Progress) -> str:
     )
     run.durations["evaluate_s"] = round(time.monotonic() - clock, 1)
     set_card_entry(folder, ["metrics", "evaluation"], result.to_dict())
-    return result.to_markdown()
+    lines = [
+        _variant_perplexity(folder, variant, validation, result.perplexity.value, run, say)
+        for variant in ModelFolder(folder).variants
+    ]
+    return "\n\n".join([result.to_markdown(), *lines])
+
+
+def _variant_perplexity(
+    folder: Path,
+    variant: str,
+    validation: list[Transcript],
+    reference: float | None,
+    run: _Run,
+    say: Progress,
+) -> str:
+    """Perplexity of a fast variant on the validation conversations, recorded in its card entry."""
+    from training.evaluate import variant_perplexity
+
+    say(f"perplexity of the {variant} graph on the validation conversations")
+    value = variant_perplexity(
+        ModelFolder(folder), variant, validation, system_prompt=run.options.system_prompt
+    ).value
+    change = value / reference - 1 if value is not None and reference else None
+    entry = {"value": value, "reference": reference, "change": change}
+    set_card_entry(folder, ["onnx", variant, "perplexity"], entry)
+    if change is None:
+        return f"Perplexity of `{variant}`: not measured."
+    return (
+        f"Perplexity of `{variant}`: {value:.4g} against {reference:.4g} for the reference export "
+        f"({change:+.2%})."
+    )
 
 
 def _share(folder: Path) -> None:

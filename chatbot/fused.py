@@ -1,0 +1,164 @@
+"""Running the fused graphs that ``training.graph`` writes (``onnx/<variant>/model.onnx``).
+
+A fused graph takes ``input_ids`` and ``position_ids`` (batch, sequence), ``seqlens_k`` (the
+total length - 1 of each row, int32), ``total_sequence_length`` (int32 scalar) and a KV cache of
+fixed size per layer, (batch, heads, max_length, head_dim), which GroupQueryAttention updates in
+place: :class:`KVCache` holds those buffers and :class:`FusedSession` binds each one as both
+the ``past_key_values.*`` input and the ``present.*`` output, so a step copies no cache. Rows of
+the cache are slots: a conversation keeps its slot while it is generated, and the rows of a
+batch may hold sequences of different lengths.
+
+The graph returns the last position's ``logits`` (batch, vocab) and its own greedy pick
+``next_token`` (batch,).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from chatbot.errors import ModelFolderError
+from chatbot.folder import ModelSpec
+
+INPUTS = ("input_ids", "position_ids", "seqlens_k", "total_sequence_length")
+OUTPUTS = ("logits", "next_token")
+
+
+def past_names(n_layer: int) -> list[str]:
+    """``past_key_values.{layer}.{key|value}`` in graph order."""
+    return [f"past_key_values.{i}.{kv}" for i in range(n_layer) for kv in ("key", "value")]
+
+
+def present_names(n_layer: int) -> list[str]:
+    """``present.{layer}.{key|value}`` in graph order."""
+    return [f"present.{i}.{kv}" for i in range(n_layer) for kv in ("key", "value")]
+
+
+class KVCache:
+    """One (capacity, heads, max_length, head_dim) buffer per layer for keys and one for values.
+
+    Row ``r`` of every buffer is slot ``r``. The buffers grow (copying) when more slots are needed.
+    """
+
+    def __init__(self, spec: ModelSpec, dtype: type[np.generic], capacity: int = 1) -> None:
+        self.spec = spec
+        self.dtype = dtype
+        self.buffers: list[np.ndarray] = []
+        self.capacity = 0
+        self.reserve(capacity)
+
+    def reserve(self, capacity: int) -> None:
+        """Make room for at least ``capacity`` slots, keeping what the existing ones hold."""
+        if capacity <= self.capacity:
+            return
+        capacity = max(capacity, 2 * self.capacity)
+        spec = self.spec
+        shape = (capacity, spec.n_head, spec.n_positions, spec.head_dim)
+        grown = [np.zeros(shape, dtype=self.dtype) for _ in range(2 * spec.n_layer)]
+        for old, new in zip(self.buffers, grown, strict=False):
+            new[: self.capacity] = old
+        self.buffers, self.capacity = grown, capacity
+
+    def move(self, source: int, target: int, length: int) -> None:
+        """Copy the first ``length`` positions of slot ``source`` into slot ``target``."""
+        for buffer in self.buffers:
+            buffer[target, :, :length] = buffer[source, :, :length]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(buffer.nbytes for buffer in self.buffers)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    logits: np.ndarray  # (rows, vocab) float32
+    next_token: np.ndarray  # (rows,) int64: the greedy pick
+
+
+class FusedSession:
+    """An ONNX Runtime session on a fused graph, stepping rows of a :class:`KVCache`.
+
+    >>> session = FusedSession(Path("models/v1/onnx/cpu-int8/model.onnx"), folder.spec)   # doctest: +SKIP
+    >>> cache = session.new_cache(4)                                                      # doctest: +SKIP
+    >>> session.step(cache, 0, [[5, 6, 7]], [0])                                          # doctest: +SKIP
+
+    A session may be shared; a cache may not (one thread steps it at a time).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        spec: ModelSpec,
+        *,
+        providers: list[str] | None = None,
+        threads: int | None = None,
+    ) -> None:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(
+                str(path), options, providers=providers or ["CPUExecutionProvider"]
+            )
+        except Exception as error:  # ORT raises Fail, InvalidProtobuf, InvalidGraph... from pybind
+            raise ModelFolderError(
+                f"{path} cannot be loaded by ONNX Runtime: {error}",
+                hint="build the variant again with `chatbot export MODEL_DIR`",
+            ) from error
+        self.path = path
+        self.spec = spec
+        self._past = past_names(spec.n_layer)
+        self._present = present_names(spec.n_layer)
+        self._check_io()
+        past_type = next(i.type for i in self.session.get_inputs() if i.name == self._past[0])
+        self.cache_dtype: type[np.generic] = np.float16 if "float16" in past_type else np.float32
+
+    def _check_io(self) -> None:
+        names = {i.name for i in self.session.get_inputs()} | {o.name for o in self.session.get_outputs()}
+        missing = [n for n in (*INPUTS, *OUTPUTS, *self._past, *self._present) if n not in names]
+        if missing:
+            raise ModelFolderError(
+                f"{self.path} is not a fused decoder graph (it has no {missing[0]})",
+                hint="build the variant again with `chatbot export MODEL_DIR`",
+            )
+
+    def new_cache(self, capacity: int = 1) -> KVCache:
+        return KVCache(self.spec, self.cache_dtype, capacity)
+
+    def step(
+        self,
+        cache: KVCache,
+        first_row: int,
+        ids: np.ndarray | list[list[int]],
+        starts: np.ndarray | list[int],
+    ) -> StepResult:
+        """Run ``ids`` (rows, sequence) on slots ``first_row ..``; row r's tokens go at ``starts[r]``.
+
+        All rows have the same number of new tokens (one, when decoding a batch); the cache
+        rows before ``starts[r]`` must hold that row's earlier tokens.
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        starts = np.asarray(starts, dtype=np.int64)
+        rows, length = ids.shape
+        ends = starts + length
+        if rows < 1 or first_row + rows > cache.capacity or int(ends.max()) > self.spec.n_positions:
+            raise ValueError(f"rows {first_row}..{first_row + rows} or lengths {ends} do not fit the cache")
+        binding = self.session.io_binding()
+        for name in OUTPUTS:  # first, so that they come first in get_outputs()
+            binding.bind_output(name, "cpu")
+        binding.bind_cpu_input("input_ids", ids)
+        binding.bind_cpu_input("position_ids", starts[:, None] + np.arange(length, dtype=np.int64))
+        binding.bind_cpu_input("seqlens_k", (ends - 1).astype(np.int32))
+        binding.bind_cpu_input("total_sequence_length", np.array(int(ends.max()), dtype=np.int32))
+        for past, present, buffer in zip(self._past, self._present, cache.buffers, strict=True):
+            view = buffer[first_row : first_row + rows]  # contiguous: whole rows of a C-order array
+            address = view.ctypes.data  # the same memory in and out: GQA writes the new keys in place
+            binding.bind_input(past, "cpu", 0, cache.dtype, list(view.shape), address)
+            binding.bind_output(present, "cpu", 0, cache.dtype, list(view.shape), address)
+        self.session.run_with_iobinding(binding)
+        logits, next_token = (value.numpy() for value in binding.get_outputs()[:2])
+        return StepResult(logits.astype(np.float32, copy=False), next_token)

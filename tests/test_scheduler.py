@@ -1,0 +1,111 @@
+"""Continuous batching (chatbot.scheduler) on real fused graphs of a tiny model, many threads at once."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from chatbot import GenerationConfig, ModelFolder
+from chatbot.fused import FusedSession
+from chatbot.generation import load_generator
+from chatbot.scheduler import BatchingGenerator
+from training.graph import build_variant
+
+GREEDY = GenerationConfig(max_new_tokens=40)
+
+
+@pytest.fixture(scope="module")
+def folder(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> ModelFolder:
+    path = tmp_path_factory.mktemp("batching") / "model"
+    shutil.copytree(tiny_model_dir, path)
+    build_variant(path, "cpu-fp32")  # exact arithmetic: a batch row computes what it computes alone
+    return ModelFolder(path)
+
+
+def _generator(folder: ModelFolder, variant: str = "cpu-fp32", **options: int) -> BatchingGenerator:
+    session = FusedSession(folder.variant_path(variant), folder.spec)
+    return BatchingGenerator(session, stop_token_ids=folder.stop_token_ids, **options)
+
+
+def _prompts(folder: ModelFolder, count: int) -> list[list[int]]:
+    """Prompts of different lengths (a few tokens to a few dozen)."""
+    texts = [f"customer {i}: where is parcel {i * 37}? " * (1 + i % 4) for i in range(count)]
+    return [folder.encode(folder.template.render([{"role": "user", "content": t}])) for t in texts]
+
+
+def _at_once(
+    generator: BatchingGenerator, prompts: list[list[int]], configs: list[GenerationConfig]
+) -> list[list[int]]:
+    results: list[list[int]] = [[] for _ in prompts]
+    start = threading.Barrier(len(prompts))
+
+    def reply(index: int) -> None:
+        start.wait()
+        results[index] = [t.id for t in generator.generate(prompts[index], configs[index])]
+
+    threads = [threading.Thread(target=reply, args=(i,)) for i in range(len(prompts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return results
+
+
+def test_many_threads_get_exactly_what_each_would_get_alone(folder: ModelFolder) -> None:
+    prompts = _prompts(folder, 16)
+    configs = [GenerationConfig(max_new_tokens=5 + 3 * i) for i in range(16)]  # rows leave at different steps
+    alone = [[t.id for t in _generator(folder).generate(p, c)] for p, c in zip(prompts, configs, strict=True)]
+    assert _at_once(_generator(folder, max_batch=6), prompts, configs) == alone
+
+
+def test_sampling_settings_and_seeds_stay_with_their_conversation(folder: ModelFolder) -> None:
+    prompts = _prompts(folder, 6)
+    configs = [
+        GenerationConfig(max_new_tokens=30, temperature=0.9, top_k=20, seed=i)
+        if i % 2
+        else GenerationConfig(max_new_tokens=10 + i)
+        for i in range(6)
+    ]
+    alone = [[t.id for t in _generator(folder).generate(p, c)] for p, c in zip(prompts, configs, strict=True)]
+    assert _at_once(_generator(folder), prompts, configs) == alone
+
+
+def test_a_reader_that_leaves_frees_its_slot_for_the_others(folder: ModelFolder) -> None:
+    generator = _generator(folder, max_batch=2)
+    prompts = _prompts(folder, 3)
+    left = generator.generate(prompts[0], GREEDY)
+    next(left)
+    left.close()  # e.g. a visitor closed the tab mid-reply
+    expected = [[t.id for t in _generator(folder).generate(p, GREEDY)] for p in prompts[1:]]
+    assert _at_once(generator, prompts[1:], [GREEDY, GREEDY]) == expected
+
+
+def test_the_budget_and_the_window_bound_a_reply(folder: ModelFolder) -> None:
+    generator = _generator(folder)
+    generator.stop_token_ids = ()
+    prompt = _prompts(folder, 1)[0]
+    assert len(list(generator.generate(prompt, GenerationConfig(max_new_tokens=7)))) == 7
+    window = folder.spec.n_positions
+    long_prompt = (prompt * window)[: window - 3]
+    assert len(list(generator.generate(long_prompt, GenerationConfig(max_new_tokens=50)))) == 3
+    with pytest.raises(ValueError, match="leaves no room"):
+        generator.generate((prompt * window)[:window], GREEDY)
+
+
+def test_a_failed_step_fails_its_replies_and_the_scheduler_goes_on(folder: ModelFolder) -> None:
+    generator = _generator(folder)
+    with pytest.raises(Exception, match=r"(?i)indices|out of|invalid"):  # an id outside the vocabulary
+        list(generator.generate([folder.spec.vocab_size + 5], GREEDY))
+    assert list(generator.generate(_prompts(folder, 1)[0], GenerationConfig(max_new_tokens=3)))
+
+
+def test_int8_rows_are_quantised_alone_so_batches_change_nothing(folder: ModelFolder) -> None:
+    prompts = _prompts(folder, 12)
+    configs = [GenerationConfig(max_new_tokens=8 + 2 * i) for i in range(12)]
+    generator = load_generator(folder, variant="cpu-int8")
+    assert isinstance(generator, BatchingGenerator)
+    alone = [[t.id for t in generator.generate(p, c)] for p, c in zip(prompts, configs, strict=True)]
+    assert _at_once(generator, prompts, configs) == alone

@@ -1,0 +1,474 @@
+"""Write fast ONNX graphs for a GPT-2 model folder directly from its weights.
+
+The optimum export (``onnx/model.onnx``) stays the portable reference. The graphs built here do
+the same arithmetic with a tenth of the nodes (``../shared/CPU.md`` and ``GPU.md`` say why that
+matters), one layer being::
+
+    SkipLayerNormalization ─► MatMul(+bias) ─► GroupQueryAttention ─► MatMul
+      ─► SkipLayerNormalization(+bias) ─► MatMul ─► FastGelu(+bias) ─► MatMul ─► (next layer)
+
+* the KV cache is a fixed-size buffer per layer, (batch, heads, max_length, head_dim), that
+  GroupQueryAttention reads as ``past_key_values.*`` and writes in place as ``present.*`` when
+  both are bound to the same memory; ``seqlens_k`` (total length - 1 per row) says where each
+  row ends, so rows of one batch may have different lengths;
+* the LM head runs on the last position only, with its own (untied) weight, and the graph
+  picks the greedy token itself (``next_token``) beside the ``logits`` needed for sampling;
+* ``int8``: every MatMul is a MatMulInteger over int8 weights with one scale per output column,
+  its input quantised row by row in the graph, so a row's result never depends on its batch
+  (the embedding tables stay float: a Gather reads one row of them);
+  ``fp16``: half-precision weights and KV cache for CUDA; ``fp32``: exact, for checks.
+
+:func:`build_variant` writes ``onnx/<name>/model.onnx`` only after the variant has been compared
+with the reference export on several sequences (prefill, then decode steps through the cache)
+and records the figures in ``card.json`` under ``onnx.<name>``. Needs ``onnx`` and
+``onnxruntime``; never torch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from chatbot.errors import ExportError, ModelFolderError
+from chatbot.fused import FusedSession, past_names, present_names
+from training.card import read_card, set_card_entry, utc_now
+
+if TYPE_CHECKING:
+    import onnx
+
+Progress = Callable[[str], None]
+OPSET = 17
+MS_DOMAIN = "com.microsoft"
+MS_OPS = {"SkipLayerNormalization", "GroupQueryAttention", "FastGelu", "Gelu"}
+WEIGHT_LEVELS = 63  # int8 weights use 7 bits (see _GraphWriter._int8_matmul)
+TensorProto_UINT8 = 2  # onnx.TensorProto.UINT8 (onnx is imported lazily)
+TensorProto_FLOAT = 1  # onnx.TensorProto.FLOAT
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How one variant stores its weights, and how close to the reference it must stay."""
+
+    name: str  # fp32 | fp16 | int8
+    device: str  # the device it is built for
+    rel_tolerance: float  # largest logit difference / largest reference logit magnitude
+    min_greedy_agreement: float  # share of checked positions whose greedy token must be the reference's
+
+
+VARIANTS: dict[str, Precision] = {
+    # int8 (rows quantised one by one, 7-bit weights) moves logits by 1-2 % of their range on
+    # tiny and trained models and ~6 % on a random GPT-2 124M; near-ties on random sequences
+    # may flip a greedy pick. A mis-wired graph is off by > 100 % with agreement near chance.
+    # 8-bit weights on AVX2 were off by 7-40 % (saturation, see _GraphWriter._int8_matmul).
+    # Quality is judged by perplexity.
+    "cpu-int8": Precision("int8", "cpu", rel_tolerance=0.15, min_greedy_agreement=0.75),
+    "cpu-fp32": Precision("fp32", "cpu", rel_tolerance=1e-4, min_greedy_agreement=1.0),
+    "cuda-fp16": Precision("fp16", "cuda", rel_tolerance=1e-2, min_greedy_agreement=0.95),
+}
+DEFAULT_VARIANTS = ("cpu-int8",)
+SUPPORTED_ACTIVATIONS = {"gelu_new": "FastGelu", "gelu_pytorch_tanh": "FastGelu", "gelu": "Gelu"}
+
+
+# -- weights -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Gpt2Config:
+    n_layer: int
+    n_head: int
+    n_embd: int
+    n_positions: int
+    vocab_size: int
+    epsilon: float
+    activation: str  # the ORT operator for the MLP activation
+    layer_scales: tuple[float, ...]  # attention scale of each layer
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+def read_config(config: dict[str, Any], where: Path) -> Gpt2Config:
+    """The facts of a GPT-2 ``config.json``; :class:`ExportError` for what the builder cannot write."""
+    if config.get("model_type") != "gpt2":
+        raise ExportError(
+            f"{where} is a {config.get('model_type')!r} model; the graph builder writes GPT-2 only",
+            hint="serve it through the reference export (onnx/model.onnx)",
+        )
+    activation = SUPPORTED_ACTIVATIONS.get(str(config.get("activation_function", "gelu_new")))
+    if activation is None or config.get("reorder_and_upcast_attn"):
+        raise ExportError(
+            f"{where}: activation {config.get('activation_function')!r} or reordered attention "
+            "is not supported by the graph builder",
+            hint="serve it through the reference export (onnx/model.onnx)",
+        )
+    n_layer, n_head, n_embd = int(config["n_layer"]), int(config["n_head"]), int(config["n_embd"])
+    base = 1 / math.sqrt(n_embd // n_head) if config.get("scale_attn_weights", True) else 1.0
+    by_layer = bool(config.get("scale_attn_by_inverse_layer_idx"))
+    return Gpt2Config(
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_embd,
+        n_positions=int(config["n_positions"]),
+        vocab_size=int(config["vocab_size"]),
+        epsilon=float(config.get("layer_norm_epsilon", 1e-5)),
+        activation=activation,
+        layer_scales=tuple(base / (i + 1) if by_layer else base for i in range(n_layer)),
+    )
+
+
+def load_weights(folder: Path) -> dict[str, np.ndarray]:
+    """The folder's safetensors weights as float32 numpy arrays, keyed without ``transformer.``."""
+    from safetensors.numpy import load_file
+
+    file = folder / "model.safetensors"
+    if not file.is_file():
+        raise ModelFolderError(f"{file} is missing", hint="build the folder with `chatbot train ...`")
+    weights = {}
+    for key, value in load_file(str(file)).items():
+        weights[key.removeprefix("transformer.")] = value.astype(np.float32)
+    return weights
+
+
+# -- the graph -----------------------------------------------------------------------------
+
+
+class _GraphWriter:
+    """Collects nodes and initializers; turns weights into the variant's precision."""
+
+    def __init__(self, precision: str) -> None:
+        from onnx import TensorProto
+
+        self.precision = precision
+        self.float_type = TensorProto.FLOAT16 if precision == "fp16" else TensorProto.FLOAT
+        self.nodes: list[Any] = []
+        self.initializers: list[Any] = []
+        self._int8_constants = False
+
+    def constant(self, name: str, array: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        self.initializers.append(numpy_helper.from_array(np.array(array, order="C"), name))
+        return name
+
+    def floats(self, name: str, array: np.ndarray) -> str:
+        """A float weight in the variant's float type (fp16 for fp16, float32 otherwise)."""
+        return self.constant(name, array.astype(np.float16 if self.precision == "fp16" else np.float32))
+
+    def node(self, op: str, inputs: Sequence[str], outputs: Sequence[str], **attributes: Any) -> None:
+        from onnx import helper
+
+        domain = MS_DOMAIN if op in MS_OPS else ""
+        name = f"{op}_{len(self.nodes)}"
+        self.nodes.append(
+            helper.make_node(op, list(inputs), list(outputs), name=name, domain=domain, **attributes)
+        )
+
+    def matmul(self, x: str, weight: np.ndarray, bias: np.ndarray | None, out: str) -> None:
+        """``out = x @ weight (+ bias)``; weight is (in, out)."""
+        base = out + ".weight"
+        if self.precision == "int8":
+            self._int8_matmul(x, weight, bias, out)
+            return
+        if bias is None:
+            self.node("MatMul", [x, self.floats(base, weight)], [out])
+            return
+        self.node("MatMul", [x, self.floats(base, weight)], [out + ".nobias"])
+        self.node("Add", [out + ".nobias", self.floats(out + ".bias", bias)], [out])
+
+    def _int8_matmul(self, x: str, weight: np.ndarray, bias: np.ndarray | None, out: str) -> None:
+        """``x @ weight`` in int8, each row of ``x`` quantised with its own scale.
+
+        A row's result then never depends on the other rows of the batch, so a reply decoded in a
+        batch is token for token the reply decoded alone (ONNX Runtime's DynamicQuantizeMatMul
+        uses one scale for the whole tensor). Activations: symmetric, max|row| / 127, stored as
+        uint8 around 128. Weights: one scale per output column, 7 bits (|q| <= 63): AVX2 multiplies
+        uint8 by int8 in pairs summed into int16, which saturates with 8-bit weights (the
+        ``reduce_range`` of ONNX Runtime's own quantiser, for the same reason).
+        """
+        if not self._int8_constants:
+            self.constant("int8.eps", np.array(1e-12, dtype=np.float32))
+            self.constant("int8.inv_127", np.array(1 / 127, dtype=np.float32))
+            self.constant("int8.offset", np.array(128, dtype=np.float32))
+            self.constant("int8.zero_point", np.array(128, dtype=np.uint8))
+            self._int8_constants = True
+        scale = np.abs(weight).max(axis=0) / WEIGHT_LEVELS  # (out,) one per output column
+        scale[scale == 0] = 1.0
+        quantized = np.clip(np.round(weight / scale), -WEIGHT_LEVELS, WEIGHT_LEVELS).astype(np.int8)
+        q = out + ".q"
+        self.node("Abs", [x], [q + ".abs"])
+        self.node("ReduceMax", [q + ".abs"], [q + ".max"], axes=[-1], keepdims=1)  # (..., 1)
+        self.node("Max", [q + ".max", "int8.eps"], [q + ".range"])
+        self.node("Mul", [q + ".range", "int8.inv_127"], [q + ".row_scale"])
+        self.node("Div", [x, q + ".row_scale"], [q + ".scaled"])
+        self.node("Round", [q + ".scaled"], [q + ".rounded"])
+        self.node("Add", [q + ".rounded", "int8.offset"], [q + ".shifted"])
+        self.node("Cast", [q + ".shifted"], [q + ".u8"], to=TensorProto_UINT8)
+        weights = self.constant(out + ".weight", quantized)
+        self.node("MatMulInteger", [q + ".u8", weights, "int8.zero_point"], [q + ".i32"])
+        self.node("Cast", [q + ".i32"], [q + ".f32"], to=TensorProto_FLOAT)
+        self.node("Mul", [q + ".f32", q + ".row_scale"], [q + ".rows"])
+        column_scale = self.constant(out + ".weight.scale", scale.astype(np.float32))
+        if bias is None:
+            self.node("Mul", [q + ".rows", column_scale], [out])
+            return
+        self.node("Mul", [q + ".rows", column_scale], [q + ".nobias"])
+        self.node("Add", [q + ".nobias", self.floats(out + ".bias", bias)], [out])
+
+
+def build_graph(config: Gpt2Config, weights: dict[str, np.ndarray], precision: str) -> onnx.ModelProto:
+    """The fused GPT-2 decoder as an ONNX model (see the module docstring for its shape)."""
+    return _Builder(config, weights, precision).model()
+
+
+class _Builder:
+    """Writes the decoder block by block from ``weights`` (keys as in GPT-2's safetensors)."""
+
+    def __init__(self, config: Gpt2Config, weights: dict[str, np.ndarray], precision: str) -> None:
+        self.config = config
+        self.weights = weights
+        self.w = _GraphWriter(precision)
+
+    def model(self) -> onnx.ModelProto:
+        from onnx import TensorProto, helper
+
+        config, w, weights = self.config, self.w, self.weights
+        ft = w.float_type
+        batch, seq, cache = "batch", "sequence", "max_length"
+        heads, dim = config.n_head, config.head_dim
+        inputs = [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, [batch, seq]),
+            helper.make_tensor_value_info("position_ids", TensorProto.INT64, [batch, seq]),
+            helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, [batch]),
+            helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
+        ]
+        outputs = [
+            helper.make_tensor_value_info("logits", ft, [batch, config.vocab_size]),
+            helper.make_tensor_value_info("next_token", TensorProto.INT64, [batch]),
+        ]
+        for past, present in zip(past_names(config.n_layer), present_names(config.n_layer), strict=True):
+            inputs.append(helper.make_tensor_value_info(past, ft, [batch, heads, cache, dim]))
+            outputs.append(helper.make_tensor_value_info(present, ft, [batch, heads, cache, dim]))
+
+        w.node("Gather", [w.floats("wte", weights["wte.weight"]), "input_ids"], ["tokens"])
+        w.node("Gather", [w.floats("wpe", weights["wpe.weight"]), "position_ids"], ["positions"])
+        # the residual stream starts as tokens + positions; every SkipLayerNormalization adds a
+        # branch's output (+ its bias) to the stream and normalises the sum for the next branch
+        normed, stream = self.skip_norm("tokens", "positions", "h.0.ln_1", None, "l0")
+        for i in range(config.n_layer):
+            normed, stream = self.layer(i, normed, stream)
+        last = w.constant("last_position", np.array(-1, dtype=np.int64))
+        w.node("Gather", [normed, last], ["last_hidden"], axis=1)  # (batch, n_embd)
+        lm_head = weights.get("lm_head.weight", weights["wte.weight"]).T  # untied copy: see CPU.md
+        w.matmul("last_hidden", lm_head, None, "logits")  # (batch, vocab)
+        w.node("ArgMax", ["logits"], ["next_token"], axis=-1, keepdims=0)
+        graph = helper.make_graph(w.nodes, "gpt2_fused", inputs, outputs, w.initializers)
+        opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)]
+        return helper.make_model(graph, opset_imports=opsets, producer_name="chatbot.training.graph")
+
+    def layer(self, i: int, normed: str, stream: str) -> tuple[str, str]:
+        """Block ``i``; returns the next block's normalised input and the residual stream."""
+        config, w, weights, p = self.config, self.w, self.weights, f"h.{i}."
+        w.matmul(normed, weights[p + "attn.c_attn.weight"], weights[p + "attn.c_attn.bias"], f"l{i}.qkv")
+        past_k, past_v = past_names(config.n_layer)[2 * i : 2 * i + 2]
+        present_k, present_v = present_names(config.n_layer)[2 * i : 2 * i + 2]
+        w.node(
+            "GroupQueryAttention",
+            [f"l{i}.qkv", "", "", past_k, past_v, "seqlens_k", "total_sequence_length"],
+            [f"l{i}.attn", present_k, present_v],
+            num_heads=config.n_head,
+            kv_num_heads=config.n_head,
+            scale=config.layer_scales[i],
+        )
+        w.matmul(f"l{i}.attn", weights[p + "attn.c_proj.weight"], None, f"l{i}.attn_out")
+        attn_bias = weights[p + "attn.c_proj.bias"]
+        normed, stream = self.skip_norm(f"l{i}.attn_out", stream, p + "ln_2", attn_bias, f"l{i}.mlp")
+        w.matmul(normed, weights[p + "mlp.c_fc.weight"], None, f"l{i}.fc")
+        fc_bias = w.floats(f"l{i}.fc.bias", weights[p + "mlp.c_fc.bias"])
+        w.node(config.activation, [f"l{i}.fc", fc_bias], [f"l{i}.act"])
+        w.matmul(f"l{i}.act", weights[p + "mlp.c_proj.weight"], None, f"l{i}.mlp_out")
+        after = f"h.{i + 1}.ln_1" if i + 1 < config.n_layer else "ln_f"
+        mlp_bias = weights[p + "mlp.c_proj.bias"]
+        return self.skip_norm(f"l{i}.mlp_out", stream, after, mlp_bias, f"l{i + 1}")
+
+    def skip_norm(
+        self, branch: str, stream: str, norm: str, bias: np.ndarray | None, out: str
+    ) -> tuple[str, str]:
+        """``stream' = branch + bias + stream``; returns (layer_norm(stream'), stream')."""
+        w, weights = self.w, self.weights
+        gamma = w.floats(norm + ".weight", weights[norm + ".weight"])
+        inputs = [branch, stream, gamma, w.floats(norm + ".bias", weights[norm + ".bias"])]
+        if bias is not None:
+            inputs.append(w.floats(out + ".skip_bias", bias))
+        normed, summed = out + ".normed", out + ".stream"
+        w.node("SkipLayerNormalization", inputs, [normed, "", "", summed], epsilon=self.config.epsilon)
+        return normed, summed
+
+
+# -- building and checking a variant -------------------------------------------------------
+
+
+def build_variant(
+    model_dir: str | os.PathLike[str],
+    variant: str = "cpu-int8",
+    *,
+    sequences: int = 4,
+    decode_steps: int = 8,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Write ``onnx/<variant>/model.onnx`` for ``model_dir`` once it agrees with the reference.
+
+    The reference export (``onnx/model.onnx``, see :func:`training.export.export_onnx`) must
+    exist. The variant is compared with it on ``sequences`` sequences (a rendered chat and
+    random ids): a prefill, then ``decode_steps`` single-token steps through the cache. It is
+    installed, and recorded in ``card.json`` under ``onnx.<variant>``, only when the largest
+    logit difference relative to the largest reference logit is within the precision's
+    tolerance (and, for fp32, every greedy token is the same). Returns the card entry.
+    """
+    from training.export import _temporary_folder, check_model_folder
+
+    folder = check_model_folder(model_dir)
+    precision = _precision(variant)
+    say = progress or (lambda message: None)
+    reference = folder / "onnx" / "model.onnx"
+    if not reference.is_file():
+        raise ModelFolderError(f"{reference} is missing", hint=f"run `chatbot export {folder}` first")
+    import json
+
+    config = read_config(json.loads((folder / "config.json").read_text(encoding="utf-8")), folder)
+    say(f"writing the fused {precision.name} graph ({variant}) from {folder / 'model.safetensors'}")
+    model = build_graph(config, load_weights(folder), precision.name)
+    with _temporary_folder(folder) as tmp:
+        path = tmp / "model.onnx"
+        _save(model, path)
+        say(f"checking {variant} against the reference on {sequences} sequences, {decode_steps} decode steps")
+        parity = measure_parity(folder, path, precision, sequences=sequences, decode_steps=decode_steps)
+        _check(parity, precision, variant)
+        target = folder / "onnx" / variant
+        if target.exists():
+            shutil.rmtree(target)
+        target.parent.mkdir(exist_ok=True)
+        os.replace(tmp, target)
+    entry = {
+        "path": f"onnx/{variant}/model.onnx",
+        "builder": "chatbot.training.graph",
+        "precision": precision.name,
+        "device": precision.device,
+        "nodes": len(model.graph.node),
+        "built_at": utc_now(),
+        "parity": parity,
+    }
+    set_card_entry(folder, ("onnx", variant), entry)
+    say(f"wrote onnx/{variant}/model.onnx ({entry['nodes']} nodes, {_describe(parity)})")
+    return entry
+
+
+def _precision(variant: str) -> Precision:
+    if variant not in VARIANTS:
+        raise ExportError(f"unknown variant {variant!r}", hint=f"choose from {', '.join(VARIANTS)}")
+    return VARIANTS[variant]
+
+
+def _describe(parity: dict[str, Any]) -> str:
+    return (
+        f"logits within {parity['max_rel_diff']:.2g} of the reference, "
+        f"greedy tokens {parity['greedy_agreement']:.1%} the same"
+    )
+
+
+def _save(model: onnx.ModelProto, path: Path) -> None:
+    """Save ``model``; weights over 1 GiB in all go to ``model.onnx.data`` beside it (protobuf's limit)."""
+    import onnx
+
+    large = model.ByteSize() > 1 << 30
+    onnx.save(model, str(path), save_as_external_data=large, location=path.name + ".data")
+
+
+def measure_parity(
+    folder: Path, path: Path, precision: Precision, *, sequences: int, decode_steps: int
+) -> dict[str, Any]:
+    """Compare the graph at ``path`` with the folder's reference export, position by position."""
+    from chatbot.folder import ModelFolder
+    from training.export import MAX_PARITY_LENGTH, PARITY_SEED, _load_session, _parity_sequences, onnx_logits
+
+    spec = ModelFolder(folder).spec
+    fused = FusedSession(path, spec, providers=_providers(precision))
+    reference = _load_session(folder / "onnx" / "model.onnx")
+    limit = min(spec.n_positions, MAX_PARITY_LENGTH)
+    worst_abs, worst_rel, same, compared = 0.0, 0.0, 0, 0
+    for ids in _parity_sequences(folder, sequences, decode_steps, limit, spec.vocab_size, PARITY_SEED):
+        prefill = max(1, len(ids) - decode_steps)
+        expected = onnx_logits(reference, ids, prefill)[prefill - 1 :]  # the positions the graph scores
+        actual = np.stack(list(fused_logits(fused, ids, prefill)))
+        diff = float(np.max(np.abs(expected - actual))) if np.isfinite(actual).all() else math.inf
+        worst_abs = max(worst_abs, diff)
+        worst_rel = max(worst_rel, diff / max(float(np.max(np.abs(expected))), 1e-12))
+        same += int(np.sum(expected.argmax(-1) == actual.argmax(-1)))
+        compared += len(expected)
+    return {
+        "max_abs_diff": worst_abs,
+        "max_rel_diff": worst_rel,
+        "tolerance": precision.rel_tolerance,
+        "min_greedy_agreement": precision.min_greedy_agreement,
+        "greedy_agreement": same / compared,
+        "positions": compared,
+        "sequences": sequences,
+        "decode_steps": decode_steps,
+        "against": "onnx/model.onnx",
+    }
+
+
+def fused_logits(session: FusedSession, ids: Sequence[int], prefill: int) -> Iterator[np.ndarray]:
+    """The graph's last-position logits after the prefill, then after each following token."""
+    cache = session.new_cache(1)
+    yield session.step(cache, 0, [list(ids[:prefill])], [0]).logits[0]
+    for position in range(prefill, len(ids)):
+        yield session.step(cache, 0, [[ids[position]]], [position]).logits[0]
+
+
+def _providers(precision: Precision) -> list[str]:
+    if precision.device == "cuda":
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise ExportError(
+                "the cuda-fp16 variant is checked on the GPU, and this onnxruntime has no CUDA provider",
+                hint="build it on a machine with onnxruntime-gpu (`pip install 'chatbot[gpu]'`)",
+            )
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def _check(parity: dict[str, Any], precision: Precision, variant: str) -> None:
+    """Raise :class:`ExportError` when the variant strays too far from the reference."""
+    too_far = not parity["max_rel_diff"] <= precision.rel_tolerance
+    greedy_differs = parity["greedy_agreement"] < precision.min_greedy_agreement
+    if too_far or greedy_differs:
+        raise ExportError(
+            f"the {variant} graph differs from the reference export ({_describe(parity)}; "
+            f"tolerance {precision.rel_tolerance:g} and {precision.min_greedy_agreement:.0%} of greedy "
+            "tokens); nothing was written",
+            hint="report the model config; the reference export (onnx/model.onnx) still serves",
+        )
+
+
+def build_variants(
+    model_dir: str | os.PathLike[str],
+    variants: Sequence[str] = DEFAULT_VARIANTS,
+    *,
+    progress: Progress | None = None,
+) -> dict[str, dict[str, Any]]:
+    """:func:`build_variant` for each of ``variants``; returns their card entries by name."""
+    return {variant: build_variant(model_dir, variant, progress=progress) for variant in variants}
+
+
+def built_variants(model_dir: str | os.PathLike[str]) -> list[str]:
+    """The variants the folder's card records (the reference excluded)."""
+    return [name for name in read_card(model_dir).get("onnx", {}) if name in VARIANTS]
