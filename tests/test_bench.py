@@ -1,40 +1,124 @@
-"""`chatbot bench`: both sides measured on the same weights, written as a table and JSON.
+"""`chatbot bench`: ours and the peers measured on the same weights, written as tables and JSON.
 
-Only the shape of the results is checked here; speed itself is never asserted in a test."""
+Only the shape of the results is checked here; speed itself is never asserted in a test. The
+124M `--config gpt2` build takes minutes and is not run here: `--config tiny` is the same path.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
+
+HAS_CTRANSLATE2 = importlib.util.find_spec("ctranslate2") is not None
+QUICK = ["--prompt-tokens", "16", "--new-tokens", "6", "--runs", "1", "--concurrency", "1,2"]
 
 
-def test_bench_writes_the_table_and_json_with_ratios(tiny_model_dir: Path, tmp_path: Path) -> None:
-    out = tmp_path / "bench"
-    flags = ["--prompt-tokens", "16", "--new-tokens", "6", "--runs", "1", "--concurrency", "1,2"]
-    result = subprocess.run(
-        [sys.executable, "-m", "chatbot", "bench", str(tiny_model_dir), *flags, "--out", str(out)],
+def bench(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "chatbot", "bench", *args],
         capture_output=True,
         text=True,
         timeout=300,
+        env=None if env is None else {**os.environ, **env},
     )
+
+
+@pytest.fixture(scope="module")
+def measured(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
+    """One quick bench of the tiny model: (what it printed, bench.json)."""
+    out = tmp_path_factory.mktemp("bench")
+    result = bench(str(tiny_model_dir), *QUICK, "--concurrency-runs", "1", "--out", str(out))
     assert result.returncode == 0, result.stderr
-    assert "| ratio (transformers / ours) |" in result.stdout
-    results = json.loads((out / "bench.json").read_text())
     assert (out / "bench.md").read_text() in result.stdout
+    return result.stdout, json.loads((out / "bench.json").read_text())
+
+
+def test_bench_writes_both_tables_and_the_json_with_ratios(measured: tuple[str, dict[str, Any]]) -> None:
+    stdout, results = measured
+    assert "| transformers generate (eager, fp32) / ours |" in stdout
+    assert "| conversations at once | ours, one thread each through the scheduler (tokens/s) |" in stdout
+    assert "| ours / transformers |" in stdout and "(after ours)" in stdout
     for side in ("ours", "transformers"):
         assert results[side]["tokens"] == 6 and results[side]["decode_ms_per_token"] > 0
         assert results[side]["first_token_ms"] > 0 and results[side]["peak_rss_mib"] > 0
-    assert set(results["ours"]["tokens_per_s"]) == {"1", "2"}
-    assert results["ratios"]["decode"] > 0 and results["settings"]["prompt_tokens"] == 16
+        assert set(results[side]["tokens_per_s"]) == {"1", "2"}
+    ratios = results["ratios"]["transformers"]
+    assert ratios["decode"] > 0 and ratios["first_token"] > 0 and set(ratios["tokens_per_s"]) == {"1", "2"}
+    assert results["settings"]["prompt_tokens"] == 16 and results["settings"]["concurrency"] == [1, 2]
+    assert results["config"] is None
+
+
+@pytest.mark.skipif(not HAS_CTRANSLATE2, reason="ctranslate2 is not installed (pip install 'chatbot[bench]')")
+def test_ctranslate2_is_measured_when_installed(measured: tuple[str, dict[str, Any]]) -> None:
+    stdout, results = measured
+    side = results["ctranslate2"]
+    assert side["name"].startswith("CTranslate2 ") and side["tokens"] == 6
+    assert side["first_token_ms"] > 0 and set(side["tokens_per_s"]) == {"1", "2"}
+    assert set(results["ratios"]["ctranslate2"]["tokens_per_s"]) == {"1", "2"}
+    assert "| CTranslate2 / ours |" in stdout and "(after all three)" in stdout
+
+
+@pytest.mark.skipif(HAS_CTRANSLATE2, reason="ctranslate2 is installed: the measured case is tested instead")
+def test_a_missing_ctranslate2_is_said_in_the_table(measured: tuple[str, dict[str, Any]]) -> None:
+    stdout, results = measured
+    assert results["ctranslate2"] == {
+        "name": "CTranslate2",
+        "missing": "not installed (pip install 'chatbot[bench]')",
+    }
+    assert "| CTranslate2 | not installed (pip install 'chatbot[bench]') |" in stdout
+    assert "(after ours and transformers)" in stdout
+    assert "ctranslate2" not in results["ratios"]
+
+
+def test_an_unknown_config_is_refused_with_the_names(tmp_path: Path) -> None:
+    result = bench("--config", "gpt5", env={"XDG_CACHE_HOME": str(tmp_path)})
+    assert result.returncode == 1
+    assert "unknown bench config 'gpt5'" in result.stderr and "gpt2, tiny" in result.stderr
+    assert not (tmp_path / "chatbot").exists()
+
+
+def test_model_dir_and_config_are_one_or_the_other(tiny_model_dir: Path) -> None:
+    for args in ([str(tiny_model_dir), "--config", "gpt2"], []):
+        result = bench(*args)
+        assert result.returncode == 1, args
+        assert "either MODEL_DIR or --config NAME" in result.stderr and "--config gpt2" in result.stderr
 
 
 def test_bench_refuses_bad_counts(tiny_model_dir: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "chatbot", "bench", str(tiny_model_dir), "--concurrency", "1,x"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = bench(str(tiny_model_dir), "--concurrency", "1,x")
     assert result.returncode == 1 and "--concurrency takes counts" in result.stderr
+    result = bench(str(tiny_model_dir), "--concurrency-runs", "0")
+    assert result.returncode == 1 and "must be at least 1" in result.stderr
+
+
+def test_a_config_folder_is_built_once_then_reused_and_rebuilt_when_incomplete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chatbot import ModelFolder
+    from training.bench import CONFIGS, ensure_bench_model
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    said: list[str] = []
+    folder = ensure_bench_model("tiny", progress=said.append)
+    assert folder == tmp_path / "chatbot" / "bench" / "tiny"
+    assert said[0].startswith(f"building {folder}") and said[-1].startswith(f"built {folder}")
+    spec = ModelFolder(folder).spec
+    assert (spec.vocab_size, spec.n_layer) == (CONFIGS["tiny"].vocab_size, CONFIGS["tiny"].n_layer)
+    assert ModelFolder(folder).card["bench"]["config"] == "tiny"
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["tiny"]  # no staging folder left
+
+    said.clear()
+    assert ensure_bench_model("tiny", progress=said.append) == folder
+    assert said == [f"reusing {folder} ({CONFIGS['tiny'].description})"]
+
+    (folder / "onnx" / "model.onnx").unlink()
+    said.clear()
+    ensure_bench_model("tiny", progress=said.append)
+    assert said[0].startswith("building") and (folder / "onnx" / "model.onnx").is_file()

@@ -1,40 +1,86 @@
-"""`chatbot bench MODEL_DIR`: our ONNX engine against transformers ``generate``, same weights, one run.
+"""`chatbot bench`: our ONNX engine against its peers on the same weights, in one process.
 
-Measured for each, after a warm-up, as the median of ``runs`` runs on the same random prompt:
+The model is a folder (``chatbot bench MODEL_DIR``) or a named shape with random weights
+(``chatbot bench --config gpt2``, see :data:`CONFIGS`), built once in the cache and reused; speed
+does not depend on the values of the weights, and the prompts are random token ids, never text.
 
-* time to first token (the prompt's forward pass and the first pick),
-* decode milliseconds per token at batch 1 (the rest of the reply, divided by its tokens),
-* aggregate tokens/s with N conversations at once (one thread each; ours only — the engine does
-  not batch them yet, so this is the baseline the scheduler of issue 8 has to beat),
-* the process's peak resident memory after each side has run.
+The sides, each measured after a warm-up as medians of several runs on the same random prompt:
 
-Both sides generate greedily and exactly ``new_tokens`` tokens: the end-of-turn token does not
-stop a reply here (``min_new_tokens`` on the transformers side). The results are printed
-as a markdown table with the ratios, and written as ``bench.md`` and ``bench.json``.
+* ours: the engine's generator (:func:`_our_generator`); N conversations at once are N threads,
+  each calling ``generator.generate``;
+* CTranslate2 (when ``import ctranslate2`` works: ``pip install 'chatbot[bench]'``): the folder
+  converted to int8 once (cached next to it); N conversations are one ``generate_batch``;
+* transformers ``generate`` (eager, fp32); N conversations are one batched call with N copies.
+
+For each: time to first token (the prompt's forward pass and the first pick), decode
+milliseconds per token at batch 1 (the rest of the reply, divided by its tokens), aggregate
+tokens/s for each N of ``concurrency``, and the process's peak resident memory after that side
+ran (the sides run one after the other in one process, so the figure is cumulative). Everybody
+generates greedily and exactly ``new_tokens`` tokens: stop tokens are ignored. The results are
+printed as markdown tables with ratios against each peer (> 1× means ours is faster), and written
+as ``bench.md`` and ``bench.json``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import multiprocessing
 import os
 import platform
 import resource
+import shutil
 import statistics
+import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from chatbot import paths
+from chatbot.errors import ChatbotError, ModelFolderError
 from chatbot.folder import ModelFolder
-from chatbot.generation import OnnxGenerator
+from chatbot.generation import REFERENCE, Generator, choose_variant, load_generator
 from chatbot.paths import write_text_atomically
 from chatbot.types import GenerationConfig
 
+if TYPE_CHECKING:
+    from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
+
 Progress = Callable[[str], None]
+
+BENCH_EXTRA = "pip install 'chatbot[bench]'"
+CT2_QUANTIZATION = "int8"
+RECIPE = 2  # bump when a config folder must be built again (new files, new export options)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """A named GPT-2 shape benchmarked with random weights (``chatbot bench --config NAME``)."""
+
+    description: str
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_positions: int
+    vocab_size: int  # config.json's, so the embedding and the LM head have the real size
+    tokenizer_vocab: int = 512  # the tokenizer stays small: prompts are ids, never text
+    parity_sequences: int = 2  # export_onnx's parity check, kept cheap for big shapes
+
+
+CONFIGS: dict[str, BenchConfig] = {
+    "gpt2": BenchConfig("GPT-2 124M shape, random weights", 12, 768, 12, 1024, 50257),
+    "tiny": BenchConfig("a tiny GPT-2 with random weights, for tests", 2, 64, 4, 256, 1000),
+}
 
 
 @dataclass(frozen=True)
@@ -42,9 +88,10 @@ class BenchOptions:
     prompt_tokens: int = 128
     new_tokens: int = 64
     runs: int = 5
-    concurrency: tuple[int, ...] = (1, 4)
+    concurrency: tuple[int, ...] = (1, 8, 32)
     out: Path = Path("bench")
     seed: int = 0
+    concurrency_runs: int = 3  # each tokens/s figure is the median of this many runs
 
 
 @dataclass
@@ -59,38 +106,35 @@ class Side:
     tokens_per_s: dict[int, float] = field(default_factory=dict)
 
 
-def run_bench(
-    model_dir: str | os.PathLike[str], options: BenchOptions, progress: Progress = print
-) -> dict[str, Any]:
-    """Benchmark the folder's ONNX model and its transformers twin; write and return the results."""
-    folder = ModelFolder(model_dir)
-    spec = folder.spec
-    length = max(1, min(options.prompt_tokens, spec.n_positions - options.new_tokens))
-    rng = np.random.default_rng(options.seed)
-    prompt = [int(i) for i in rng.integers(0, min(spec.vocab_size, 50_000) - 8, size=length)]
-    config = GenerationConfig(max_new_tokens=options.new_tokens)
+# ---------------------------------------------------------------------------------------------
+# The run
 
-    progress(f"ours: ONNX Runtime on {folder.onnx_path.name}, prompt {length} tokens, {options.runs} runs")
-    generator = OnnxGenerator(folder, device="cpu")
-    generator.stop_token_ids = ()  # every reply runs its full length, so both sides do the same work
-    ours = _measure_ours(generator, prompt, config, options)
-    progress("transformers generate (eager, fp32) on the same weights")
-    theirs = _measure_transformers(folder.path, prompt, ours.tokens, options)
-    results = {
-        "model": str(folder.path),
-        "machine": {
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-        },
-        "settings": {**asdict(options), "out": str(options.out), "prompt_tokens": length},
-        "ours": asdict(ours),
-        "transformers": asdict(theirs),
-        "ratios": {
-            "first_token": theirs.first_token_ms / ours.first_token_ms,
-            "decode": theirs.decode_ms_per_token / ours.decode_ms_per_token,
-        },
+
+def run_bench(
+    model_dir: str | os.PathLike[str] | None,
+    options: BenchOptions,
+    progress: Progress = print,
+    *,
+    config: str | None = None,
+) -> dict[str, Any]:
+    """Benchmark a folder (or the named ``config``) against its peers; write and return the results."""
+    if (model_dir is None) == (config is None):
+        raise ChatbotError(
+            "give either a model folder or a named config, not both or neither",
+            hint=f"e.g. `chatbot bench models` or `chatbot bench --config gpt2` ({_config_names()})",
+        )
+    if config is not None:
+        model_dir = ensure_bench_model(config, progress=progress)
+    assert model_dir is not None
+    folder = ModelFolder(model_dir)
+    prompt = _prompt(folder, options)
+    progress(f"prompt {len(prompt)} random tokens, {options.new_tokens} new tokens, {options.runs} runs")
+    ours = _measure_ours(folder, prompt, options, progress)
+    peers = {
+        "ctranslate2": _ctranslate2_side(folder, prompt, ours.tokens, options, progress),
+        "transformers": _measure_transformers(folder.path, prompt, ours.tokens, options, progress),
     }
+    results = _results(folder, config, prompt, options, ours, peers)
     table = markdown(results)
     options.out.mkdir(parents=True, exist_ok=True)
     write_text_atomically(options.out / "bench.json", json.dumps(results, indent=2) + "\n")
@@ -99,35 +143,201 @@ def run_bench(
     return results
 
 
-def _timed_reply(
-    generator: OnnxGenerator, prompt: list[int], config: GenerationConfig
-) -> tuple[float, float, int]:
+def _prompt(folder: ModelFolder, options: BenchOptions) -> list[int]:
+    """Random token ids (never decoded), short enough to leave room for the reply."""
+    spec = folder.spec
+    length = max(1, min(options.prompt_tokens, spec.n_positions - options.new_tokens))
+    rng = np.random.default_rng(options.seed)
+    return [int(i) for i in rng.integers(0, spec.vocab_size, size=length)]
+
+
+def _results(
+    folder: ModelFolder,
+    config: str | None,
+    prompt: list[int],
+    options: BenchOptions,
+    ours: Side,
+    peers: dict[str, Side | str],
+) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "model": str(folder.path),
+        "config": config,
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+        },
+        "settings": {
+            **asdict(options),
+            "out": str(options.out),
+            "prompt_tokens": len(prompt),
+            "new_tokens": ours.tokens,
+        },
+        "ours": asdict(ours),
+        "ratios": {},
+    }
+    for key, peer in peers.items():
+        if isinstance(peer, str):
+            results[key] = {"name": _PEER_NAMES[key], "missing": peer}
+        else:
+            results[key] = asdict(peer)
+            results["ratios"][key] = _ratios(ours, peer)
+    return results
+
+
+def _ratios(ours: Side, peer: Side) -> dict[str, Any]:
+    """Peer / ours for times, ours / peer for tokens/s: above 1 means ours is faster."""
+    return {
+        "first_token": peer.first_token_ms / ours.first_token_ms,
+        "decode": peer.decode_ms_per_token / ours.decode_ms_per_token,
+        "tokens_per_s": {n: ours.tokens_per_s[n] / rate for n, rate in peer.tokens_per_s.items()},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Named configs: a model folder with random weights, built once in the cache
+
+
+def bench_model_dir(name: str) -> Path:
+    """Where the named config's folder lives: ``~/.cache/chatbot/bench/NAME``."""
+    return paths.cache_home() / "bench" / name
+
+
+def ensure_bench_model(name: str, *, progress: Progress = print) -> Path:
+    """The named config's model folder, built first (in a child process) when missing or incomplete."""
+    config = _config(name)
+    folder = bench_model_dir(name)
+    if _is_complete(folder, name, config):
+        progress(f"reusing {folder} ({config.description})")
+        return folder
+    progress(f"building {folder} ({config.description}); once, later runs reuse it")
     started = time.perf_counter()
-    first = 0.0
-    count = 0
-    for _ in generator.generate(prompt, config):
-        count += 1
-        if count == 1:
-            first = time.perf_counter() - started
-    return first, time.perf_counter() - started, count
+    _in_child(_build_bench_model, name, folder, progress)
+    progress(f"built {folder} in {time.perf_counter() - started:.0f} s")
+    return folder
 
 
-def _measure_ours(
-    generator: OnnxGenerator, prompt: list[int], config: GenerationConfig, options: BenchOptions
-) -> Side:
-    _timed_reply(generator, prompt, config)  # warm-up
-    runs = [_timed_reply(generator, prompt, config) for _ in range(options.runs)]
-    tokens = min(count for _, _, count in runs)
-    first = statistics.median(f for f, _, _ in runs)
-    decode = statistics.median((total - f) / max(1, count - 1) for f, total, count in runs)
-    side = Side("ours (ONNX Runtime)", first * 1e3, decode * 1e3, tokens, _peak_rss_mib())
-    for n in options.concurrency:
-        side.tokens_per_s[n] = _aggregate(generator, prompt, config, n)
+def _config_names() -> str:
+    return ", ".join(CONFIGS)
+
+
+def _config(name: str) -> BenchConfig:
+    if name not in CONFIGS:
+        raise ChatbotError(f"unknown bench config {name!r}", hint=f"use one of: {_config_names()}")
+    return CONFIGS[name]
+
+
+def _stamp(name: str, config: BenchConfig) -> dict[str, Any]:
+    """What the card records about the build; a folder with another stamp is built again."""
+    return {"config": name, "recipe": RECIPE, **asdict(config)}
+
+
+def _is_complete(folder: Path, name: str, config: BenchConfig) -> bool:
+    try:
+        loaded = ModelFolder(folder)
+    except ModelFolderError:
+        return False
+    return (folder / "model.safetensors").is_file() and loaded.card.get("bench") == _stamp(name, config)
+
+
+def _build_bench_model(name: str, folder: Path, progress: Progress) -> None:
+    """Build the folder in a staging folder beside it, then move it into place."""
+    from training.card import set_card_entry
+    from training.export import export_onnx
+
+    config = _config(name)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-build-", dir=folder.parent))
+    try:
+        progress(
+            f"writing random weights ({config.n_layer} layers × {config.n_embd}, {config.vocab_size} tokens)"
+        )
+        _write_random_folder(staging, name, config)
+        progress("exporting to ONNX with a parity check against PyTorch")
+        export_onnx(staging, sequences=config.parity_sequences, progress=progress)
+        _build_fast_variants(staging, progress)
+        set_card_entry(staging, ["bench"], _stamp(name, config))
+        staging.chmod(0o755)  # mkdtemp makes it private; a model folder is shared like others
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_random_folder(folder: Path, name: str, config: BenchConfig) -> None:
+    """Tokenizer, random weights with the config's full vocabulary, generation settings and card."""
+    from training.card import new_card, write_card
+    from training.tiny import DEFAULT_CORPUS, train_tokenizer, wrap_tokenizer
+
+    tokenizer = wrap_tokenizer(
+        train_tokenizer(DEFAULT_CORPUS, vocab_size=config.tokenizer_vocab), n_positions=config.n_positions
+    )
+    tokenizer.save_pretrained(folder, save_jinja_files=False)
+    model = _random_model(tokenizer, config)
+    model.save_pretrained(folder, safe_serialization=True)
+    card = new_card(name=f"bench-{name}", base_model=f"random GPT-2 ({name} shape, seed 0)")
+    card["description"] = f"{config.description}, for `chatbot bench --config {name}`; replies are gibberish."
+    write_card(folder, card)
+
+
+def _random_model(tokenizer: PreTrainedTokenizerFast, config: BenchConfig) -> GPT2LMHeadModel:
+    """training.tiny's random GPT-2, its embedding (and tied LM head) grown to the config's vocabulary."""
+    from training.tiny import random_model
+
+    sizes = {"n_layer": config.n_layer, "n_embd": config.n_embd, "n_head": config.n_head}
+    model = random_model(tokenizer, seed=0, n_positions=config.n_positions, **sizes)
+    model.resize_token_embeddings(config.vocab_size, mean_resizing=False)
+    return model
+
+
+def _build_fast_variants(path: Path, progress: Progress) -> None:
+    """Build the engine's fast variants (cpu-int8) of the exported folder at ``path``."""
+    from training.graph import build_variants
+
+    build_variants(path, progress=progress)
+
+
+def _in_child(function: Callable[..., Any], *args: Any) -> Any:
+    """Run ``function(*args)`` in a fresh process: building and converting load torch and whole
+    models, which would otherwise stay in this process's peak memory and threads."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
+
+
+# ---------------------------------------------------------------------------------------------
+# Ours
+
+
+def _our_generator(folder: ModelFolder) -> Generator:
+    """The generator the engine serves with, stop tokens cleared so every reply runs its full length."""
+    generator = load_generator(folder, device="cpu")
+    generator.stop_token_ids = ()
+    return generator
+
+
+def _measure_ours(folder: ModelFolder, prompt: list[int], options: BenchOptions, progress: Progress) -> Side:
+    variant = choose_variant(folder, "cpu")
+    graph = folder.onnx_path if variant == REFERENCE else folder.variant_path(variant)
+    progress(f"ours: {graph.relative_to(folder.path)} ({variant}) on ONNX Runtime")
+    config = GenerationConfig(max_new_tokens=options.new_tokens)
+    with _torch_off():
+        generator = _our_generator(folder)
+
+        def reply() -> Iterator[Any]:
+            return iter(generator.generate(prompt, config))
+
+        first, decode, tokens = _stream_timings(reply, options.runs)
+        side = Side("ours (ONNX Runtime)", first, decode, tokens, 0.0)
+        for n in options.concurrency:
+            progress(f"ours: {n} conversations at once")
+            side.tokens_per_s[n] = _median_rate(partial(_threaded, generator, prompt, config, n), options)
+    side.peak_rss_mib = _peak_rss_mib()
     return side
 
 
-def _aggregate(generator: OnnxGenerator, prompt: list[int], config: GenerationConfig, n: int) -> float:
-    """Tokens/s over ``n`` replies generated at once, one thread each."""
+def _threaded(generator: Generator, prompt: list[int], config: GenerationConfig, n: int) -> tuple[int, float]:
+    """(tokens, seconds) of ``n`` replies generated at once, one thread each."""
     counts = [0] * n
 
     def reply(index: int) -> None:
@@ -139,62 +349,277 @@ def _aggregate(generator: OnnxGenerator, prompt: list[int], config: GenerationCo
         thread.start()
     for thread in threads:
         thread.join()
-    return sum(counts) / (time.perf_counter() - started)
+    return sum(counts), time.perf_counter() - started
 
 
-def _measure_transformers(path: Path, prompt: list[int], tokens: int, options: BenchOptions) -> Side:
-    import torch
-    from transformers import AutoModelForCausalLM
+@contextlib.contextmanager
+def _torch_off() -> Iterator[None]:
+    """One torch thread while another runtime runs, when torch is loaded at all: its idle OpenMP
+    threads would otherwise spin on the same cores (see CPU.md's thread fight)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    ids = torch.tensor([prompt])
-    mask = torch.ones_like(ids)
 
-    def generate(count: int) -> float:
-        started = time.perf_counter()
-        with torch.inference_mode():
-            model.generate(
-                ids,
-                attention_mask=mask,
-                do_sample=False,
-                max_new_tokens=count,
-                min_new_tokens=count,
-                pad_token_id=model.config.eos_token_id or 0,
-            )
-        return time.perf_counter() - started
+# ---------------------------------------------------------------------------------------------
+# Shared timing
 
-    generate(tokens)  # warm-up
-    first = statistics.median(generate(1) for _ in range(options.runs))
-    total = statistics.median(generate(tokens) for _ in range(options.runs))
-    decode = (total - first) / max(1, tokens - 1)
-    return Side("transformers generate (eager, fp32)", first * 1e3, decode * 1e3, tokens, _peak_rss_mib())
+
+def _stream_timings(start: Callable[[], Iterator[Any]], runs: int) -> tuple[float, float, int]:
+    """(first token ms, decode ms/token, tokens): medians over ``runs`` streams after a warm-up."""
+    _timed_stream(start)
+    timings = [_timed_stream(start) for _ in range(runs)]
+    first = statistics.median(f for f, _, _ in timings)
+    decode = statistics.median((total - f) / max(1, count - 1) for f, total, count in timings)
+    return first * 1e3, decode * 1e3, min(count for _, _, count in timings)
+
+
+def _timed_stream(start: Callable[[], Iterator[Any]]) -> tuple[float, float, int]:
+    started = time.perf_counter()
+    first = 0.0
+    count = 0
+    for _ in start():
+        count += 1
+        if count == 1:
+            first = time.perf_counter() - started
+    return first, time.perf_counter() - started, count
+
+
+def _median_rate(measure: Callable[[], tuple[int, float]], options: BenchOptions) -> float:
+    """Median tokens/s of ``measure() -> (tokens, seconds)`` over the options' concurrency runs."""
+    rates = []
+    for _ in range(options.concurrency_runs):
+        tokens, seconds = measure()
+        rates.append(tokens / seconds)
+    return statistics.median(rates)
 
 
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+# ---------------------------------------------------------------------------------------------
+# CTranslate2
+
+
+_PEER_NAMES = {
+    "ctranslate2": "CTranslate2",
+    "transformers": "transformers generate (eager, fp32)",
+}
+
+
+def _ctranslate2_side(
+    folder: ModelFolder, prompt: list[int], tokens: int, options: BenchOptions, progress: Progress
+) -> Side | str:
+    """CTranslate2's figures, or why there are none."""
+    try:
+        import ctranslate2
+    except ImportError:
+        return f"not installed ({BENCH_EXTRA})"
+    try:
+        converted = _ctranslate2_model(folder.path, progress)
+    except Exception as error:  # the converter raises many unrelated types
+        return f"conversion failed ({type(error).__name__}: {error})"
+    progress(f"CTranslate2 {ctranslate2.__version__} ({CT2_QUANTIZATION}) on {converted.name}")
+    with _torch_off():
+        side = _measure_ctranslate2(ctranslate2, converted, prompt, tokens, options, progress)
+    side.peak_rss_mib = _peak_rss_mib()
+    return side
+
+
+def _ctranslate2_model(folder: Path, progress: Progress) -> Path:
+    """The folder converted for CTranslate2 (int8), cached beside it and keyed by its files."""
+    converted = folder.parent / f".{folder.name}.ctranslate2-{CT2_QUANTIZATION}-{_fingerprint(folder)}"
+    if (converted / "model.bin").is_file():
+        return converted
+    for old in folder.parent.glob(f".{folder.name}.ctranslate2-*"):
+        shutil.rmtree(old, ignore_errors=True)  # conversions of an earlier state of the folder
+    progress(f"converting {folder} for CTranslate2 ({CT2_QUANTIZATION}); once, later runs reuse it")
+    _in_child(_convert, folder, converted)
+    return converted
+
+
+def _fingerprint(folder: Path) -> str:
+    """A short key that changes when the weights, config or tokenizer change, or CTranslate2 does."""
+    digest = hashlib.sha256(metadata.version("ctranslate2").encode())
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        stat = (folder / name).stat()
+        digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()[:12]
+
+
+def _convert(folder: Path, converted: Path) -> None:
+    """Convert in a staging folder beside ``converted``, then move it into place."""
+    from ctranslate2.converters import TransformersConverter
+
+    class Converter(TransformersConverter):
+        def load_tokenizer(self, tokenizer_class: Any, model_name_or_path: str, **kwargs: Any) -> Any:
+            """The tokenizer padded to the model's vocabulary: CTranslate2 wants one string per id,
+            and a bench config's tokenizer is smaller than its embedding."""
+            tokenizer = super().load_tokenizer(tokenizer_class, model_name_or_path, **kwargs)
+            vocab_size = json.loads((folder / "config.json").read_text())["vocab_size"]
+            tokenizer.add_tokens([f"<bench-{i}>" for i in range(len(tokenizer), vocab_size)])
+            return tokenizer
+
+    staging = Path(tempfile.mkdtemp(prefix=f"{converted.name}-", dir=converted.parent))
+    try:
+        Converter(str(folder)).convert(str(staging), quantization=CT2_QUANTIZATION, force=True)
+        os.replace(staging, converted)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _measure_ctranslate2(
+    ctranslate2: Any,
+    converted: Path,
+    prompt: list[int],
+    tokens: int,
+    options: BenchOptions,
+    progress: Progress,
+) -> Side:
+    generator = ctranslate2.Generator(
+        str(converted), device="cpu", compute_type=CT2_QUANTIZATION, intra_threads=_cpus()
+    )
+    vocabulary = json.loads((converted / "vocabulary.json").read_text(encoding="utf-8"))
+    start = [vocabulary[i] for i in prompt]
+
+    def reply() -> Iterator[Any]:
+        return iter(generator.generate_tokens(start, max_length=tokens, min_length=tokens))
+
+    def batch(n: int) -> tuple[int, float]:
+        started = time.perf_counter()
+        results = generator.generate_batch(
+            [start] * n, max_length=tokens, min_length=tokens, include_prompt_in_result=False
+        )
+        return sum(len(r.sequences_ids[0]) for r in results), time.perf_counter() - started
+
+    first, decode, count = _stream_timings(reply, options.runs)
+    side = Side(f"CTranslate2 {ctranslate2.__version__} ({CT2_QUANTIZATION})", first, decode, count, 0.0)
+    for n in options.concurrency:
+        progress(f"CTranslate2: {n} conversations in one batch")
+        side.tokens_per_s[n] = _median_rate(partial(batch, n), options)
+    return side
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# ---------------------------------------------------------------------------------------------
+# transformers
+
+
+def _measure_transformers(
+    path: Path, prompt: list[int], tokens: int, options: BenchOptions, progress: Progress
+) -> Side:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    progress("transformers generate (eager, fp32) on the same weights")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    ids = torch.tensor([prompt])
+
+    def generate(count: int, n: int = 1) -> tuple[int, float]:
+        batch = ids.repeat(n, 1)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(
+                batch,
+                attention_mask=torch.ones_like(batch),
+                do_sample=False,
+                max_new_tokens=count,
+                min_new_tokens=count,
+                pad_token_id=model.config.eos_token_id or 0,
+            )
+        return (out.shape[1] - ids.shape[1]) * n, time.perf_counter() - started
+
+    generate(tokens)  # warm-up
+    first = statistics.median(generate(1)[1] for _ in range(options.runs))
+    total = statistics.median(generate(tokens)[1] for _ in range(options.runs))
+    decode = (total - first) / max(1, tokens - 1)
+    side = Side(_PEER_NAMES["transformers"], first * 1e3, decode * 1e3, tokens, 0.0)
+    for n in options.concurrency:
+        progress(f"transformers: {n} conversations in one batch")
+        side.tokens_per_s[n] = _median_rate(partial(generate, tokens, n), options)
+    side.peak_rss_mib = _peak_rss_mib()
+    return side
+
+
+# ---------------------------------------------------------------------------------------------
+# The tables
+
+
 def markdown(results: dict[str, Any]) -> str:
-    """The results as a markdown table (what `chatbot bench` prints)."""
-    ours, theirs, ratios = results["ours"], results["transformers"], results["ratios"]
+    """The results as markdown tables (what `chatbot bench` prints)."""
     settings = results["settings"]
+    config = f" (`--config {results['config']}`)" if results.get("config") else ""
     lines = [
-        f"# chatbot bench: {results['model']}",
+        f"# chatbot bench: {results['model']}{config}",
         "",
-        f"Prompt {settings['prompt_tokens']} tokens, {ours['tokens']} new tokens (greedy), batch 1, CPU, "
-        f"median of {settings['runs']} runs after a warm-up; {results['machine']['cpus']} CPUs.",
+        f"Prompt {settings['prompt_tokens']} random tokens, {settings['new_tokens']} new tokens (greedy), "
+        f"CPU, {results['machine']['cpus']} CPUs; medians of {settings['runs']} runs after a warm-up "
+        f"(tokens/s: of {settings['concurrency_runs']} runs). Ratios above 1× mean ours is faster. "
+        "The sides run one after another in one process, so each peak RSS is the process's so far.",
         "",
-        "| | time to first token (ms) | decode (ms/token) | peak RSS (MiB) |",
-        "|---|---:|---:|---:|",
-        f"| {ours['name']} | {ours['first_token_ms']:.2f} | {ours['decode_ms_per_token']:.2f} "
-        f"| {ours['peak_rss_mib']:.0f} |",
-        f"| {theirs['name']} | {theirs['first_token_ms']:.2f} | {theirs['decode_ms_per_token']:.2f} "
-        f"| {theirs['peak_rss_mib']:.0f} (after both) |",
-        f"| ratio (transformers / ours) | {ratios['first_token']:.2f}× | {ratios['decode']:.2f}× | |",
+        *_batch_one_table(results),
         "",
-        "| conversations at once (ours, one thread each) | tokens/s |",
-        "|---:|---:|",
-        *(f"| {n} | {rate:.0f} |" for n, rate in ours["tokens_per_s"].items()),
+        *_concurrency_table(results),
         "",
     ]
     return "\n".join(lines)
+
+
+_SIDES = {"ours": "ours", "ctranslate2": "CTranslate2", "transformers": "transformers"}  # key: short name
+
+
+def _batch_one_table(results: dict[str, Any]) -> list[str]:
+    lines = [
+        "| batch 1 | time to first token (ms) | decode (ms/token) | peak RSS of the process (MiB) |",
+        "|---|---:|---:|---:|",
+    ]
+    ran: list[str] = []
+    for key, short in _SIDES.items():
+        side = results[key]
+        if "missing" in side:
+            lines.append(f"| {side['name']} | {side['missing']} | | |")
+            continue
+        ran.append(short)
+        note = "after all three" if len(ran) == len(_SIDES) else "after " + " and ".join(ran)
+        lines.append(
+            f"| {side['name']} | {side['first_token_ms']:.2f} | {side['decode_ms_per_token']:.2f} "
+            f"| {side['peak_rss_mib']:.0f} ({note}) |"
+        )
+    for key, ratio in results["ratios"].items():
+        lines.append(
+            f"| {_PEER_NAMES[key]} / ours | {ratio['first_token']:.2f}× | {ratio['decode']:.2f}× | |"
+        )
+    return lines
+
+
+def _concurrency_table(results: dict[str, Any]) -> list[str]:
+    peers = ("ctranslate2", "transformers")
+    lines = [
+        "| conversations at once | ours, one thread each through the scheduler (tokens/s) "
+        "| CTranslate2, one batch (tokens/s) | transformers, one batch (tokens/s) "
+        "| ours / CTranslate2 | ours / transformers |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n, rate in results["ours"]["tokens_per_s"].items():
+        rates = [_cell(results[key].get("tokens_per_s", {}), n, "{:.0f}") for key in peers]
+        ratios = [
+            _cell(results["ratios"].get(key, {}).get("tokens_per_s", {}), n, "{:.2f}×") for key in peers
+        ]
+        lines.append(f"| {n} | {rate:.0f} | {' | '.join(rates)} | {' | '.join(ratios)} |")
+    return lines
+
+
+def _cell(values: dict[Any, float], n: Any, form: str) -> str:
+    value = values.get(n)
+    return "–" if value is None else form.format(value)
