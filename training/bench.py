@@ -60,7 +60,7 @@ Progress = Callable[[str], None]
 
 BENCH_EXTRA = "pip install 'chatbot[bench]'"
 CT2_QUANTIZATION = "int8"
-RECIPE = 2  # bump when a config folder must be built again (new files, new export options)
+RECIPE = 3  # bump when a config folder must be built again (new files, new export options)
 
 
 @dataclass(frozen=True)

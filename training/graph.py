@@ -13,7 +13,7 @@ matters), one layer being::
   row ends, so rows of one batch may have different lengths;
 * the LM head runs on the last position only, with its own (untied) weight, and the graph
   picks the greedy token itself (``next_token``) beside the ``logits`` needed for sampling;
-* ``int8``: every MatMul is a MatMulInteger over int8 weights with one scale per output column,
+* ``int8``: every MatMul is a MatMulIntegerToFloat over int8 weights with one scale per output column,
   its input quantised row by row in the graph, so a row's result never depends on its batch
   (the embedding tables stay float: a Gather reads one row of them);
   ``fp16``: half-precision weights and KV cache for CUDA; ``fp32``: exact, for checks.
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 Progress = Callable[[str], None]
 OPSET = 17
 MS_DOMAIN = "com.microsoft"
-MS_OPS = {"SkipLayerNormalization", "GroupQueryAttention", "FastGelu", "Gelu"}
+MS_OPS = {"SkipLayerNormalization", "GroupQueryAttention", "FastGelu", "Gelu", "MatMulIntegerToFloat"}
 WEIGHT_LEVELS = 63  # int8 weights use 7 bits (see _GraphWriter._int8_matmul)
 TensorProto_UINT8 = 2  # onnx.TensorProto.UINT8 (onnx is imported lazily)
 TensorProto_FLOAT = 1  # onnx.TensorProto.FLOAT
@@ -198,6 +198,7 @@ class _GraphWriter:
             self.constant("int8.inv_127", np.array(1 / 127, dtype=np.float32))
             self.constant("int8.offset", np.array(128, dtype=np.float32))
             self.constant("int8.zero_point", np.array(128, dtype=np.uint8))
+            self.constant("int8.one", np.array(1.0, dtype=np.float32))
             self._int8_constants = True
         scale = np.abs(weight).max(axis=0) / WEIGHT_LEVELS  # (out,) one per output column
         scale[scale == 0] = 1.0
@@ -212,14 +213,14 @@ class _GraphWriter:
         self.node("Add", [q + ".rounded", "int8.offset"], [q + ".shifted"])
         self.node("Cast", [q + ".shifted"], [q + ".u8"], to=TensorProto_UINT8)
         weights = self.constant(out + ".weight", quantized)
-        self.node("MatMulInteger", [q + ".u8", weights, "int8.zero_point"], [q + ".i32"])
-        self.node("Cast", [q + ".i32"], [q + ".f32"], to=TensorProto_FLOAT)
-        self.node("Mul", [q + ".f32", q + ".row_scale"], [q + ".rows"])
         column_scale = self.constant(out + ".weight.scale", scale.astype(np.float32))
+        # (u8 - 128) @ w * column scale in one kernel; then each row's own scale, then the bias
+        integer = [q + ".u8", weights, "int8.one", column_scale, "int8.zero_point"]
+        self.node("MatMulIntegerToFloat", integer, [q + ".columns"])
         if bias is None:
-            self.node("Mul", [q + ".rows", column_scale], [out])
+            self.node("Mul", [q + ".columns", q + ".row_scale"], [out])
             return
-        self.node("Mul", [q + ".rows", column_scale], [q + ".nobias"])
+        self.node("Mul", [q + ".columns", q + ".row_scale"], [q + ".nobias"])
         self.node("Add", [q + ".nobias", self.floats(out + ".bias", bias)], [out])
 
 
