@@ -127,7 +127,7 @@ class BatchingGenerator:
         if reply.abandoned:
             return
         slot = len(self._active)
-        self._cache.reserve(slot + 1)
+        self._cache.reserve(slot + 1, len(reply.prompt) + reply.budget)
         result = self.session.step(self._cache, slot, [reply.prompt], [0])
         reply.length = len(reply.prompt)
         self._active.append(reply)

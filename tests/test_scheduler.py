@@ -109,3 +109,26 @@ def test_int8_rows_are_quantised_alone_so_batches_change_nothing(folder: ModelFo
     assert isinstance(generator, BatchingGenerator)
     alone = [[t.id for t in generator.generate(p, c)] for p, c in zip(prompts, configs, strict=True)]
     assert _at_once(generator, prompts, configs) == alone
+
+
+def test_the_cache_grows_in_slots_and_length_while_replies_are_in_progress(folder: ModelFolder) -> None:
+    short = _prompts(folder, 4)
+    long_prompt = (short[3] * 20)[: folder.spec.n_positions - 60]  # needs the whole window
+    prompts = [*short, long_prompt]
+    configs = [GenerationConfig(max_new_tokens=40)] * len(prompts)
+    alone = [[t.id for t in _generator(folder).generate(p, c)] for p, c in zip(prompts, configs, strict=True)]
+    generator = _generator(folder)
+    assert _at_once(generator, prompts, configs) == alone
+    cache = generator._cache  # white-box: the cache grew to fit the long prompt's slot
+    assert cache.length == folder.spec.n_positions and cache.capacity >= len(prompts)
+
+
+def test_a_growing_cache_keeps_what_its_slots_hold(folder: ModelFolder) -> None:
+    cache = FusedSession(folder.variant_path("cpu-fp32"), folder.spec).new_cache(1, 10)
+    assert cache.length == 128 and cache.capacity == 1  # lengths grow in steps of 128
+    cache.buffers[0][0, :, :10] = 7.0
+    cache.reserve(3, 200)
+    assert (cache.capacity, cache.length) == (3, min(256, folder.spec.n_positions))
+    assert (cache.buffers[0][0, :, :10] == 7.0).all() and (cache.buffers[0][1:] == 0).all()
+    with pytest.raises(ValueError, match="do not fit"):
+        cache.reserve(1, folder.spec.n_positions + 1)

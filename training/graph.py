@@ -428,7 +428,7 @@ def measure_parity(
 
 def fused_logits(session: FusedSession, ids: Sequence[int], prefill: int) -> Iterator[np.ndarray]:
     """The graph's last-position logits after the prefill, then after each following token."""
-    cache = session.new_cache(1)
+    cache = session.new_cache(1, len(ids))
     yield session.step(cache, 0, [list(ids[:prefill])], [0]).logits[0]
     for position in range(prefill, len(ids)):
         yield session.step(cache, 0, [[ids[position]]], [position]).logits[0]
