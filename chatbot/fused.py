@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from chatbot.errors import ModelFolderError
 from chatbot.folder import ModelSpec
+from chatbot.generation import cache_dtype, open_session
 
 INPUTS = ("input_ids", "position_ids", "seqlens_k", "total_sequence_length")
 OUTPUTS = ("logits", "next_token")
@@ -104,26 +104,19 @@ class FusedSession:
         providers: list[str] | None = None,
         threads: int | None = None,
     ) -> None:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(
-                str(path), options, providers=providers or ["CPUExecutionProvider"]
-            )
-        except Exception as error:  # ORT raises Fail, InvalidProtobuf, InvalidGraph... from pybind
-            raise ModelFolderError(
-                f"{path} cannot be loaded by ONNX Runtime: {error}",
-                hint="build the variant again with `chatbot export MODEL_DIR`",
-            ) from error
+        self.session = open_session(
+            path,
+            providers=providers or ["CPUExecutionProvider"],
+            threads=threads,
+            hint="build the variant again with `chatbot export MODEL_DIR`",
+            log_severity=3,
+        )
         self.path = path
         self.spec = spec
         self._past = past_names(spec.n_layer)
         self._present = present_names(spec.n_layer)
         self._check_io()
-        past_type = next(i.type for i in self.session.get_inputs() if i.name == self._past[0])
-        self.cache_dtype: type[np.generic] = np.float16 if "float16" in past_type else np.float32
+        self.cache_dtype = cache_dtype(self.session, self._past[0])
 
     def _check_io(self) -> None:
         names = {i.name for i in self.session.get_inputs()} | {o.name for o in self.session.get_outputs()}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -61,10 +62,7 @@ def decode(
 ) -> Iterator[Token]:
     """The decode loop every generator shares: prefill, then one token per step until a stop token,
     ``max_new_tokens`` or the end of the context window. Only ``step`` differs between backends."""
-    n_prompt = len(prompt_ids)
-    budget = min(config.max_new_tokens, n_positions - n_prompt)
-    if n_prompt == 0 or budget < 1:
-        raise ValueError(f"a prompt of {n_prompt} tokens leaves no room in a {n_positions}-token window")
+    budget = reply_budget(len(prompt_ids), config, n_positions)
     sampler = Sampler(config, vocab_size=vocab_size, prompt_ids=prompt_ids)
     ids, start = list(prompt_ids), 0
     for _ in range(budget):
@@ -74,6 +72,36 @@ def decode(
         if token in stop_token_ids:
             return
         start, ids = start + len(ids), [token]
+
+
+def reply_budget(n_prompt: int, config: GenerationConfig, n_positions: int) -> int:
+    """How many tokens a reply to a prompt of ``n_prompt`` tokens may have: ``max_new_tokens``,
+    bounded by the room left in the window; ValueError for an empty prompt or a full window."""
+    budget = min(config.max_new_tokens, n_positions - n_prompt)
+    if n_prompt == 0 or budget < 1:
+        raise ValueError(f"a prompt of {n_prompt} tokens leaves no room in a {n_positions}-token window")
+    return budget
+
+
+def open_session(
+    path: Path, *, providers: list[str], hint: str, threads: int | None = None, log_severity: int = 2
+) -> ort.InferenceSession:
+    """An ONNX Runtime session on ``path``; :class:`ModelFolderError` naming the file and ``hint``
+    when ONNX Runtime cannot load it."""
+    options = ort.SessionOptions()
+    options.log_severity_level = log_severity
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as error:  # ORT raises Fail, InvalidProtobuf, InvalidGraph... from pybind
+        raise ModelFolderError(f"{path} cannot be loaded by ONNX Runtime: {error}", hint=hint) from error
+
+
+def cache_dtype(session: ort.InferenceSession, past_name: str) -> type[np.generic]:
+    """The numpy type of a graph's KV cache, read from the type of its input ``past_name``."""
+    past_type = next(i.type for i in session.get_inputs() if i.name == past_name)
+    return np.float16 if "float16" in past_type else np.float32
 
 
 def choose_providers(device: str | None = None) -> list[str]:
@@ -103,26 +131,17 @@ class OnnxGenerator:
     """
 
     def __init__(self, folder: ModelFolder, *, device: str | None = None, threads: int | None = None) -> None:
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(
-                str(folder.onnx_path), options, providers=choose_providers(device)
-            )
-        except Exception as error:  # ORT raises Fail, InvalidProtobuf, InvalidGraph... from pybind
-            if isinstance(error, ChatbotError):
-                raise
-            raise ModelFolderError(
-                f"{folder.onnx_path} cannot be loaded by ONNX Runtime: {error}",
-                hint=f"export it again with `chatbot export {folder.path}`",
-            ) from error
+        self.session = open_session(
+            folder.onnx_path,
+            providers=choose_providers(device),
+            threads=threads,
+            hint=f"export it again with `chatbot export {folder.path}`",
+        )
         self.spec = folder.spec
         self.stop_token_ids = folder.stop_token_ids
         self.device = "cuda" if self.session.get_providers()[0] == CUDA else "cpu"
         self._past_names, self._present_names = self._cache_names(folder)
-        past_type = next(i.type for i in self.session.get_inputs() if i.name == self._past_names[0])
-        self._cache_dtype = np.float16 if "float16" in past_type else np.float32
+        self._cache_dtype = cache_dtype(self.session, self._past_names[0])
         self._ones = np.ones((1, self.spec.n_positions), dtype=np.int64)  # attention mask source
 
     def _cache_names(self, folder: ModelFolder) -> tuple[list[str], list[str]]:
@@ -180,7 +199,8 @@ class OnnxGenerator:
 
 
 REFERENCE = "reference"
-AUTO_VARIANTS = {"cpu": "cpu-int8", "cuda": "cuda-fp16"}  # what "auto" serves when the folder has it
+# what "auto" serves when the folder has it; fused graphs run on the CPU only so far (no cuda entry)
+AUTO_VARIANTS = {"cpu": "cpu-int8"}
 
 
 def choose_variant(folder: ModelFolder, device: str, variant: str | None = None) -> str:
@@ -191,8 +211,8 @@ def choose_variant(folder: ModelFolder, device: str, variant: str | None = None)
     """
     wanted = variant or os.environ.get("CHATBOT_VARIANT") or "auto"
     if wanted == "auto":
-        fast = AUTO_VARIANTS[device]
-        return fast if fast in folder.variants and device == "cpu" else REFERENCE
+        fast = AUTO_VARIANTS.get(device)
+        return fast if fast in folder.variants else REFERENCE
     if wanted != REFERENCE and wanted not in folder.variants:
         built = ", ".join([REFERENCE, *folder.variants])
         raise ModelFolderError(

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from chatbot.fused import FusedSession
-from chatbot.generation import Token
+from chatbot.generation import Token, reply_budget
 from chatbot.sampling import Sampler
 from chatbot.types import GenerationConfig
 
@@ -75,12 +75,7 @@ class BatchingGenerator:
 
     def generate(self, prompt_ids: Sequence[int], config: GenerationConfig) -> Iterator[Token]:
         """Yield the reply's tokens; the last one is a stop token unless the budget ran out."""
-        n_prompt = len(prompt_ids)
-        budget = min(config.max_new_tokens, self.spec.n_positions - n_prompt)
-        if n_prompt == 0 or budget < 1:
-            raise ValueError(
-                f"a prompt of {n_prompt} tokens leaves no room in a {self.spec.n_positions}-token window"
-            )
+        budget = reply_budget(len(prompt_ids), config, self.spec.n_positions)
         sampler = Sampler(config, vocab_size=self.spec.vocab_size, prompt_ids=prompt_ids)
         return self._tokens(_Reply(list(prompt_ids), budget, sampler))
 
