@@ -244,6 +244,7 @@ def _build_bench_model(name: str, folder: Path, progress: Progress) -> None:
     """Build the folder in a staging folder beside it, then move it into place."""
     from training.card import set_card_entry
     from training.export import export_onnx
+    from training.tiny import move_into_place
 
     config = _config(name)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -257,16 +258,13 @@ def _build_bench_model(name: str, folder: Path, progress: Progress) -> None:
         export_onnx(staging, sequences=config.parity_sequences, progress=progress)
         _build_fast_variants(staging, progress)
         set_card_entry(staging, ["bench"], _stamp(name, config))
-        staging.chmod(0o755)  # mkdtemp makes it private; a model folder is shared like others
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
+        move_into_place(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
 def _write_random_folder(folder: Path, name: str, config: BenchConfig) -> None:
-    """Tokenizer, random weights with the config's full vocabulary, generation settings and card."""
+    """Tokenizer, random weights with the config's full vocabulary, and card."""
     from training.card import new_card, write_card
     from training.tiny import DEFAULT_CORPUS, train_tokenizer, wrap_tokenizer
 

@@ -38,7 +38,7 @@ import numpy as np
 
 from chatbot.errors import ExportError, ModelFolderError
 from chatbot.fused import FusedSession, past_names, present_names
-from training.card import read_card, set_card_entry, utc_now
+from training.card import set_card_entry, utc_now
 
 if TYPE_CHECKING:
     import onnx
@@ -48,8 +48,6 @@ OPSET = 17
 MS_DOMAIN = "com.microsoft"
 MS_OPS = {"SkipLayerNormalization", "GroupQueryAttention", "FastGelu", "Gelu", "MatMulIntegerToFloat"}
 WEIGHT_LEVELS = 63  # int8 weights use 7 bits (see _GraphWriter._int8_matmul)
-TensorProto_UINT8 = 2  # onnx.TensorProto.UINT8 (onnx is imported lazily)
-TensorProto_FLOAT = 1  # onnx.TensorProto.FLOAT
 
 
 @dataclass(frozen=True)
@@ -148,6 +146,7 @@ class _GraphWriter:
 
         self.precision = precision
         self.float_type = TensorProto.FLOAT16 if precision == "fp16" else TensorProto.FLOAT
+        self.uint8 = TensorProto.UINT8
         self.nodes: list[Any] = []
         self.initializers: list[Any] = []
         self._int8_constants = False
@@ -211,7 +210,7 @@ class _GraphWriter:
         self.node("Div", [x, q + ".row_scale"], [q + ".scaled"])
         self.node("Round", [q + ".scaled"], [q + ".rounded"])
         self.node("Add", [q + ".rounded", "int8.offset"], [q + ".shifted"])
-        self.node("Cast", [q + ".shifted"], [q + ".u8"], to=TensorProto_UINT8)
+        self.node("Cast", [q + ".shifted"], [q + ".u8"], to=self.uint8)
         weights = self.constant(out + ".weight", quantized)
         column_scale = self.constant(out + ".weight.scale", scale.astype(np.float32))
         # (u8 - 128) @ w * column scale in one kernel; then each row's own scale, then the bias
@@ -468,8 +467,3 @@ def build_variants(
 ) -> dict[str, dict[str, Any]]:
     """:func:`build_variant` for each of ``variants``; returns their card entries by name."""
     return {variant: build_variant(model_dir, variant, progress=progress) for variant in variants}
-
-
-def built_variants(model_dir: str | os.PathLike[str]) -> list[str]:
-    """The variants the folder's card records (the reference excluded)."""
-    return [name for name in read_card(model_dir).get("onnx", {}) if name in VARIANTS]

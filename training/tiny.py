@@ -158,7 +158,7 @@ def build_tiny_model(
 
             export_onnx(staging)
             build_variants(staging)  # cpu-int8: what the engine serves on a CPU
-        _move_into_place(staging, out)
+        move_into_place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
@@ -178,7 +178,7 @@ def _check_replaceable(out: Path) -> None:
         )
 
 
-def _move_into_place(staging: Path, out: Path) -> None:
+def move_into_place(staging: Path, out: Path) -> None:
     """Replace ``out`` (missing, empty or an old model folder) with the finished ``staging``."""
     staging.chmod(0o755)  # mkdtemp makes the folder private; a model folder is shared like others
     if out.exists():

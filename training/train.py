@@ -467,15 +467,14 @@ def _evaluate(run: _Run, folder: Path, say: Progress) -> str:
     )
     run.durations["evaluate_s"] = round(time.monotonic() - clock, 1)
     set_card_entry(folder, ["metrics", "evaluation"], result.to_dict())
-    lines = [
-        _variant_perplexity(folder, variant, validation, result.perplexity.value, run, say)
-        for variant in ModelFolder(folder).variants
-    ]
+    model = ModelFolder(folder)
+    reference = result.perplexity.value
+    lines = [_variant_perplexity(model, v, validation, reference, run, say) for v in model.variants]
     return "\n\n".join([result.to_markdown(), *lines])
 
 
 def _variant_perplexity(
-    folder: Path,
+    model: ModelFolder,
     variant: str,
     validation: list[Transcript],
     reference: float | None,
@@ -486,12 +485,10 @@ def _variant_perplexity(
     from training.evaluate import variant_perplexity
 
     say(f"perplexity of the {variant} graph on the validation conversations")
-    value = variant_perplexity(
-        ModelFolder(folder), variant, validation, system_prompt=run.options.system_prompt
-    ).value
+    value = variant_perplexity(model, variant, validation, system_prompt=run.options.system_prompt).value
     change = value / reference - 1 if value is not None and reference else None
     entry = {"value": value, "reference": reference, "change": change}
-    set_card_entry(folder, ["onnx", variant, "perplexity"], entry)
+    set_card_entry(model.path, ["onnx", variant, "perplexity"], entry)
     if change is None:
         return f"Perplexity of `{variant}`: not measured."
     return (
