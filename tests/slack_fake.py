@@ -100,6 +100,25 @@ def event_callback(
     }
 
 
+def _user_event(
+    kind: str, text: str, *, user: str, channel: str, ts: str, thread_ts: str | None, team: str
+) -> JSON:
+    """The fields a ``message`` and an ``app_mention`` event share."""
+    event: JSON = {
+        "type": kind,
+        "user": user,
+        "text": text,
+        "ts": ts,
+        "channel": channel,
+        "event_ts": ts,
+        "team": team,
+        "client_msg_id": str(uuid.uuid4()),
+    }
+    if thread_ts is not None:
+        event["thread_ts"] = thread_ts
+    return event
+
+
 def message_event(
     text: str,
     *,
@@ -112,19 +131,8 @@ def message_event(
     subtype: str | None = None,
 ) -> JSON:
     """A ``message`` event (a direct message by default: channel ``D…``, ``channel_type: im``)."""
-    event: JSON = {
-        "type": "message",
-        "user": user,
-        "text": text,
-        "ts": ts,
-        "channel": channel,
-        "event_ts": ts,
-        "channel_type": channel_type,
-        "team": team,
-        "client_msg_id": str(uuid.uuid4()),
-    }
-    if thread_ts is not None:
-        event["thread_ts"] = thread_ts
+    event = _user_event("message", text, user=user, channel=channel, ts=ts, thread_ts=thread_ts, team=team)
+    event["channel_type"] = channel_type
     if subtype is not None:
         event["subtype"] = subtype
     return event
@@ -140,19 +148,7 @@ def app_mention_event(
     team: str = "T0001",
 ) -> JSON:
     """An ``app_mention`` event (``text`` normally holds ``<@UBOT>``); Slack gives it no ``channel_type``."""
-    event: JSON = {
-        "type": "app_mention",
-        "user": user,
-        "text": text,
-        "ts": ts,
-        "channel": channel,
-        "event_ts": ts,
-        "team": team,
-        "client_msg_id": str(uuid.uuid4()),
-    }
-    if thread_ts is not None:
-        event["thread_ts"] = thread_ts
-    return event
+    return _user_event("app_mention", text, user=user, channel=channel, ts=ts, thread_ts=thread_ts, team=team)
 
 
 def slash_command_payload(
