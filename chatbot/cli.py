@@ -549,6 +549,13 @@ def _add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "--concurrency-runs", type=int, default=3, help="runs per tokens/s figure; medians (default: 3)"
     )
     bench.add_argument("--out", type=Path, default=Path("bench"), help="folder for bench.md and bench.json")
+    bench.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cpu (default), or cuda: ours on the cuda-fp16 graph (built when missing), transformers in fp16 "
+        "eager and with its static cache, all on the GPU (needs onnxruntime-gpu and torch with CUDA)",
+    )
     bench.set_defaults(run=_bench)
 
 
@@ -582,6 +589,7 @@ def _bench(args: argparse.Namespace) -> int:
         concurrency=concurrency,
         out=args.out,
         concurrency_runs=args.concurrency_runs,
+        device=args.device,
     )
     print(markdown(run_bench(args.model_dir, options, progress=_progress, config=args.config)))
     return 0

@@ -32,6 +32,10 @@ REQUIRED_FILES = {
     "card.json": EXPORT_HINT,
 }
 
+# The fused graphs' interface (training.graph writes it into each variant's card entry):
+# 1 = logits and next_token; 2 = also next_logprob, next_position_ids and next_seqlens_k.
+GRAPH_FORMAT = 2
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -92,6 +96,12 @@ class ModelFolder:
         recorded = self.card.get("onnx")
         names = recorded if isinstance(recorded, dict) else {}
         return [name for name in names if name != "reference" and self.variant_path(name).is_file()]
+
+    def variant_is_current(self, variant: str) -> bool:
+        """Whether ``variant`` was written by this version's graph builder (its card entry's
+        ``format`` is :data:`GRAPH_FORMAT`); older graphs lack outputs the engine now binds."""
+        entry = (self.card.get("onnx") or {}).get(variant)
+        return isinstance(entry, dict) and entry.get("format") == GRAPH_FORMAT
 
     @property
     def name(self) -> str:

@@ -8,23 +8,35 @@ the ``past_key_values.*`` input and the ``present.*`` output, so a step copies n
 the cache are slots: a conversation keeps its slot while it is generated, and the rows of a
 batch may hold sequences of different lengths.
 
-The graph returns the last position's ``logits`` (batch, vocab) and its own greedy pick
-``next_token`` (batch,).
+The graph returns the last position's ``logits`` (batch, vocab), its own greedy pick
+``next_token`` (batch,) with that token's ``next_logprob``, and the next single-token step's
+``next_position_ids`` and ``next_seqlens_k``.
+
+Two ways to step it:
+
+* :meth:`FusedSession.step` over a :class:`KVCache` of numpy buffers that grow with the replies
+  in progress (the CPU: memory is what limits it);
+* :class:`FixedSlots`: buffers allocated once on the session's device at their final size, with
+  the decode step feeding itself (its ``next_*`` outputs are the next step's inputs) and replayed
+  from a CUDA graph per batch size on a GPU (``../shared/GPU.md``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from chatbot.errors import ModelFolderError
 from chatbot.folder import ModelSpec
-from chatbot.generation import cache_dtype, open_session
+from chatbot.generation import CPU, CUDA, cache_dtype, open_session
 
 INPUTS = ("input_ids", "position_ids", "seqlens_k", "total_sequence_length")
-OUTPUTS = ("logits", "next_token")
+OUTPUTS = ("logits", "next_token", "next_logprob", "next_position_ids", "next_seqlens_k")
+HOST_OUTPUTS = OUTPUTS[:3]  # what FusedSession.step brings back
 LENGTH_STEP = 128  # the cache's length grows in steps of this many positions
 
 
@@ -80,10 +92,26 @@ class KVCache:
         return sum(buffer.nbytes for buffer in self.buffers)
 
 
-@dataclass(frozen=True)
 class StepResult:
-    logits: np.ndarray  # (rows, vocab) float32
-    next_token: np.ndarray  # (rows,) int64: the greedy pick
+    """One step's results for its rows: the greedy picks with their log-probabilities, and the
+    logits, which are copied from the device (and converted to float32) only when asked for."""
+
+    def __init__(
+        self,
+        next_token: np.ndarray,
+        next_logprob: np.ndarray,
+        logits: np.ndarray | Callable[[], np.ndarray],
+    ) -> None:
+        self.next_token = next_token  # (rows,) int64
+        self.next_logprob = next_logprob  # (rows,) float32
+        self._logits = logits
+
+    @property
+    def logits(self) -> np.ndarray:
+        """(rows, vocab) float32."""
+        if callable(self._logits):
+            self._logits = self._logits()
+        return self._logits.astype(np.float32, copy=False)
 
 
 class FusedSession:
@@ -93,7 +121,8 @@ class FusedSession:
     >>> cache = session.new_cache(4)                                                      # doctest: +SKIP
     >>> session.step(cache, 0, [[5, 6, 7]], [0])                                          # doctest: +SKIP
 
-    A session may be shared; a cache may not (one thread steps it at a time).
+    A session may be shared; a cache may not (one thread steps it at a time). With the CUDA
+    provider, ``cuda_graphs`` lets :class:`FixedSlots` replay its decode steps from CUDA graphs.
     """
 
     def __init__(
@@ -103,10 +132,20 @@ class FusedSession:
         *,
         providers: list[str] | None = None,
         threads: int | None = None,
+        cuda_graphs: bool = False,
     ) -> None:
+        providers = providers or [CPU]
+        self.device = "cuda" if providers[0] == CUDA else "cpu"
+        self.cuda_graphs = cuda_graphs and self.device == "cuda"
+        if self.device == "cuda":
+            # cuDNN's attention kernel beats XQA for GPT-2's heads (GPU.md: 5-13 %); read at session creation
+            os.environ.setdefault("ORT_ENABLE_XQA", "0")
+        chosen: list[str | tuple[str, dict[str, str]]] = list(providers)
+        if self.cuda_graphs:
+            chosen[0] = (CUDA, {"enable_cuda_graph": "1"})
         self.session = open_session(
             path,
-            providers=providers or ["CPUExecutionProvider"],
+            providers=chosen,
             threads=threads,
             hint="build the variant again with `chatbot export MODEL_DIR`",
             log_severity=3,
@@ -117,13 +156,14 @@ class FusedSession:
         self._present = present_names(spec.n_layer)
         self._check_io()
         self.cache_dtype = cache_dtype(self.session, self._past[0])
+        self.logits_dtype = np.float16 if self.cache_dtype == np.float16 else np.float32
 
     def _check_io(self) -> None:
         names = {i.name for i in self.session.get_inputs()} | {o.name for o in self.session.get_outputs()}
         missing = [n for n in (*INPUTS, *OUTPUTS, *self._past, *self._present) if n not in names]
         if missing:
             raise ModelFolderError(
-                f"{self.path} is not a fused decoder graph (it has no {missing[0]})",
+                f"{self.path} is not a fused decoder graph of this version (it has no {missing[0]})",
                 hint="build the variant again with `chatbot export MODEL_DIR`",
             )
 
@@ -141,8 +181,11 @@ class FusedSession:
         """Run ``ids`` (rows, sequence) on slots ``first_row ..``; row r's tokens go at ``starts[r]``.
 
         All rows have the same number of new tokens (one, when decoding a batch); the cache
-        rows before ``starts[r]`` must hold that row's earlier tokens.
+        rows before ``starts[r]`` must hold that row's earlier tokens. CPU only: the cache is
+        host memory.
         """
+        if self.device != "cpu":
+            raise ValueError("FusedSession.step binds host memory: use FixedSlots on the GPU")
         ids = np.asarray(ids, dtype=np.int64)
         starts = np.asarray(starts, dtype=np.int64)
         rows, length = ids.shape
@@ -150,7 +193,7 @@ class FusedSession:
         if rows < 1 or first_row + rows > cache.capacity or int(ends.max()) > cache.length:
             raise ValueError(f"rows {first_row}..{first_row + rows} or lengths {ends} do not fit the cache")
         binding = self.session.io_binding()
-        for name in OUTPUTS:  # first, so that they come first in get_outputs()
+        for name in HOST_OUTPUTS:  # first, so that they come first in get_outputs()
             binding.bind_output(name, "cpu")
         binding.bind_cpu_input("input_ids", ids)
         binding.bind_cpu_input("position_ids", starts[:, None] + np.arange(length, dtype=np.int64))
@@ -162,5 +205,162 @@ class FusedSession:
             binding.bind_input(past, "cpu", 0, cache.dtype, list(view.shape), address)
             binding.bind_output(present, "cpu", 0, cache.dtype, list(view.shape), address)
         self.session.run_with_iobinding(binding)
-        logits, next_token = (value.numpy() for value in binding.get_outputs()[:2])
-        return StepResult(logits.astype(np.float32, copy=False), next_token)
+        logits, next_token, next_logprob = (value.numpy() for value in binding.get_outputs()[:3])
+        return StepResult(next_token, next_logprob, logits)
+
+
+def batch_buckets(slots: int) -> tuple[int, ...]:
+    """The batch sizes :class:`FixedSlots` runs (a CUDA graph each): powers of two, then ``slots``."""
+    sizes = [1 << i for i in range(slots.bit_length()) if 1 << i < slots]
+    return (*sizes, slots)
+
+
+class FixedSlots:
+    """A KV cache of ``slots`` rows at the full window, allocated once on the session's device,
+    and decode steps that feed themselves.
+
+    The buffers never move, which is what a CUDA graph needs: a decode step over the first ``b``
+    rows (``b`` from :func:`batch_buckets`) is captured once per ``b`` and replayed. The step's
+    inputs live in two sets of device buffers, A and B: a step reads A and writes its
+    ``next_token``/``next_position_ids``/``next_seqlens_k`` into B, the next one reads B and
+    writes A (one CUDA graph per batch size and set: reusing a graph id for another shape
+    silently replays the first capture, GPU.md). Per token only the ids and their
+    log-probabilities come back to the host; the logits only when a caller asks.
+
+    When the host changed what the rows hold (a reply joined, left, or picked a token other than
+    the graph's greedy one), :meth:`decode` takes the rows' inputs from the host instead.
+    Rows without a reply still run (as token 0 at position 0, writing only their own free slot).
+
+    One thread at a time. On the CPU it runs the same way without CUDA graphs (the suite tests it so).
+    """
+
+    def __init__(self, session: FusedSession, slots: int) -> None:
+        if slots < 1:
+            raise ValueError(f"slots must be at least 1, not {slots}")
+        self.session = session
+        self.slots = slots
+        self.buckets = batch_buckets(slots)
+        spec = session.spec
+        self.length = spec.n_positions
+        shape = (slots, spec.n_head, self.length, spec.head_dim)
+        self._row_bytes = int(np.prod(shape[1:])) * np.dtype(session.cache_dtype).itemsize
+        self.kv = [self._zeros(shape, session.cache_dtype) for _ in range(2 * spec.n_layer)]
+        # inputs of one step / outputs of the previous one: two sets, used in turn
+        self._ids = [self._zeros((slots, 1), np.int64) for _ in range(2)]
+        self._positions = [self._zeros((slots, 1), np.int64) for _ in range(2)]
+        self._seqlens = [self._zeros((slots,), np.int32) for _ in range(2)]
+        self._logits = self._zeros((slots, spec.vocab_size), session.logits_dtype)
+        self._logprob = self._zeros((slots,), np.float32)
+        self._total = np.array(self.length, dtype=np.int32)  # fixed: every row says its own length
+        self._bindings: dict[tuple[int, int], tuple[ort.IOBinding, ort.RunOptions]] = {}
+        self._set = 0  # the input set the next decode step reads
+
+    def _zeros(self, shape: tuple[int, ...], dtype: type[np.generic]) -> ort.OrtValue:
+        return ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype=dtype), self.session.device, 0)
+
+    @property
+    def nbytes(self) -> int:
+        return self._row_bytes * self.slots * len(self.kv)
+
+    def prefill(self, slot: int, prompt: list[int] | np.ndarray) -> StepResult:
+        """Run ``prompt`` into ``slot`` (which it then holds from position 0); its first pick."""
+        ids = np.asarray(prompt, dtype=np.int64)[None, :]
+        length = ids.shape[1]
+        if not 0 <= slot < self.slots or not 0 < length <= self.length:
+            raise ValueError(f"slot {slot} or a prompt of {length} tokens does not fit")
+        session, device = self.session, self.session.device
+        binding = session.session.io_binding()
+        inputs = {
+            "input_ids": ids,
+            "position_ids": np.arange(length, dtype=np.int64)[None, :],
+            "seqlens_k": np.array([length - 1], dtype=np.int32),
+        }
+        for name, array in inputs.items():
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, device, 0))
+        binding.bind_cpu_input("total_sequence_length", np.array(length, dtype=np.int32))
+        for name in OUTPUTS:  # first, so that they come first in get_outputs()
+            binding.bind_output(name, device)
+        self._bind_cache(binding, slot, 1)
+        session.session.run_with_iobinding(binding, self._no_graph())
+        logits, next_token, next_logprob = binding.get_outputs()[:3]
+        return StepResult(next_token.numpy(), next_logprob.numpy(), logits.numpy)
+
+    def decode(
+        self, rows: int, inputs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    ) -> StepResult:
+        """One decode step over slots ``0 .. rows - 1`` (run as the next bucket up).
+
+        ``inputs``: each row's (token, position, seqlens_k), when the host changed them since the
+        last step; ``None`` feeds the step its predecessor's outputs.
+        """
+        bucket = next((b for b in self.buckets if b >= rows), None)
+        if bucket is None or rows < 1:
+            raise ValueError(f"{rows} rows do not fit {self.slots} slots")
+        if inputs is not None:
+            self._write_inputs(*inputs)
+        binding, options = self._binding(bucket, self._set)
+        self.session.session.run_with_iobinding(binding, options)
+        self._set ^= 1
+        # outputs in binding order: next_token, next_logprob, then the rest (see _binding)
+        outputs = binding.get_outputs()
+        next_token, next_logprob = outputs[0].numpy()[:rows], outputs[1].numpy()[:rows]
+
+        def logits() -> np.ndarray:
+            return np.asarray(outputs[2].numpy()[:rows])
+
+        return StepResult(next_token, next_logprob, logits)
+
+    def _write_inputs(self, tokens: np.ndarray, positions: np.ndarray, seqlens: np.ndarray) -> None:
+        rows = len(tokens)
+        padded = [np.zeros((self.slots, 1), np.int64), np.zeros((self.slots, 1), np.int64)]
+        padded[0][:rows, 0], padded[1][:rows, 0] = tokens, positions
+        lengths = np.zeros(self.slots, np.int32)
+        lengths[:rows] = seqlens
+        current = self._set
+        self._ids[current].update_inplace(padded[0])
+        self._positions[current].update_inplace(padded[1])
+        self._seqlens[current].update_inplace(lengths)
+
+    def _binding(self, bucket: int, current: int) -> tuple[ort.IOBinding, ort.RunOptions]:
+        """The binding of a ``bucket``-row step reading input set ``current``, made once and reused."""
+        key = (bucket, current)
+        if key in self._bindings:
+            return self._bindings[key]
+        device, spare = self.session.device, 1 - current
+        binding = self.session.session.io_binding()
+
+        def bind(
+            name: str, value: ort.OrtValue, dtype: type[np.generic], shape: list[int], output: bool
+        ) -> None:
+            bind_one = binding.bind_output if output else binding.bind_input
+            bind_one(name, device, 0, dtype, shape, value.data_ptr())
+
+        bind("next_token", self._ids[spare], np.int64, [bucket], True)
+        bind("next_logprob", self._logprob, np.float32, [bucket], True)
+        bind("logits", self._logits, self.session.logits_dtype, [bucket, self.session.spec.vocab_size], True)
+        bind("next_position_ids", self._positions[spare], np.int64, [bucket, 1], True)
+        bind("next_seqlens_k", self._seqlens[spare], np.int32, [bucket], True)
+        bind("input_ids", self._ids[current], np.int64, [bucket, 1], False)
+        bind("position_ids", self._positions[current], np.int64, [bucket, 1], False)
+        bind("seqlens_k", self._seqlens[current], np.int32, [bucket], False)
+        binding.bind_cpu_input("total_sequence_length", self._total)
+        self._bind_cache(binding, 0, bucket)
+        options = ort.RunOptions()
+        if self.session.cuda_graphs:  # one graph per (batch size, input set)
+            options.add_run_config_entry("gpu_graph_id", str(2 * self.buckets.index(bucket) + current))
+        self._bindings[key] = (binding, options)
+        return binding, options
+
+    def _bind_cache(self, binding: ort.IOBinding, first_slot: int, rows: int) -> None:
+        session, spec = self.session, self.session.spec
+        shape = [rows, spec.n_head, self.length, spec.head_dim]
+        for past, present, buffer in zip(session._past, session._present, self.kv, strict=True):
+            address = buffer.data_ptr() + first_slot * self._row_bytes  # in and out: written in place
+            binding.bind_input(past, session.device, 0, session.cache_dtype, shape, address)
+            binding.bind_output(present, session.device, 0, session.cache_dtype, shape, address)
+
+    def _no_graph(self) -> ort.RunOptions:
+        options = ort.RunOptions()
+        if self.session.cuda_graphs:
+            options.add_run_config_entry("gpu_graph_id", "-1")  # prompts vary in length: never captured
+        return options

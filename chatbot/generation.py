@@ -9,6 +9,7 @@ Only the last position's logits come back to the host to pick the next token.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from chatbot.errors import ChatbotError, ModelFolderError
 from chatbot.folder import ModelFolder
 from chatbot.sampling import Sampler, log_softmax
 from chatbot.types import GenerationConfig
+
+log = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -84,7 +87,12 @@ def reply_budget(n_prompt: int, config: GenerationConfig, n_positions: int) -> i
 
 
 def open_session(
-    path: Path, *, providers: list[str], hint: str, threads: int | None = None, log_severity: int = 2
+    path: Path,
+    *,
+    providers: Sequence[str | tuple[str, dict[str, str]]],
+    hint: str,
+    threads: int | None = None,
+    log_severity: int = 2,
 ) -> ort.InferenceSession:
     """An ONNX Runtime session on ``path``; :class:`ModelFolderError` naming the file and ``hint``
     when ONNX Runtime cannot load it."""
@@ -93,7 +101,7 @@ def open_session(
     if threads:
         options.intra_op_num_threads = threads
     try:
-        return ort.InferenceSession(str(path), options, providers=providers)
+        return ort.InferenceSession(str(path), options, providers=list(providers))
     except Exception as error:  # ORT raises Fail, InvalidProtobuf, InvalidGraph... from pybind
         raise ModelFolderError(f"{path} cannot be loaded by ONNX Runtime: {error}", hint=hint) from error
 
@@ -199,25 +207,43 @@ class OnnxGenerator:
 
 
 REFERENCE = "reference"
-# what "auto" serves when the folder has it; fused graphs run on the CPU only so far (no cuda entry)
-AUTO_VARIANTS = {"cpu": "cpu-int8"}
+# what "auto" serves on each device when the folder has it
+AUTO_VARIANTS = {"cpu": "cpu-int8", "cuda": "cuda-fp16"}
 
 
 def choose_variant(folder: ModelFolder, device: str, variant: str | None = None) -> str:
     """The graph to serve on ``device``: ``variant``, else ``$CHATBOT_VARIANT``, else "auto".
 
-    "auto" is the fast variant built for the device (``cpu-int8`` on a CPU) when the folder has
-    it, and the reference export otherwise; "reference" always serves ``onnx/model.onnx``.
+    "auto" is the fast variant built for the device (``cpu-int8`` on a CPU, ``cuda-fp16`` on a
+    GPU) when the folder has it, and the reference export otherwise; "reference" always serves
+    ``onnx/model.onnx``.
     """
     wanted = variant or os.environ.get("CHATBOT_VARIANT") or "auto"
     if wanted == "auto":
         fast = AUTO_VARIANTS.get(device)
-        return fast if fast in folder.variants else REFERENCE
+        if fast is None or fast not in folder.variants:
+            return REFERENCE
+        if not folder.variant_is_current(fast):  # keep serving, slower, and say how to fix it
+            log.warning(
+                "%s's %s graph was built by an older chatbot; serving the reference export. "
+                "Rebuild it with `chatbot export %s --variant %s`",
+                folder.path,
+                fast,
+                folder.path,
+                fast,
+            )
+            return REFERENCE
+        return fast
     if wanted != REFERENCE and wanted not in folder.variants:
         built = ", ".join([REFERENCE, *folder.variants])
         raise ModelFolderError(
             f"model folder {folder.path} has no {wanted!r} variant (it has: {built})",
             hint=f"build it with `chatbot export {folder.path} --variant {wanted}`, or choose another",
+        )
+    if wanted != REFERENCE and not folder.variant_is_current(wanted):
+        raise ModelFolderError(
+            f"the {wanted!r} graph of {folder.path} was built by an older chatbot",
+            hint=f"build it again with `chatbot export {folder.path} --variant {wanted}`",
         )
     if wanted != REFERENCE and not wanted.startswith(device):
         raise ChatbotError(
@@ -240,5 +266,8 @@ def load_generator(
     chosen = choose_variant(folder, on, variant)
     if chosen == REFERENCE:
         return OnnxGenerator(folder, device=device)
-    session = FusedSession(folder.variant_path(chosen), folder.spec, providers=providers)
+    cuda_graphs = os.environ.get("CHATBOT_CUDA_GRAPHS", "1") != "0"
+    session = FusedSession(
+        folder.variant_path(chosen), folder.spec, providers=providers, cuda_graphs=cuda_graphs
+    )
     return BatchingGenerator(session, stop_token_ids=folder.stop_token_ids, max_batch=max_batch)

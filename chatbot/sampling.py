@@ -62,6 +62,15 @@ class Sampler:
         self._seen = np.zeros(vocab_size, dtype=bool)
         self._seen[np.asarray(prompt_ids, dtype=np.int64)] = True
 
+    @property
+    def argmax_only(self) -> bool:
+        """True when the pick is always the largest logit (greedy, no repetition penalty)."""
+        return self.config.greedy and self.config.repetition_penalty == 1.0
+
+    def accept(self, token: int) -> None:
+        """Record ``token``, picked elsewhere (the graph's own argmax), as generated."""
+        self._seen[token] = True
+
     def pick(self, logits: np.ndarray) -> int:
         """The next token id given the last position's logits (vocab,)."""
         cfg = self.config

@@ -14,6 +14,13 @@ loops:
 Replies join and leave between steps, prompts may have any length and every reply keeps its own
 sampling settings and random generator. A decode step reads the weights once for the whole
 batch, which is where the aggregate speed comes from on a CPU as on a GPU.
+
+Where the rows live depends on the device: on the CPU a :class:`~chatbot.fused.KVCache` that
+grows with the replies in progress, a leaving reply's row filled by the last one
+(:class:`_GrowingRows`); on a GPU :class:`~chatbot.fused.FixedSlots`, where a reply keeps its
+slot and the decode step feeds itself from a CUDA graph (:class:`_FixedRows`). A greedy reply
+takes the graph's own pick and log-probability; the logits come to the host only for replies
+that sample or penalise repetition.
 """
 
 from __future__ import annotations
@@ -25,9 +32,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from chatbot.fused import FusedSession
+from chatbot.fused import FixedSlots, FusedSession, StepResult
 from chatbot.generation import Token, reply_budget
-from chatbot.sampling import Sampler
+from chatbot.sampling import Sampler, log_softmax
 from chatbot.types import GenerationConfig
 
 _DONE = object()
@@ -45,6 +52,74 @@ class _Reply:
     written: int = 0  # tokens handed out
     last: int = -1  # the token to feed next
     abandoned: bool = False  # the reader stopped iterating
+    slot: int = -1  # its row in the cache
+
+
+class _GrowingRows:
+    """CPU rows: slots 0..n-1 of a :class:`~chatbot.fused.KVCache` sized to the replies in
+    progress; when a reply leaves, the last one moves into its slot (a step binds one view)."""
+
+    def __init__(self, session: FusedSession) -> None:
+        self.session = session
+        self.cache = session.new_cache(1)
+
+    def place(self, active: list[_Reply]) -> int:
+        return len(active)
+
+    def prefill(self, reply: _Reply) -> StepResult:
+        self.cache.reserve(reply.slot + 1, len(reply.prompt) + reply.budget)
+        return self.session.step(self.cache, reply.slot, [reply.prompt], [0])
+
+    def decode(self, active: list[_Reply]) -> StepResult:
+        ids = np.array([[reply.last] for reply in active], dtype=np.int64)
+        starts = np.array([reply.length for reply in active], dtype=np.int64)
+        return self.session.step(self.cache, 0, ids, starts)
+
+    def remove(self, active: list[_Reply], reply: _Reply) -> None:
+        last = len(active) - 1
+        if reply.slot != last:
+            moved = active[last]
+            self.cache.move(last, reply.slot, moved.length)
+            active[reply.slot], moved.slot = moved, reply.slot
+        active.pop()
+
+    def overruled(self) -> None:
+        """A reply took another token than the graph's pick (nothing to do: the host feeds every step)."""
+
+
+class _FixedRows:
+    """GPU rows: :class:`~chatbot.fused.FixedSlots`. A reply keeps its slot until it leaves; a new
+    one takes the lowest free slot. The decode step feeds itself until the host changes a row."""
+
+    def __init__(self, session: FusedSession, slots: int) -> None:
+        self.slots = FixedSlots(session, slots)
+        self.changed = True  # the device's next inputs are not the rows' (yet)
+
+    def place(self, active: list[_Reply]) -> int:
+        taken = {reply.slot for reply in active}
+        return next(slot for slot in range(self.slots.slots) if slot not in taken)
+
+    def prefill(self, reply: _Reply) -> StepResult:
+        self.changed = True
+        return self.slots.prefill(reply.slot, reply.prompt)
+
+    def decode(self, active: list[_Reply]) -> StepResult:
+        rows = 1 + max(reply.slot for reply in active)
+        inputs = None
+        if self.changed:  # free slots below ``rows`` run as token 0 at position 0
+            tokens, positions = np.zeros(rows, np.int64), np.zeros(rows, np.int64)
+            for reply in active:
+                tokens[reply.slot], positions[reply.slot] = reply.last, reply.length
+            inputs = (tokens, positions, positions.astype(np.int32))  # seqlens_k = length + 1 - 1
+            self.changed = False
+        return self.slots.decode(rows, inputs)
+
+    def remove(self, active: list[_Reply], reply: _Reply) -> None:
+        active.remove(reply)
+        self.changed = True
+
+    def overruled(self) -> None:
+        self.changed = True
 
 
 class BatchingGenerator:
@@ -56,16 +131,24 @@ class BatchingGenerator:
     ``max_batch`` bounds the replies in progress (more wait their turn).
     """
 
-    device = "cpu"
-
-    def __init__(self, session: FusedSession, *, stop_token_ids: Sequence[int], max_batch: int = 32) -> None:
+    def __init__(
+        self,
+        session: FusedSession,
+        *,
+        stop_token_ids: Sequence[int],
+        max_batch: int = 32,
+        fixed_slots: bool | None = None,
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")
         self.session = session
+        self.device = session.device
         self.stop_token_ids: tuple[int, ...] = tuple(stop_token_ids)
         self.max_batch = max_batch
         self.spec = session.spec
-        self._cache = session.new_cache(1)
+        if fixed_slots is None:  # the GPU's way; on the CPU a cache that grows costs less memory
+            fixed_slots = session.device == "cuda"
+        self._rows = _FixedRows(session, max_batch) if fixed_slots else _GrowingRows(session)
         self._waiting: list[_Reply] = []
         self._active: list[_Reply] = []
         self._wake = threading.Condition()
@@ -116,48 +199,46 @@ class BatchingGenerator:
                 for reply in (*admitted, *self._active):
                     reply.tokens.put(error)
                 self._active.clear()
+                self._rows.overruled()
 
     def _admit(self, reply: _Reply) -> None:
-        """Prefill ``reply`` into the next free slot and hand out its first token."""
+        """Prefill ``reply`` into a free slot and hand out its first token."""
         if reply.abandoned:
             return
-        slot = len(self._active)
-        self._cache.reserve(slot + 1, len(reply.prompt) + reply.budget)
-        result = self.session.step(self._cache, slot, [reply.prompt], [0])
+        reply.slot = self._rows.place(self._active)
+        result = self._rows.prefill(reply)
         reply.length = len(reply.prompt)
         self._active.append(reply)
-        self._hand_out([reply], result.logits)
+        self._hand_out([(reply, 0)], result)
 
     def _decode(self) -> None:
         """One step for every reply in progress; then the finished ones leave."""
-        batch = self._active
-        ids = np.array([[reply.last] for reply in batch], dtype=np.int64)
-        starts = np.array([reply.length for reply in batch], dtype=np.int64)
-        result = self.session.step(self._cache, 0, ids, starts)
+        batch = list(self._active)
+        result = self._rows.decode(batch)
         for reply in batch:
             reply.length += 1
-        self._hand_out(batch, result.logits)
+        self._hand_out([(reply, reply.slot) for reply in batch], result)
 
-    def _hand_out(self, replies: list[_Reply], logits: np.ndarray) -> None:
-        """Pick each reply's next token from its row of ``logits``; retire the finished replies."""
-        peak = logits.max(axis=1, keepdims=True)
-        log_norm = peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=1))  # (rows,) logsumexp
-        for row, reply in enumerate(replies):
-            token = reply.sampler.pick(logits[row])
-            reply.tokens.put(Token(token, float(logits[row, token] - log_norm[row])))
+    def _hand_out(self, rows: list[tuple[_Reply, int]], result: StepResult) -> None:
+        """Pick each reply's next token from its row of ``result``; retire the finished replies.
+
+        A greedy reply without a repetition penalty takes the graph's pick and log-probability;
+        the others pick from the logits (copied to the host only then).
+        """
+        for reply, row in rows:
+            graph_pick = int(result.next_token[row])
+            if reply.sampler.argmax_only:
+                reply.sampler.accept(graph_pick)
+                token, logprob = graph_pick, float(result.next_logprob[row])
+            else:
+                logits = result.logits[row]
+                token = reply.sampler.pick(logits)
+                logprob = float(log_softmax(logits)[token])
+                if token != graph_pick:
+                    self._rows.overruled()
+            reply.tokens.put(Token(token, logprob))
             reply.last, reply.written = token, reply.written + 1
-        for reply in [
-            r for r in replies if r.abandoned or r.written >= r.budget or r.last in self.stop_token_ids
-        ]:
-            reply.tokens.put(_DONE)
-            self._retire(reply)
-
-    def _retire(self, reply: _Reply) -> None:
-        """Take ``reply`` out of the batch; the last slot moves into its place."""
-        index = self._active.index(reply)
-        last = len(self._active) - 1
-        if index != last:
-            moved = self._active[last]
-            self._cache.move(last, index, moved.length)
-            self._active[index] = moved
-        self._active.pop()
+        for reply, _ in rows:
+            if reply.abandoned or reply.written >= reply.budget or reply.last in self.stop_token_ids:
+                reply.tokens.put(_DONE)
+                self._rows.remove(self._active, reply)

@@ -116,6 +116,22 @@ def test_a_missing_or_foreign_variant_is_refused_with_the_command_that_builds_it
         choose_variant(folder, "cuda", "cpu-int8")
 
 
+def test_a_graph_from_an_older_builder_falls_back_to_the_reference_with_a_warning(
+    tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, path)
+    card = json.loads((path / "card.json").read_text())
+    del card["onnx"]["cpu-int8"]["format"]  # as written before next_logprob & co. existed
+    (path / "card.json").write_text(json.dumps(card))
+    folder = ModelFolder(path)
+    assert choose_variant(folder, "cpu") == "reference"
+    assert f"chatbot export {path} --variant cpu-int8" in caplog.text
+    with pytest.raises(ModelFolderError, match="built by an older chatbot") as refused:
+        choose_variant(folder, "cpu", "cpu-int8")
+    assert "--variant cpu-int8" in str(refused.value.hint)
+
+
 def test_the_builder_refuses_unknown_variants_and_folders_without_a_reference(
     tiny_model_factory, tmp_path: Path
 ) -> None:

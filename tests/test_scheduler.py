@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
+from together import at_once
 
 from chatbot import GenerationConfig, ModelFolder
 from chatbot.fused import FusedSession
@@ -25,9 +25,19 @@ def folder(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Mo
     return ModelFolder(path)
 
 
-def _generator(folder: ModelFolder, variant: str = "cpu-fp32", **options: int) -> BatchingGenerator:
+def _generator(
+    folder: ModelFolder, variant: str = "cpu-fp32", *, fixed: bool = False, max_batch: int = 32
+) -> BatchingGenerator:
+    """The CPU's scheduler (a growing cache), or with ``fixed`` the GPU's (fixed slots, the decode
+    step feeding itself) running on the CPU provider."""
     session = FusedSession(folder.variant_path(variant), folder.spec)
-    return BatchingGenerator(session, stop_token_ids=folder.stop_token_ids, **options)
+    return BatchingGenerator(
+        session, stop_token_ids=folder.stop_token_ids, max_batch=max_batch, fixed_slots=fixed
+    )
+
+
+# every test with this parameter runs the CPU's way and the GPU's way of keeping rows
+ROWS = pytest.mark.parametrize("fixed", [False, True], ids=["growing-rows", "fixed-slots"])
 
 
 def _prompts(folder: ModelFolder, count: int) -> list[list[int]]:
@@ -39,29 +49,19 @@ def _prompts(folder: ModelFolder, count: int) -> list[list[int]]:
 def _at_once(
     generator: BatchingGenerator, prompts: list[list[int]], configs: list[GenerationConfig]
 ) -> list[list[int]]:
-    results: list[list[int]] = [[] for _ in prompts]
-    start = threading.Barrier(len(prompts))
-
-    def reply(index: int) -> None:
-        start.wait()
-        results[index] = [t.id for t in generator.generate(prompts[index], configs[index])]
-
-    threads = [threading.Thread(target=reply, args=(i,)) for i in range(len(prompts))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    return results
+    return [[t.id for t in reply] for reply in at_once(generator, prompts, configs)]
 
 
-def test_many_threads_get_exactly_what_each_would_get_alone(folder: ModelFolder) -> None:
+@ROWS
+def test_many_threads_get_exactly_what_each_would_get_alone(folder: ModelFolder, fixed: bool) -> None:
     prompts = _prompts(folder, 16)
     configs = [GenerationConfig(max_new_tokens=5 + 3 * i) for i in range(16)]  # rows leave at different steps
     alone = [[t.id for t in _generator(folder).generate(p, c)] for p, c in zip(prompts, configs, strict=True)]
-    assert _at_once(_generator(folder, max_batch=6), prompts, configs) == alone
+    assert _at_once(_generator(folder, fixed=fixed, max_batch=6), prompts, configs) == alone
 
 
-def test_sampling_settings_and_seeds_stay_with_their_conversation(folder: ModelFolder) -> None:
+@ROWS
+def test_sampling_settings_and_seeds_stay_with_their_conversation(folder: ModelFolder, fixed: bool) -> None:
     prompts = _prompts(folder, 6)
     configs = [
         GenerationConfig(max_new_tokens=30, temperature=0.9, top_k=20, seed=i)
@@ -70,11 +70,12 @@ def test_sampling_settings_and_seeds_stay_with_their_conversation(folder: ModelF
         for i in range(6)
     ]
     alone = [[t.id for t in _generator(folder).generate(p, c)] for p, c in zip(prompts, configs, strict=True)]
-    assert _at_once(_generator(folder), prompts, configs) == alone
+    assert _at_once(_generator(folder, fixed=fixed), prompts, configs) == alone
 
 
-def test_a_reader_that_leaves_frees_its_slot_for_the_others(folder: ModelFolder) -> None:
-    generator = _generator(folder, max_batch=2)
+@ROWS
+def test_a_reader_that_leaves_frees_its_slot_for_the_others(folder: ModelFolder, fixed: bool) -> None:
+    generator = _generator(folder, fixed=fixed, max_batch=2)
     prompts = _prompts(folder, 3)
     left = generator.generate(prompts[0], GREEDY)
     next(left)
@@ -83,8 +84,9 @@ def test_a_reader_that_leaves_frees_its_slot_for_the_others(folder: ModelFolder)
     assert _at_once(generator, prompts[1:], [GREEDY, GREEDY]) == expected
 
 
-def test_the_budget_and_the_window_bound_a_reply(folder: ModelFolder) -> None:
-    generator = _generator(folder)
+@ROWS
+def test_the_budget_and_the_window_bound_a_reply(folder: ModelFolder, fixed: bool) -> None:
+    generator = _generator(folder, fixed=fixed)
     generator.stop_token_ids = ()
     prompt = _prompts(folder, 1)[0]
     assert len(list(generator.generate(prompt, GenerationConfig(max_new_tokens=7)))) == 7
@@ -95,8 +97,9 @@ def test_the_budget_and_the_window_bound_a_reply(folder: ModelFolder) -> None:
         generator.generate((prompt * window)[:window], GREEDY)
 
 
-def test_a_failed_step_fails_its_replies_and_the_scheduler_goes_on(folder: ModelFolder) -> None:
-    generator = _generator(folder)
+@ROWS
+def test_a_failed_step_fails_its_replies_and_the_scheduler_goes_on(folder: ModelFolder, fixed: bool) -> None:
+    generator = _generator(folder, fixed=fixed)
     with pytest.raises(Exception, match=r"(?i)indices|out of|invalid"):  # an id outside the vocabulary
         list(generator.generate([folder.spec.vocab_size + 5], GREEDY))
     assert list(generator.generate(_prompts(folder, 1)[0], GenerationConfig(max_new_tokens=3)))
@@ -119,7 +122,7 @@ def test_the_cache_grows_in_slots_and_length_while_replies_are_in_progress(folde
     alone = [[t.id for t in _generator(folder).generate(p, c)] for p, c in zip(prompts, configs, strict=True)]
     generator = _generator(folder)
     assert _at_once(generator, prompts, configs) == alone
-    cache = generator._cache  # white-box: the cache grew to fit the long prompt's slot
+    cache = generator._rows.cache  # white-box: the cache grew to fit the long prompt's slot
     assert cache.length == folder.spec.n_positions and cache.capacity >= len(prompts)
 
 
@@ -132,3 +135,28 @@ def test_a_growing_cache_keeps_what_its_slots_hold(folder: ModelFolder) -> None:
     assert (cache.buffers[0][0, :, :10] == 7.0).all() and (cache.buffers[0][1:] == 0).all()
     with pytest.raises(ValueError, match="do not fit"):
         cache.reserve(1, folder.spec.n_positions + 1)
+
+
+@ROWS
+def test_greedy_replies_take_the_graphs_pick_and_log_probability(folder: ModelFolder, fixed: bool) -> None:
+    prompt = _prompts(folder, 1)[0]
+    generator = _generator(folder, fixed=fixed)
+    in_graph = list(generator.generate(prompt, GREEDY))  # argmax and log-probability from the graph
+    # a penalty of 1 + 1e-9 changes no pick but sends the reply through the host's sampler
+    penalised = GenerationConfig(max_new_tokens=40, repetition_penalty=1 + 1e-9)
+    on_host = list(generator.generate(prompt, penalised))
+    assert [t.id for t in in_graph] == [t.id for t in on_host]
+    assert [t.logprob for t in in_graph] == pytest.approx([t.logprob for t in on_host], abs=1e-5)
+
+
+def test_fixed_slots_fill_holes_and_run_in_batch_buckets(folder: ModelFolder) -> None:
+    generator = _generator(folder, fixed=True, max_batch=5)
+    slots = generator._rows.slots  # white-box: what FixedSlots ran
+    assert slots.buckets == (1, 2, 4, 5)
+    prompts = _prompts(folder, 9)
+    configs = [GenerationConfig(max_new_tokens=3 + 5 * (i % 3)) for i in range(9)]  # leave out of order
+    alone = [[t.id for t in _generator(folder).generate(p, c)] for p, c in zip(prompts, configs, strict=True)]
+    assert _at_once(generator, prompts, configs) == alone
+    assert len(slots._bindings) > 2  # several bucket sizes ran
+    spec = folder.spec
+    assert slots.nbytes == 5 * 2 * spec.n_layer * spec.n_positions * spec.n_head * spec.head_dim * 4

@@ -9,8 +9,13 @@ The sides, each measured after a warm-up as medians of several runs on the same 
 * ours: the engine's generator (:func:`_our_generator`); N conversations at once are N threads,
   each calling ``generator.generate``;
 * CTranslate2 (when ``import ctranslate2`` works: ``pip install 'chatbot[bench]'``): the folder
-  converted to int8 once (cached next to it); N conversations are one ``generate_batch``;
-* transformers ``generate`` (eager, fp32); N conversations are one batched call with N copies.
+  converted to int8 once (cached next to it); N conversations are one ``generate_batch``; CPU only;
+* transformers ``generate`` (eager, fp32 on the CPU, fp16 on the GPU); N conversations are one
+  batched call with N copies; on the GPU also ``generate(cache_implementation="static")``, which
+  compiles its decode step with torch.compile (the fastest transformers route, GPU.md).
+
+``device="cuda"`` runs every side on the GPU: ours on the ``cuda-fp16`` graph (built in the
+folder when missing) through the scheduler with its CUDA graphs.
 
 For each: time to first token (the prompt's forward pass and the first pick), decode
 milliseconds per token at batch 1 (the rest of the reply, divided by its tokens), aggregate
@@ -92,6 +97,7 @@ class BenchOptions:
     out: Path = Path("bench")
     seed: int = 0
     concurrency_runs: int = 3  # each tokens/s figure is the median of this many runs
+    device: str = "cpu"  # or "cuda"
 
 
 @dataclass
@@ -126,14 +132,20 @@ def run_bench(
     if config is not None:
         model_dir = ensure_bench_model(config, progress=progress)
     assert model_dir is not None
+    if options.device == "cuda":
+        _ensure_cuda_variant(Path(model_dir), progress)
     folder = ModelFolder(model_dir)
     prompt = _prompt(folder, options)
     progress(f"prompt {len(prompt)} random tokens, {options.new_tokens} new tokens, {options.runs} runs")
     ours = _measure_ours(folder, prompt, options, progress)
-    peers = {
+    peers: dict[str, Side | str] = {
         "ctranslate2": _ctranslate2_side(folder, prompt, ours.tokens, options, progress),
         "transformers": _measure_transformers(folder.path, prompt, ours.tokens, options, progress),
     }
+    if options.device == "cuda":
+        peers["transformers-static"] = _measure_transformers(
+            folder.path, prompt, ours.tokens, options, progress, static=True
+        )
     results = _results(folder, config, prompt, options, ours, peers)
     table = markdown(results)
     options.out.mkdir(parents=True, exist_ok=True)
@@ -166,6 +178,8 @@ def _results(
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
+            "device": options.device,
+            "gpu": _gpu_name() if options.device == "cuda" else None,
         },
         "settings": {
             **asdict(options),
@@ -296,6 +310,23 @@ def _build_fast_variants(path: Path, progress: Progress) -> None:
     build_variants(path, progress=progress)
 
 
+def _ensure_cuda_variant(path: Path, progress: Progress) -> None:
+    """Build the folder's cuda-fp16 graph (checked on the GPU) unless it has one."""
+    from training.graph import build_variant
+
+    if "cuda-fp16" not in ModelFolder(path).variants:
+        progress(f"building the cuda-fp16 graph of {path}; once, later runs reuse it")
+        build_variant(path, "cuda-fp16", progress=progress)
+
+
+def _gpu_name() -> str | None:
+    with contextlib.suppress(Exception):
+        import torch
+
+        return str(torch.cuda.get_device_name(0))
+    return None
+
+
 def _in_child(function: Callable[..., Any], *args: Any) -> Any:
     """Run ``function(*args)`` in a fresh process: building and converting load torch and whole
     models, which would otherwise stay in this process's peak memory and threads."""
@@ -307,20 +338,20 @@ def _in_child(function: Callable[..., Any], *args: Any) -> Any:
 # Ours
 
 
-def _our_generator(folder: ModelFolder) -> Generator:
+def _our_generator(folder: ModelFolder, device: str = "cpu") -> Generator:
     """The generator the engine serves with, stop tokens cleared so every reply runs its full length."""
-    generator = load_generator(folder, device="cpu")
+    generator = load_generator(folder, device=device, max_batch=64)
     generator.stop_token_ids = ()
     return generator
 
 
 def _measure_ours(folder: ModelFolder, prompt: list[int], options: BenchOptions, progress: Progress) -> Side:
-    variant = choose_variant(folder, "cpu")
+    variant = choose_variant(folder, options.device)
     graph = folder.onnx_path if variant == REFERENCE else folder.variant_path(variant)
-    progress(f"ours: {graph.relative_to(folder.path)} ({variant}) on ONNX Runtime")
+    progress(f"ours: {graph.relative_to(folder.path)} ({variant}) on ONNX Runtime, {options.device}")
     config = GenerationConfig(max_new_tokens=options.new_tokens)
     with _torch_off():
-        generator = _our_generator(folder)
+        generator = _our_generator(folder, options.device)
 
         def reply() -> Iterator[Any]:
             return iter(generator.generate(prompt, config))
@@ -409,7 +440,8 @@ def _peak_rss_mib() -> float:
 
 _PEER_NAMES = {
     "ctranslate2": "CTranslate2",
-    "transformers": "transformers generate (eager, fp32)",
+    "transformers": "transformers generate (eager)",
+    "transformers-static": "transformers generate (static cache, torch.compile)",
 }
 
 
@@ -417,6 +449,8 @@ def _ctranslate2_side(
     folder: ModelFolder, prompt: list[int], tokens: int, options: BenchOptions, progress: Progress
 ) -> Side | str:
     """CTranslate2's figures, or why there are none."""
+    if options.device != "cpu":
+        return "measured on the CPU only"
     try:
         import ctranslate2
     except ImportError:
@@ -515,14 +549,24 @@ def _cpus() -> int:
 
 
 def _measure_transformers(
-    path: Path, prompt: list[int], tokens: int, options: BenchOptions, progress: Progress
+    path: Path,
+    prompt: list[int],
+    tokens: int,
+    options: BenchOptions,
+    progress: Progress,
+    *,
+    static: bool = False,
 ) -> Side:
     import torch
     from transformers import AutoModelForCausalLM
 
-    progress("transformers generate (eager, fp32) on the same weights")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    ids = torch.tensor([prompt])
+    gpu = options.device == "cuda"
+    dtype = torch.float16 if gpu else torch.float32
+    name = f"{_PEER_NAMES['transformers-static' if static else 'transformers']}, {str(dtype).split('.')[-1]}"
+    progress(f"{name} on the same weights")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval().to(options.device)
+    ids = torch.tensor([prompt], device=options.device)
+    extra = {"cache_implementation": "static"} if static else {}
 
     def generate(count: int, n: int = 1) -> tuple[int, float]:
         batch = ids.repeat(n, 1)
@@ -535,16 +579,21 @@ def _measure_transformers(
                 max_new_tokens=count,
                 min_new_tokens=count,
                 pad_token_id=model.config.eos_token_id or 0,
+                **extra,
             )
+        if gpu:
+            torch.cuda.synchronize()
         return (out.shape[1] - ids.shape[1]) * n, time.perf_counter() - started
 
-    generate(tokens)  # warm-up
+    generate(tokens)  # warm-up (with a static cache: compiles; each batch size once more below)
     first = statistics.median(generate(1)[1] for _ in range(options.runs))
     total = statistics.median(generate(tokens)[1] for _ in range(options.runs))
     decode = (total - first) / max(1, tokens - 1)
-    side = Side(_PEER_NAMES["transformers"], first * 1e3, decode * 1e3, tokens, 0.0)
+    side = Side(name, first * 1e3, decode * 1e3, tokens, 0.0)
     for n in options.concurrency:
-        progress(f"transformers: {n} conversations in one batch")
+        progress(f"{name}: {n} conversations in one batch")
+        if static:
+            generate(tokens, n)  # a new batch size compiles again: not timed
         side.tokens_per_s[n] = _median_rate(partial(generate, tokens, n), options)
     side.peak_rss_mib = _peak_rss_mib()
     return side
@@ -556,13 +605,14 @@ def _measure_transformers(
 
 def markdown(results: dict[str, Any]) -> str:
     """The results as markdown tables (what `chatbot bench` prints)."""
-    settings = results["settings"]
+    settings, machine = results["settings"], results["machine"]
     config = f" (`--config {results['config']}`)" if results.get("config") else ""
+    where = f"GPU ({machine['gpu']})" if machine.get("device") == "cuda" else "CPU"
     lines = [
         f"# chatbot bench: {results['model']}{config}",
         "",
         f"Prompt {settings['prompt_tokens']} random tokens, {settings['new_tokens']} new tokens (greedy), "
-        f"CPU, {results['machine']['cpus']} CPUs; medians of {settings['runs']} runs after a warm-up "
+        f"{where}, {machine['cpus']} CPUs; medians of {settings['runs']} runs after a warm-up "
         f"(tokens/s: of {settings['concurrency_runs']} runs). Ratios above 1× mean ours is faster. "
         "The sides run one after another in one process, so each peak RSS is the process's so far.",
         "",
@@ -574,7 +624,9 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-_SIDES = {"ours": "ours", "ctranslate2": "CTranslate2", "transformers": "transformers"}  # key: short name
+def _sides(results: dict[str, Any]) -> list[str]:
+    """The keys of the sides in the results: ours first, then the peers in the order they ran."""
+    return ["ours", *(key for key in _PEER_NAMES if key in results)]
 
 
 def _batch_one_table(results: dict[str, Any]) -> list[str]:
@@ -583,31 +635,33 @@ def _batch_one_table(results: dict[str, Any]) -> list[str]:
         "|---|---:|---:|---:|",
     ]
     ran: list[str] = []
-    for key, short in _SIDES.items():
+    for key in _sides(results):
         side = results[key]
         if "missing" in side:
             lines.append(f"| {side['name']} | {side['missing']} | | |")
             continue
-        ran.append(short)
-        note = "after all three" if len(ran) == len(_SIDES) else "after " + " and ".join(ran)
+        ran.append(key)
         lines.append(
             f"| {side['name']} | {side['first_token_ms']:.2f} | {side['decode_ms_per_token']:.2f} "
-            f"| {side['peak_rss_mib']:.0f} ({note}) |"
+            f"| {side['peak_rss_mib']:.0f} (after {', '.join(ran)}) |"
         )
     for key, ratio in results["ratios"].items():
         lines.append(
-            f"| {_PEER_NAMES[key]} / ours | {ratio['first_token']:.2f}× | {ratio['decode']:.2f}× | |"
+            f"| {results[key]['name']} / ours | {ratio['first_token']:.2f}× | {ratio['decode']:.2f}× | |"
         )
     return lines
 
 
 def _concurrency_table(results: dict[str, Any]) -> list[str]:
-    peers = ("ctranslate2", "transformers")
+    peers = _sides(results)[1:]
+    names = [results[key]["name"] for key in peers]
     lines = [
-        "| conversations at once | ours, one thread each through the scheduler (tokens/s) "
-        "| CTranslate2, one batch (tokens/s) | transformers, one batch (tokens/s) "
-        "| ours / CTranslate2 | ours / transformers |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| conversations at once | ours, one thread each through the scheduler (tokens/s) | "
+        + " | ".join(f"{name}, one batch (tokens/s)" for name in names)
+        + " | "
+        + " | ".join(f"ours / {key}" for key in peers)
+        + " |",
+        "|---:|---:|" + "---:|" * (2 * len(peers)),
     ]
     for n, rate in results["ours"]["tokens_per_s"].items():
         rates = [_cell(results[key].get("tokens_per_s", {}), n, "{:.0f}") for key in peers]

@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from chatbot.errors import ExportError, ModelFolderError
-from chatbot.fused import FusedSession, past_names, present_names
+from chatbot.folder import GRAPH_FORMAT
+from chatbot.fused import FixedSlots, FusedSession, past_names, present_names
 from training.card import set_card_entry, utc_now
 
 if TYPE_CHECKING:
@@ -252,6 +253,9 @@ class _Builder:
         outputs = [
             helper.make_tensor_value_info("logits", ft, [batch, config.vocab_size]),
             helper.make_tensor_value_info("next_token", TensorProto.INT64, [batch]),
+            helper.make_tensor_value_info("next_logprob", TensorProto.FLOAT, [batch]),
+            helper.make_tensor_value_info("next_position_ids", TensorProto.INT64, [batch, 1]),
+            helper.make_tensor_value_info("next_seqlens_k", TensorProto.INT32, [batch]),
         ]
         for past, present in zip(past_names(config.n_layer), present_names(config.n_layer), strict=True):
             inputs.append(helper.make_tensor_value_info(past, ft, [batch, heads, cache, dim]))
@@ -269,9 +273,36 @@ class _Builder:
         lm_head = weights.get("lm_head.weight", weights["wte.weight"]).T  # untied copy: see CPU.md
         w.matmul("last_hidden", lm_head, None, "logits")  # (batch, vocab)
         w.node("ArgMax", ["logits"], ["next_token"], axis=-1, keepdims=0)
+        self.next_step_inputs()
         graph = helper.make_graph(w.nodes, "gpt2_fused", inputs, outputs, w.initializers)
         opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)]
         return helper.make_model(graph, opset_imports=opsets, producer_name="chatbot.training.graph")
+
+    def next_step_inputs(self) -> None:
+        """What a decode step needs besides the logits, computed on the device.
+
+        ``next_logprob``: the greedy token's log-probability (the largest log-softmax, in float32);
+        ``next_position_ids`` and ``next_seqlens_k``: the next single-token step's position and
+        length - 1. Bound as the next step's inputs with ``next_token``, they let a decode step
+        feed itself (``chatbot.fused.FixedSlots``): only token ids and log-probabilities go to the host.
+        """
+        from onnx import TensorProto
+
+        w = self.w
+        scores = "logits"
+        if w.precision == "fp16":
+            w.node("Cast", ["logits"], ["logits.float"], to=TensorProto.FLOAT)
+            scores = "logits.float"
+        w.node("LogSoftmax", [scores], ["logprobs"], axis=-1)
+        w.node("ReduceMax", ["logprobs"], ["next_logprob"], axes=[-1], keepdims=0)
+        step = w.constant("one_position", np.array([1], dtype=np.int64))
+        begin = w.constant("last_start", np.array([-1], dtype=np.int64))
+        end = w.constant("last_end", np.array([np.iinfo(np.int64).max], dtype=np.int64))
+        axis = w.constant("sequence_axis", np.array([1], dtype=np.int64))
+        w.node("Slice", ["position_ids", begin, end, axis], ["last_position_ids"])
+        w.node("Add", ["last_position_ids", step], ["next_position_ids"])
+        one = w.constant("one_length", np.array(1, dtype=np.int32))
+        w.node("Add", ["seqlens_k", one], ["next_seqlens_k"])
 
     def layer(self, i: int, normed: str, stream: str) -> tuple[str, str]:
         """Block ``i``; returns the next block's normalised input and the residual stream."""
@@ -359,6 +390,7 @@ def build_variant(
     entry = {
         "path": f"onnx/{variant}/model.onnx",
         "builder": "chatbot.training.graph",
+        "format": GRAPH_FORMAT,
         "precision": precision.name,
         "device": precision.device,
         "nodes": len(model.graph.node),
@@ -427,6 +459,13 @@ def measure_parity(
 
 def fused_logits(session: FusedSession, ids: Sequence[int], prefill: int) -> Iterator[np.ndarray]:
     """The graph's last-position logits after the prefill, then after each following token."""
+    if session.device != "cpu":  # the cache lives on the device: the GPU's own way of stepping
+        slots = FixedSlots(session, 1)
+        yield slots.prefill(0, list(ids[:prefill])).logits[0]
+        for position in range(prefill, len(ids)):
+            inputs = np.array([ids[position]]), np.array([position]), np.array([position], dtype=np.int32)
+            yield slots.decode(1, inputs).logits[0]
+        return
     cache = session.new_cache(1, len(ids))
     yield session.step(cache, 0, [list(ids[:prefill])], [0]).logits[0]
     for position in range(prefill, len(ids)):
