@@ -14,7 +14,7 @@ CHROMIUM ?= /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get -y -q
 
-.PHONY: install test lint demo browser install-gpu clean
+.PHONY: install test lint demo browser postgres install-gpu clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,14 @@ $(CHROMIUM):
 
 browser: $(CHROMIUM)
 
-test: lint browser
-	CHATBOT_CHROMIUM=$(CHROMIUM) CHATBOT_BROWSER_TESTS=required $(BIN)/python -m pytest
+# The store's PostgreSQL tests start a server of their own from Debian's binaries.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+	  $(APT) install postgresql >/dev/null || ($(APT) update >/dev/null && $(APT) install postgresql >/dev/null)
+
+test: lint browser postgres
+	CHATBOT_CHROMIUM=$(CHROMIUM) CHATBOT_BROWSER_TESTS=required CHATBOT_POSTGRES_TESTS=required \
+	  $(BIN)/python -m pytest
 
 demo: install
 	$(BIN)/chatbot demo

@@ -132,6 +132,7 @@ def build_parser(*, channel_flags: dict[str, type[Channel]] | None = None) -> ar
     _add_bench_command(commands)
     _add_models_commands(commands)
     _add_feedback_commands(commands)
+    _add_db_commands(commands)
 
     for name, summary in PLANNED.items():
         planned = commands.add_parser(name, help=f"{summary} (coming in a later release)")
@@ -278,6 +279,56 @@ def _planned(name: str) -> Callable[[argparse.Namespace], int]:
         return 2
 
     return run
+
+
+def _add_db_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    db = commands.add_parser("db", help="the conversation store's schema: show it, upgrade it")
+    db.set_defaults(run=_usage(db))
+    actions = db.add_subparsers(title="actions", metavar="ACTION")
+    upgrade = actions.add_parser(
+        "upgrade", help="apply the schema migrations the store lacks (creates an empty store)"
+    )
+    upgrade.set_defaults(run=_db_upgrade)
+    status = actions.add_parser(
+        "status", help="the store's schema revision and the newest this chatbot knows"
+    )
+    status.set_defaults(run=_db_status)
+    for action in (upgrade, status):
+        action.add_argument(
+            "--store", default=None, help="a SQLite file or a SQLAlchemy URL (default: $CHATBOT_STORE)"
+        )
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from chatbot.store import upgrade_store
+
+    location = args.store or paths.default_store()
+    before, after = upgrade_store(location)
+    shown = _shown_store(location)
+    if before == after:
+        print(f"{shown}: schema at revision {after}, the newest; nothing to do")
+    else:
+        print(f"{shown}: schema upgraded from revision {before or '(empty)'} to {after}")
+    return 0
+
+
+def _db_status(args: argparse.Namespace) -> int:
+    from chatbot.store import schema_head, store_revision
+
+    location = _existing_store(args.store or paths.default_store())
+    current, head = store_revision(location), schema_head()
+    state = "up to date" if current == head else "behind: run `chatbot db upgrade`"
+    print(f"{_shown_store(location)}: schema revision {current or '(empty)'}, newest {head} ({state})")
+    return 0 if current == head else 1
+
+
+def _shown_store(location: str) -> str:
+    """The store's name for the terminal: a URL without its password."""
+    from sqlalchemy.engine import make_url
+
+    if "://" not in location:
+        return location
+    return make_url(location).render_as_string(hide_password=True)
 
 
 def _add_models_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -8,8 +8,11 @@ returns; records handed out are frozen copies (see :mod:`chatbot.types`).
 Nothing is ever deleted: :meth:`Store.reset` starts a new *epoch* of a conversation, so the
 history the engine sees starts over while :meth:`Store.transcript` still returns every turn.
 
-The schema carries a version number. Opening a store runs the migrations in :data:`MIGRATIONS`
-that the database has not seen yet; a database written by a newer version is refused.
+The schema is versioned by Alembic (``chatbot/migrations``), the same revisions for SQLite and
+PostgreSQL. Opening a store applies the revisions the database has not seen yet, unless
+``CHATBOT_STORE_UPGRADE=0`` (then it refuses a database that is behind and ``chatbot db
+upgrade`` applies them); a database written by a newer version is always refused. On
+PostgreSQL an advisory lock makes replicas that start together migrate one after the other.
 """
 
 from __future__ import annotations
@@ -38,11 +41,12 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     create_engine,
-    delete,
     event,
     func,
     insert,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy import exc as sa_exc
@@ -54,7 +58,7 @@ from sqlalchemy.types import TypeDecorator
 from chatbot.errors import InvalidMessage, StoreError, UnknownConversation, UnknownMessage
 from chatbot.types import ROLES, Conversation, Feedback, Message, Role
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLStore", "Store", "open_store"]
+__all__ = ["SQLStore", "Store", "open_store", "schema_head", "store_revision", "upgrade_store"]
 
 BUSY_TIMEOUT_MS = 10_000  # how long a SQLite writer waits for another process's lock
 _WRITE = "chatbot_write"  # execution option: this transaction writes (SQLite: BEGIN IMMEDIATE)
@@ -198,57 +202,79 @@ claims = Table(
     Column("created_at", _UTCText, nullable=False),
 )
 
-schema_version = Table(
-    "chatbot_schema_version",
-    metadata_obj,
-    Column("version", Integer, nullable=False),
-)
-
-Migration = Callable[[Connection], None]
-
-
-def _create_v1(conn: Connection) -> None:
-    """Version 1: the conversations, messages and feedback tables.
-
-    Today's table definitions *are* version 1. The first migration that changes a table must
-    freeze the version-1 definitions here, so a fresh database is built step by step.
-    """
-    metadata_obj.create_all(conn, tables=[conversations, messages, feedback])
+MIGRATIONS_FOLDER = Path(__file__).with_name("migrations")
+# More folders of revisions, read when a store opens (a test adds a revision of its own here).
+EXTRA_MIGRATION_FOLDERS: list[Path] = []
+# Before Alembic, a chatbot_schema_version table held a number; these are its revisions.
+LEGACY_REVISIONS = {1: "0001", 2: "0002"}
+LEGACY_TABLE = "chatbot_schema_version"
+_MIGRATION_LOCK = 7_306_524_101  # PostgreSQL advisory lock key: "chatbot migrations"
+UPGRADE_VARIABLE = "CHATBOT_STORE_UPGRADE"
 
 
-def _create_v2(conn: Connection) -> None:
-    """Version 2: the claims table (once-only keys, e.g. the Slack events already answered)."""
-    metadata_obj.create_all(conn, tables=[claims])
+def _alembic_config(conn: Connection | None = None) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_FOLDER))
+    config.set_main_option("path_separator", "os")
+    folders = [MIGRATIONS_FOLDER / "versions", *EXTRA_MIGRATION_FOLDERS]
+    config.set_main_option("version_locations", os.pathsep.join(str(folder) for folder in folders))
+    config.attributes["connection"] = conn
+    return config
 
 
-# MIGRATIONS[i] takes a database from version i to version i + 1, inside one transaction.
-# Opening a store reads len(MIGRATIONS) at that moment, so a test can append a migration.
-# Issue 9 replaces this with Alembic for PostgreSQL; keep the two in step until then.
-MIGRATIONS: list[Migration] = [_create_v1, _create_v2]
-SCHEMA_VERSION: int = len(MIGRATIONS)
+def schema_head() -> str:
+    """The newest schema revision this chatbot knows."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    assert head is not None, "chatbot/migrations has no revision"
+    return head
 
 
-def _read_version(conn: Connection) -> int:
-    """The database's schema version; 0 for a fresh database."""
-    schema_version.create(conn, checkfirst=True)
-    return conn.scalar(select(func.max(schema_version.c.version))) or 0
+def _current_revision(conn: Connection) -> str | None:
+    """The database's revision: Alembic's, or the pre-Alembic version number's, or None (empty)."""
+    from alembic.runtime.migration import MigrationContext
+
+    current = MigrationContext.configure(conn).get_current_revision()
+    if current is None and inspect(conn).has_table(LEGACY_TABLE):
+        version = conn.scalar(text(f"SELECT max(version) FROM {LEGACY_TABLE}"))
+        current = LEGACY_REVISIONS.get(int(version or 0), f"legacy-{version}")
+    return current
 
 
-def _migrate(conn: Connection, name: str) -> None:
-    """Bring the database to the newest schema version, or refuse a newer one."""
-    target = len(MIGRATIONS)
-    version = _read_version(conn)
-    if version > target:
+def _migrate(conn: Connection, name: str, *, upgrade: bool) -> tuple[str | None, str]:
+    """Bring the database to the head revision (or refuse); returns (before, after)."""
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
+    if conn.dialect.name == "postgresql":  # replicas starting together migrate one at a time
+        conn.execute(select(func.pg_advisory_xact_lock(_MIGRATION_LOCK)))
+    config = _alembic_config(conn)
+    script = ScriptDirectory.from_config(config)
+    head = script.get_current_head()
+    assert head is not None, "chatbot/migrations has no revision"
+    current = _current_revision(conn)
+    if current is not None and current not in {rev.revision for rev in script.walk_revisions()}:
         raise StoreError(
-            f"the conversation store {name} has schema version {version}, but this chatbot "
-            f"only knows versions up to {target}: it was written by a newer version of chatbot",
+            f"the conversation store {name} has schema revision {current}, which this chatbot does "
+            f"not know (its newest is {head}): it was written by a newer version of chatbot",
             hint="upgrade the chatbot package (pip install -U chatbot), or use another store",
         )
-    for step in range(version, target):
-        MIGRATIONS[step](conn)
-    if version != target:
-        conn.execute(delete(schema_version))
-        conn.execute(insert(schema_version).values(version=target))
+    if current == head:
+        return current, head
+    if not upgrade:
+        raise StoreError(
+            f"the conversation store {name} is at schema revision {current or '(empty)'}, "
+            f"and this chatbot needs {head}",
+            hint=f"run `chatbot db upgrade --store URL`, or unset {UPGRADE_VARIABLE} to upgrade at start-up",
+        )
+    if current is not None and inspect(conn).has_table(LEGACY_TABLE):
+        command.stamp(config, current)  # adopt a pre-Alembic store at the revision it holds
+        conn.execute(text(f"DROP TABLE {LEGACY_TABLE}"))
+    command.upgrade(config, "head")
+    return current, head
 
 
 # --------------------------------------------------------------------------- engines
@@ -452,7 +478,10 @@ def _insert_if_absent(conn: Connection, table: Table, values: dict[str, Any]) ->
     dialect_insert = dialects.get(conn.dialect.name)
     if dialect_insert is not None:
         statement = dialect_insert(table).on_conflict_do_nothing(index_elements=[key.name])
-        return bool(conn.execute(statement.values(**values)).rowcount)
+        statement = statement.values(**values)
+        if conn.dialect.name == "postgresql":  # psycopg reports -1 rows for it: ask for the row back
+            return conn.execute(statement.returning(key)).first() is not None
+        return bool(conn.execute(statement).rowcount)  # SQLite before 3.35 has no RETURNING
     if conn.scalar(select(key).where(key == values[key.name])) is not None:
         return False
     conn.execute(insert(table).values(**values))  # other dialects: the primary key catches a racing twin
@@ -509,7 +538,11 @@ class SQLStore:
     rely on their own locking.
     """
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, upgrade: bool | None = None) -> None:
+        """Open the store at ``url``, applying the schema revisions it lacks unless ``upgrade`` is
+        False (default: True, or ``$CHATBOT_STORE_UPGRADE`` = 0 for False)."""
+        if upgrade is None:
+            upgrade = os.environ.get(UPGRADE_VARIABLE, "1") != "0"
         parsed = _parse_url(url)
         self._name = _display_name(parsed)
         self._closed = False
@@ -519,13 +552,13 @@ class SQLStore:
         self._engine = _engine_or_error(parsed, echo=echo, name=self._name)
         try:
             with self._transaction(write=True) as conn:
-                _migrate(conn, self._name)
+                self.revision_before, self.revision = _migrate(conn, self._name, upgrade=upgrade)
         except BaseException:
             self._engine.dispose()
             raise
 
     @classmethod
-    def sqlite(cls, path: str | os.PathLike[str]) -> SQLStore:
+    def sqlite(cls, path: str | os.PathLike[str], *, upgrade: bool | None = None) -> SQLStore:
         """A store in a SQLite file (created with its parent folders if missing)."""
         location = Path(path).expanduser()
         try:
@@ -535,12 +568,12 @@ class SQLStore:
                 f"cannot create the folder for the conversation store {location}: {error}",
                 hint="choose a path in a folder you can write to",
             ) from error
-        return cls(URL.create("sqlite+pysqlite", database=str(location)).render_as_string())
+        return cls(URL.create("sqlite+pysqlite", database=str(location)).render_as_string(), upgrade=upgrade)
 
     @classmethod
     def memory(cls) -> SQLStore:
         """A store in memory, shared by all threads, gone on close (for tests)."""
-        return cls("sqlite+pysqlite://")
+        return cls("sqlite+pysqlite://", upgrade=True)
 
     def __repr__(self) -> str:
         return f"SQLStore({self._name!r})"
@@ -690,11 +723,32 @@ class SQLStore:
                 self._engine.dispose()
 
 
-def open_store(url_or_path: str | os.PathLike[str]) -> SQLStore:
+def open_store(url_or_path: str | os.PathLike[str], *, upgrade: bool | None = None) -> SQLStore:
     """Open a store from a database URL, a SQLite file path, or ``":memory:"``."""
     if isinstance(url_or_path, str):
         if url_or_path == ":memory:":
             return SQLStore.memory()
         if "://" in url_or_path:
-            return SQLStore(url_or_path)
-    return SQLStore.sqlite(url_or_path)
+            return SQLStore(url_or_path, upgrade=upgrade)
+    return SQLStore.sqlite(url_or_path, upgrade=upgrade)
+
+
+def store_revision(url_or_path: str | os.PathLike[str]) -> str | None:
+    """The store's schema revision, read without changing anything (None: an empty database)."""
+    location = str(url_or_path)
+    url = _parse_url(location if "://" in location else f"sqlite:///{Path(location).expanduser()}")
+    name = _display_name(url)
+    engine = _engine_or_error(url, echo=False, name=name)
+    try:
+        with engine.connect() as conn:
+            return _current_revision(conn)
+    except sa_exc.DBAPIError as error:
+        raise StoreError(f"cannot read the conversation store {name}: {error.orig}") from error
+    finally:
+        engine.dispose()
+
+
+def upgrade_store(url_or_path: str | os.PathLike[str]) -> tuple[str | None, str]:
+    """Apply the schema revisions the store lacks (``chatbot db upgrade``): (before, after)."""
+    with open_store(url_or_path, upgrade=True) as store:
+        return store.revision_before, store.revision

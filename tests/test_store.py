@@ -14,11 +14,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Connection, text
 
 import chatbot.store as store_module
 from chatbot.errors import InvalidMessage, StoreError, UnknownConversation, UnknownMessage
-from chatbot.store import SCHEMA_VERSION, SQLStore, Store, open_store
+from chatbot.store import SQLStore, Store, open_store, schema_head, upgrade_store
 from chatbot.types import Conversation, Feedback
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,9 +42,15 @@ def opener(db_path: Path) -> Iterator[Callable[[], SQLStore]]:
         store.close()
 
 
-@pytest.fixture
-def store(opener: Callable[[], SQLStore]) -> SQLStore:
-    return opener()
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, db_path: Path) -> Iterator[SQLStore]:
+    """The store under test: a SQLite file, then a database on a real PostgreSQL server."""
+    if request.param == "sqlite":
+        opened = SQLStore.sqlite(db_path)
+    else:
+        opened = SQLStore(request.getfixturevalue("postgres_url"))
+    yield opened
+    opened.close()
 
 
 def raw_sql(path: Path, sql: str, *params: object) -> list[tuple]:
@@ -322,67 +327,98 @@ def test_acknowledged_messages_survive_sigkill(
 # --------------------------------------------------------------------------- schema
 
 
-def test_wal_mode_is_on(store: SQLStore, db_path: Path) -> None:
-    store.open_conversation("c1")
+def test_wal_mode_is_on(opener: Callable[[], SQLStore], db_path: Path) -> None:
+    opener().open_conversation("c1")
     assert raw_sql(db_path, "PRAGMA journal_mode") == [("wal",)]
 
 
-def test_fresh_database_gets_current_version(store: SQLStore, db_path: Path) -> None:
-    assert SCHEMA_VERSION == len(store_module.MIGRATIONS) == 2
-    assert raw_sql(db_path, "SELECT version FROM chatbot_schema_version") == [(SCHEMA_VERSION,)]
+def test_fresh_database_gets_the_head_revision(opener: Callable[[], SQLStore], db_path: Path) -> None:
+    store = opener()
+    assert schema_head() == "0002" and store.revision == "0002" and store.revision_before is None
+    assert raw_sql(db_path, "SELECT version_num FROM alembic_version") == [("0002",)]
 
 
 def test_newer_database_is_refused(opener: Callable[[], SQLStore], db_path: Path) -> None:
     opener().close()
-    raw_sql(db_path, "UPDATE chatbot_schema_version SET version = ?", SCHEMA_VERSION + 1)
+    raw_sql(db_path, "UPDATE alembic_version SET version_num = '9999'")
     with pytest.raises(StoreError, match="newer version of chatbot") as raised:
         opener()
     assert "upgrade" in str(raised.value)
 
 
-def _add_locale(conn: Connection) -> None:
-    conn.execute(text("ALTER TABLE chatbot_conversations ADD COLUMN locale TEXT"))
+def _revision(folder: Path, body: str) -> Path:
+    """A real Alembic revision 0003 after the head, in a folder of its own."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "0003_test.py").write_text(
+        "from alembic import op\n"
+        "import sqlalchemy as sa\n"
+        "revision = '0003'\n"
+        "down_revision = '0002'\n"
+        "branch_labels = None\n"
+        "depends_on = None\n\n"
+        "def upgrade():\n"
+        f"    {body}\n\n"
+        "def downgrade():\n"
+        "    pass\n"
+    )
+    return folder
+
+
+ADD_LOCALE = "op.add_column('chatbot_conversations', sa.Column('locale', sa.Text(), nullable=True))"
+
+
+def _columns(db_path: Path) -> list[str]:
+    return [row[1] for row in raw_sql(db_path, "PRAGMA table_info(chatbot_conversations)")]
 
 
 def test_older_database_is_migrated_in_place(
-    opener: Callable[[], SQLStore], db_path: Path, monkeypatch: pytest.MonkeyPatch
+    opener: Callable[[], SQLStore], db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     old = opener()
     old.open_conversation("c1", system_prompt="Be kind.")
     sent = old.append_message("c1", "user", "hi")
     old.close()
 
-    monkeypatch.setattr(store_module, "MIGRATIONS", [*store_module.MIGRATIONS, _add_locale])
+    monkeypatch.setattr(store_module, "EXTRA_MIGRATION_FOLDERS", [_revision(tmp_path / "rev", ADD_LOCALE)])
     migrated = opener()
+    assert (migrated.revision_before, migrated.revision) == ("0002", "0003")
     assert migrated.get_conversation("c1").messages == (sent,)
-    assert raw_sql(db_path, "SELECT version FROM chatbot_schema_version") == [(SCHEMA_VERSION + 1,)]
-    columns = [row[1] for row in raw_sql(db_path, "PRAGMA table_info(chatbot_conversations)")]
-    assert "locale" in columns
+    assert raw_sql(db_path, "SELECT version_num FROM alembic_version") == [("0003",)]
+    assert "locale" in _columns(db_path)
     migrated.close()
 
-    monkeypatch.undo()  # the v1 code now meets a v2 database
+    monkeypatch.undo()  # the older code now meets a newer database
     with pytest.raises(StoreError, match="newer version"):
         opener()
 
 
-def _broken_migration(conn: Connection) -> None:
-    conn.execute(text("ALTER TABLE chatbot_conversations ADD COLUMN locale TEXT"))
-    conn.execute(text("SELECT * FROM no_such_table"))
+def test_with_upgrades_off_a_database_behind_is_refused_until_chatbot_db_upgrade(
+    opener: Callable[[], SQLStore], db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opener().close()
+    monkeypatch.setattr(store_module, "EXTRA_MIGRATION_FOLDERS", [_revision(tmp_path / "rev", ADD_LOCALE)])
+    monkeypatch.setenv("CHATBOT_STORE_UPGRADE", "0")
+    with pytest.raises(StoreError, match="at schema revision 0002, and this chatbot needs 0003") as refused:
+        opener()
+    assert "chatbot db upgrade" in str(refused.value.hint)
+    assert "locale" not in _columns(db_path)
+    assert upgrade_store(db_path) == ("0002", "0003")
+    assert opener().revision == "0003" and "locale" in _columns(db_path)
 
 
 def test_failed_migration_changes_nothing(
-    opener: Callable[[], SQLStore], db_path: Path, monkeypatch: pytest.MonkeyPatch
+    opener: Callable[[], SQLStore], db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     old = opener()
     old.open_conversation("c1")
     old.close()
-    monkeypatch.setattr(store_module, "MIGRATIONS", [*store_module.MIGRATIONS, _broken_migration])
+    broken = f"{ADD_LOCALE}; op.execute('SELECT * FROM no_such_table')"
+    monkeypatch.setattr(store_module, "EXTRA_MIGRATION_FOLDERS", [_revision(tmp_path / "rev", broken)])
     with pytest.raises(StoreError, match="no_such_table"):
         opener()
     monkeypatch.undo()
-    assert raw_sql(db_path, "SELECT version FROM chatbot_schema_version") == [(SCHEMA_VERSION,)]
-    columns = [row[1] for row in raw_sql(db_path, "PRAGMA table_info(chatbot_conversations)")]
-    assert "locale" not in columns
+    assert raw_sql(db_path, "SELECT version_num FROM alembic_version") == [("0002",)]
+    assert "locale" not in _columns(db_path)
     assert opener().conversation_ids() == ["c1"]
 
 
@@ -453,18 +489,28 @@ def test_a_key_is_claimed_once_across_reopening_and_threads(opener: Callable[[],
         again.claim("")
 
 
-def test_a_version_1_store_gains_the_claims_table(
-    opener: Callable[[], SQLStore], db_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_store_from_before_alembic_is_adopted_and_upgraded(
+    opener: Callable[[], SQLStore], db_path: Path
 ) -> None:
-    with monkeypatch.context() as patched:
-        patched.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:1])
-        old = opener()
-        old.open_conversation("c1")
-        old.close()
-    assert raw_sql(db_path, "SELECT version FROM chatbot_schema_version") == [(1,)]
+    """A version-1 store of the earlier numbered migrations: no claims table, no alembic_version."""
+    old = opener()
+    old.open_conversation("c1", system_prompt="Be kind.")
+    old.append_message("c1", "user", "hi")
+    reply = old.append_message("c1", "assistant", "hello!")
+    old.add_feedback(reply.id, 1)
+    kept = old.transcript("c1"), old.feedback("c1")
+    old.close()
+    raw_sql(db_path, "DROP TABLE chatbot_claims")
+    raw_sql(db_path, "DROP TABLE alembic_version")
+    raw_sql(db_path, "CREATE TABLE chatbot_schema_version (version INTEGER NOT NULL)")
+    raw_sql(db_path, "INSERT INTO chatbot_schema_version VALUES (1)")
     upgraded = opener()
-    assert upgraded.claim("k") is True and upgraded.get_conversation("c1").id == "c1"
-    assert raw_sql(db_path, "SELECT version FROM chatbot_schema_version") == [(2,)]
+    assert (upgraded.revision_before, upgraded.revision) == ("0001", "0002")
+    assert upgraded.claim("k") is True and (upgraded.transcript("c1"), upgraded.feedback("c1")) == kept
+    assert upgraded.get_conversation("c1").system_prompt == "Be kind."
+    assert raw_sql(db_path, "SELECT version_num FROM alembic_version") == [("0002",)]
+    tables = {row[0] for row in raw_sql(db_path, "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "chatbot_schema_version" not in tables
 
 
 def test_metadata_is_merged_and_a_none_removes_a_key(store: SQLStore) -> None:
