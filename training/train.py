@@ -344,10 +344,17 @@ def _work_dir(options: TrainOptions) -> Path:
 
 
 def _checkpoint(options: TrainOptions) -> str:
-    from transformers.trainer_utils import get_last_checkpoint
-
+    """The newest *complete* checkpoint: a run stopped while writing one leaves a folder without
+    ``trainer_state.json`` (written last), which transformers' own ``get_last_checkpoint`` would pick."""
     folder = _work_dir(options) / "checkpoints"
-    last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    complete = [
+        path
+        for path in (folder.glob("checkpoint-*") if folder.is_dir() else ())
+        if path.name.removeprefix("checkpoint-").isdigit() and (path / "trainer_state.json").is_file()
+    ]
+    last = (
+        str(max(complete, key=lambda path: int(path.name.removeprefix("checkpoint-")))) if complete else None
+    )
     if last is None:
         raise TrainingError(
             f"there is no interrupted run to resume in {folder}",
