@@ -171,7 +171,8 @@ def test_a_base_without_chat_tokens_gets_them(tmp_path: Path, sample: Path) -> N
 
 def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     data = write_sample(tmp_path / "data.jsonl", n=200, seed=3)
-    args = ["train", "--data", data, "--out", "models", *FAST, "--epochs", "2", "--evals-per-epoch", "4"]
+    # enough epochs that the run is still going when the signal follows its first checkpoint
+    args = ["train", "--data", data, "--out", "models", *FAST, "--epochs", "8", "--evals-per-epoch", "4"]
     process = subprocess.Popen(
         [sys.executable, "-m", "chatbot", *map(str, args)],
         cwd=tmp_path,
