@@ -26,6 +26,8 @@ from chatbot.errors import (
 )
 from chatbot.folder import ModelFolder
 from chatbot.generation import Generator, OnnxGenerator, Token
+from chatbot.logs import configure as configure_logging
+from chatbot.logs import event as log_event
 from chatbot.store import SQLStore, Store, open_store
 from chatbot.types import Conversation, Feedback, GenerationConfig, Message, Reply, Role
 
@@ -57,6 +59,8 @@ __all__ = [
     "UnknownConversation",
     "UnknownMessage",
     "available_channels",
+    "configure_logging",
     "find_channel",
+    "log_event",
     "open_store",
 ]

@@ -8,6 +8,7 @@ through their entry points, never by importing ``plugins``.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from chatbot.engine import Engine, EngineConfig
 from chatbot.errors import ChannelError, ChatbotError, StoreError
 from chatbot.feedback import ExportOptions, export_feedback, export_feedback_file, parse_since
 from chatbot.generation import DEVICES
+from chatbot.logs import configure as configure_logging
 from chatbot.store import open_store
 from chatbot.types import GenerationConfig
 from chatbot.versions import ModelVersions, VersionInfo, default_root, no_versions_error
@@ -44,6 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser(channel_flags=_chosen_channel(args_list))
         args = parser.parse_args(args_list)
+        serving = args.run in (_serve, _demo) and getattr(args, "channel", "") != "terminal"  # log each reply
+        configure_logging(chatbot_level=logging.INFO if serving else logging.WARNING)
         return int(args.run(args))
     except ChatbotError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -13,6 +13,7 @@ threads at once; turns of one conversation are serialised so their order is kept
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -23,13 +24,17 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from chatbot.errors import InvalidMessage
+from chatbot.errors import ChatbotError, InvalidMessage
 from chatbot.folder import ModelFolder
 from chatbot.generation import Generator, OnnxGenerator, Token, load_generator
+from chatbot.logs import event
+from chatbot.metrics import Metrics
 from chatbot.prompt import Prompt, build_prompt
 from chatbot.store import SQLStore, Store, open_store
 from chatbot.textstream import IncrementalDecoder
 from chatbot.types import Conversation, Feedback, FinishReason, GenerationConfig, Message, Reply
+
+log = logging.getLogger("chatbot.engine")
 
 ALLOWED_CONTROL = {"\n", "\r", "\t"}
 RATINGS = {"up": 1, "down": -1, 1: 1, -1: -1}
@@ -97,6 +102,10 @@ class Engine:
         self.store = store
         self.generator: Generator = generator or OnnxGenerator(folder)
         self.config = config or EngineConfig()
+        self.metrics = Metrics()
+        queue_depth, batch_size = (getattr(self.generator, n, None) for n in ("queue_depth", "batch_size"))
+        if callable(queue_depth) and callable(batch_size):
+            self.metrics.watch_scheduler(queue_depth, batch_size)
         self._locks: weakref.WeakValueDictionary[str, _ConversationLock] = weakref.WeakValueDictionary()
         self._locks_guard = threading.Lock()
 
@@ -169,7 +178,20 @@ class Engine:
         """Record a thumbs up (+1 / "up") or down (-1 / "down") on an assistant reply."""
         if rating not in RATINGS:
             raise InvalidMessage(f"a rating is 'up' or 'down' (or +1 / -1), not {rating!r}")
-        return self.store.add_feedback(message_id, RATINGS[rating], comment=comment)
+        recorded = self.store.add_feedback(message_id, RATINGS[rating], comment=comment)
+        label = "up" if recorded.rating > 0 else "down"
+        self.metrics.feedback.labels(label).inc()
+        event(log, "feedback", recorded.conversation_id, message_id=message_id, rating=label)
+        return recorded
+
+    def ready(self) -> list[str]:
+        """Why the engine cannot serve now (an empty list when it can): the model is loaded once
+        the engine exists, so this checks that the store answers."""
+        try:
+            self.store.conversation_ids(limit=1)
+        except ChatbotError as error:
+            return [f"the conversation store does not answer: {error}"]
+        return []
 
     # -- replies -------------------------------------------------------------------------
 
@@ -211,11 +233,28 @@ class Engine:
         self, conversation_id: str, text: str, *, generation: GenerationConfig | None = None
     ) -> ReplyStream:
         """Answer ``text`` as a stream of text deltas; bad input and unknown ids raise at once."""
-        text = self.check_message(text)
-        settings = generation or self.config.generation
-        seen = self.store.get_conversation(conversation_id)  # UnknownConversation now, not mid-stream
-        prompt = self._prompt(seen, text, settings)  # MessageTooLong now, store unchanged
+        try:
+            text = self.check_message(text)
+            settings = generation or self.config.generation
+            seen = self.store.get_conversation(conversation_id)  # UnknownConversation now, not mid-stream
+            prompt = self._prompt(seen, text, settings)  # MessageTooLong now, store unchanged
+        except ChatbotError as error:
+            self._count_error(error, conversation_id)
+            raise
         return ReplyStream(lambda stream: self._answer(stream, seen, prompt, text, settings))
+
+    def _count_error(self, error: BaseException, conversation_id: str | None) -> None:
+        kind = type(error).__name__ if isinstance(error, ChatbotError) else "generation"
+        self.metrics.errors.labels(kind).inc()
+        failed = not isinstance(error, (InvalidMessage, LookupError))
+        event(
+            log,
+            "failed" if failed else "refused",
+            conversation_id,
+            level=logging.ERROR if failed else logging.INFO,
+            kind=kind,
+            reason=str(error),
+        )
 
     def _answer(
         self,
@@ -227,12 +266,12 @@ class Engine:
     ) -> Iterator[str]:
         started = time.perf_counter()
         conversation_id = seen.id
-        with self._lock(conversation_id):
+        with self.metrics.active.track_inprogress(), self._lock(conversation_id):
             current = self.store.get_conversation(conversation_id)
             if current.messages != seen.messages:  # another turn landed while this one waited
                 prompt = self._prompt(current, text, generation)
             self.store.append_message(conversation_id, "user", text)  # acknowledged before generating
-            tokens: list[Token] = []
+            tokens = _Tokens(started)
             pieces: list[str] = []  # what was streamed: the stored text is exactly their sum
             finish: FinishReason = "error"
             try:
@@ -243,16 +282,48 @@ class Engine:
             except GeneratorExit:
                 finish = "cancelled"  # the reader stopped early: keep what was written
                 raise
+            except Exception as error:
+                self._count_error(error, conversation_id)
+                raise
             finally:
                 reply_text = "".join(pieces)
                 stream.reply = self._record(conversation_id, prompt, reply_text, tokens, finish, started)
+                self._observe(stream.reply, text, tokens)
 
-    def _deltas(self, prompt: Prompt, generation: GenerationConfig, tokens: list[Token]) -> Iterator[str]:
+    def _observe(self, reply: Reply, text: str, tokens: _Tokens) -> None:
+        """The reply's metrics and its log line."""
+        metrics = self.metrics
+        metrics.replies.labels(reply.finish_reason).inc()
+        metrics.reply_seconds.observe(reply.latency_s)
+        metrics.reply_tokens.inc(len(tokens))
+        first = tokens.first_token_s
+        if first is not None:
+            metrics.first_token_seconds.observe(first)
+            if len(tokens) > 1 and reply.latency_s > first:
+                metrics.tokens_per_second.observe((len(tokens) - 1) / (reply.latency_s - first))
+        if reply.handover:
+            metrics.handovers.inc()
+        event(
+            log,
+            "reply",
+            reply.conversation_id,
+            message_id=reply.message_id,
+            finish_reason=reply.finish_reason,
+            prompt_tokens=reply.prompt_tokens,
+            reply_tokens=reply.reply_tokens,
+            first_token_s=first,
+            latency_s=reply.latency_s,
+            confidence=reply.confidence,
+            handover=reply.handover,
+            content={"message": text, "reply": reply.text},
+        )
+
+    def _deltas(self, prompt: Prompt, generation: GenerationConfig, tokens: _Tokens) -> Iterator[str]:
         """Text deltas of the reply, never splitting a character, stripped at both ends."""
         decoder = IncrementalDecoder(self.folder.tokenizer)
         trim = _Trim()
         for token in self.generator.generate(prompt.token_ids, generation):
-            tokens.append(token)
+            tokens.add(token)
             if token.id in self.generator.stop_token_ids:
                 break
             if delta := trim.push(decoder.push(token.id)):
@@ -312,6 +383,20 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Tokens(list[Token]):
+    """The tokens of a reply, and when the first came (seconds after the message arrived)."""
+
+    def __init__(self, started: float) -> None:
+        super().__init__()
+        self.started = started
+        self.first_token_s: float | None = None
+
+    def add(self, token: Token) -> None:
+        if not self:
+            self.first_token_s = time.perf_counter() - self.started
+        self.append(token)
 
 
 class _Trim:

@@ -156,6 +156,14 @@ class BatchingGenerator:
 
     # -- the callers' side ------------------------------------------------------------------
 
+    def queue_depth(self) -> int:
+        """Replies waiting for a slot in the batch (a gauge: read without the lock)."""
+        return len(self._waiting)
+
+    def batch_size(self) -> int:
+        """Replies in the decode batch now."""
+        return len(self._active)
+
     def generate(self, prompt_ids: Sequence[int], config: GenerationConfig) -> Iterator[Token]:
         """Yield the reply's tokens; the last one is a stop token unless the budget ran out."""
         budget = reply_budget(len(prompt_ids), config, self.spec.n_positions)

@@ -4,6 +4,7 @@ The command line loads the engine (and refuses a broken model folder) before a c
 :func:`listen` then binds the port, so "in use" is a clear error and port 0 picks a free one.
 :func:`serve` runs uvicorn on that socket, prints ``NAME on URL`` once connections are accepted,
 and stops gracefully on Ctrl+C or SIGTERM with exit code 0 (a second Ctrl+C stops at once).
+:class:`Operations` puts ``/healthz``, ``/readyz`` and ``/metrics`` in front of a channel's app.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from typing import Any
 
 import uvicorn
 
-from chatbot import ChannelError
+from chatbot import ChannelError, Engine
+
+OPERATIONS_PATHS = ("/healthz", "/readyz", "/metrics")
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -100,3 +103,40 @@ class _Server(uvicorn.Server):
         await super().startup(sockets=sockets)
         if self.started:
             print(f"{self.announce} — press Ctrl+C to stop", flush=True)
+
+
+class Operations:
+    """An ASGI app: the operator's endpoints in front of a channel's own ``app``.
+
+    * ``GET /healthz``: 200 while the process serves (liveness);
+    * ``GET /readyz``: 200 when the engine can answer (model loaded, store reachable), else 503
+      with the reason (readiness: a load balancer stops sending customers);
+    * ``GET /metrics``: the engine's Prometheus metrics (:mod:`chatbot.metrics`).
+
+    They bypass the channel's own access rules (probes carry no password); everything else
+    goes to ``app``.
+    """
+
+    def __init__(self, app: Any, engine: Engine) -> None:
+        self.app = app
+        self.engine = engine
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("path") in OPERATIONS_PATHS:
+            status, content_type, body = await self._answer(scope["path"])
+            headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
+
+    async def _answer(self, path: str) -> tuple[int, str, bytes]:
+        text = "text/plain; charset=utf-8"
+        if path == "/healthz":
+            return 200, text, b"ok\n"
+        if path == "/readyz":
+            problems = await asyncio.to_thread(self.engine.ready)  # the store may take a while to answer
+            if problems:
+                return 503, text, ("not ready: " + "; ".join(problems) + "\n").encode()
+            return 200, text, b"ready\n"
+        return 200, self.engine.metrics.content_type, self.engine.metrics.render()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import subprocess
 import time
 import urllib.error
@@ -390,3 +391,19 @@ def test_message_links_name_their_thread() -> None:
     assert thread_of_link(reply) == ("C0A1", "1700000000.000100")
     with pytest.raises(ValueError, match="not a link"):
         thread_of_link("https://example.com/")
+
+
+def test_the_operators_endpoints_answer_beside_the_events(bot: Bot, slack: FakeSlack) -> None:
+    base = bot.url.removesuffix("/slack/events")
+    bot.post(
+        event_callback(message_event("Is my parcel lost?", channel="D900", ts=new_ts()), event_id="EvOps")
+    )
+    finished(slack, "D900")
+    for path, expected in (("/healthz", "ok"), ("/readyz", "ready")):
+        with urllib.request.urlopen(base + path, timeout=10) as response:
+            assert response.status == 200 and response.read().decode().strip() == expected
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
+        metrics = response.read().decode()
+    assert re.search(r'^chatbot_replies_total\{finish_reason="(stop|length)"\} [1-9]', metrics, re.M)
+    assert "chatbot_scheduler_queue_depth" in metrics
+    assert SECRET not in metrics and BOT_TOKEN not in metrics

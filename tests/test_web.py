@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import json
 import os
 import re
 import shutil
@@ -223,7 +224,8 @@ def test_a_port_in_use_is_a_clear_error(tiny_model_dir: Path, tmp_path: Path) ->
 
 def test_basic_auth_from_the_environment_guards_every_route(tiny_model_dir: Path, tmp_path: Path) -> None:
     secret = "s3cret-Pa55:with-colon"
-    running = Server(tiny_model_dir, tmp_path / "c.db", env={"CHATBOT_WEB_AUTH": f"agent:{secret}"})
+    env = {"CHATBOT_WEB_AUTH": f"agent:{secret}", "CHATBOT_LOG_FORMAT": "json"}
+    running = Server(tiny_model_dir, tmp_path / "c.db", env=env)
     try:
         for path in ("", "config", "gradio_api/info"):
             with pytest.raises(urllib.error.HTTPError) as refused:
@@ -236,11 +238,23 @@ def test_basic_auth_from_the_environment_guards_every_route(tiny_model_dir: Path
             )
         right = base64.b64encode(f"agent:{secret}".encode()).decode()
         client = running.client(Authorization=f"Basic {right}")
-        chat, _ = client.predict("hello", api_name="/chat")
-        assert texts(chat)[0] == ("user", "hello")
+        chat, _ = client.predict("hello there", api_name="/chat")
+        assert texts(chat)[0] == ("user", "hello there")
+        # the operator's endpoints answer probes and scrapers without the password
+        for path, expected in (("healthz", "ok"), ("readyz", "ready")):
+            with urllib.request.urlopen(running.url + path, timeout=30) as response:
+                assert response.read().decode().strip() == expected
+        with urllib.request.urlopen(running.url + "metrics", timeout=30) as response:
+            metrics = response.read().decode()
+        assert re.search(r'^chatbot_replies_total\{finish_reason="(stop|length)"\} 1\.0$', metrics, re.M)
+        assert re.search(r"^chatbot_first_token_seconds_count 1\.0$", metrics, re.M)
     finally:
         assert running.stop() == 0
     assert "basic auth" in running.output() and secret not in running.output()
+    # one JSON line per reply, with its conversation, and without what the customer typed
+    (line,) = [json.loads(x) for x in running.output().splitlines() if x.startswith("{") and '"reply"' in x]
+    assert line["event"] == "reply" and line["conversation_id"].startswith("web-")
+    assert line["reply_tokens"] > 0 and "hello there" not in json.dumps(line)
 
 
 def test_a_malformed_auth_setting_stops_start_up_without_echoing_it(

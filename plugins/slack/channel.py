@@ -12,13 +12,12 @@ import argparse
 import json
 import logging
 import signal
-import sys
 import threading
 from typing import Any
 from urllib.parse import parse_qs
 
-from chatbot import Channel, Engine
-from plugins.serving import listen, serve, url_of
+from chatbot import Channel, Engine, configure_logging
+from plugins.serving import Operations, listen, serve, url_of
 from plugins.slack.bot import BotSettings, SlackBot, web_client
 from plugins.slack.settings import RedactingFilter, SlackSettings
 
@@ -106,7 +105,8 @@ class SlackChannel(Channel):
 
 
 def events_app(bot: SlackBot) -> Any:
-    """The ASGI app of HTTP mode: ``POST /slack/events`` (events, commands) and ``GET /healthz``."""
+    """The ASGI app of HTTP mode: ``POST /slack/events`` (events, commands), and ``/healthz``,
+    ``/readyz`` and ``/metrics`` (:class:`~plugins.serving.Operations`)."""
     from slack_bolt import BoltRequest
     from slack_sdk.signature import SignatureVerifier
     from starlette.applications import Starlette
@@ -136,10 +136,7 @@ def events_app(bot: SlackBot) -> Any:
             answer.body, status_code=answer.status, headers=answer.first_headers_without_set_cookie()
         )
 
-    async def healthz(_: Request) -> Response:
-        return PlainTextResponse("ok\n")
-
-    return Starlette(routes=[Route(EVENTS_PATH, events, methods=["POST"]), Route("/healthz", healthz)])
+    return Operations(Starlette(routes=[Route(EVENTS_PATH, events, methods=["POST"])]), bot.engine)
 
 
 def _signed(verifier: Any, body: bytes, headers: dict[str, str]) -> bool:
@@ -170,11 +167,5 @@ def _parse(body: bytes, content_type: str) -> dict[str, Any] | None:
 
 
 def _log_to_stderr(redact: RedactingFilter) -> None:
-    """Log lines on standard error, secrets scrubbed; the SDKs' chatter kept to warnings."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(redact)
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(logging.WARNING)
-    logging.getLogger("chatbot.slack").setLevel(logging.INFO)
+    """Log lines on standard error (text or JSON), secrets scrubbed; the SDKs' chatter kept to warnings."""
+    configure_logging(filters=[redact])

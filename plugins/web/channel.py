@@ -13,7 +13,7 @@ import warnings
 from typing import Any
 
 from chatbot import Channel, ChannelError, Engine
-from plugins.serving import listen, serve, url_of
+from plugins.serving import Operations, listen, serve, url_of
 from plugins.web.access import AUTH_VARIABLE, AccessMiddleware, Credentials
 from plugins.web.page import ChatPage, PageSettings, gr
 
@@ -94,7 +94,7 @@ class WebChannel(Channel):
             enable_monitoring=False,
             footer_links=["api"],
         )
-        return AccessMiddleware(app, credentials=self.credentials)
+        return Operations(AccessMiddleware(app, credentials=self.credentials), self.engine)
 
     def run(self) -> int:
         # Gradio's own use of deprecated Starlette names is not the operator's concern.

@@ -1,0 +1,90 @@
+"""What the engine is doing, as Prometheus metrics (``prometheus_client``).
+
+Every :class:`~chatbot.engine.Engine` owns one :class:`Metrics` with a registry of its own (two
+engines in one process never share counters); the HTTP channels serve it at ``/metrics``
+(``plugins/serving.py``). Names follow Prometheus' conventions: counters end in ``_total``,
+durations are in seconds.
+
+======================================  =====================================================
+``chatbot_replies_total{finish_reason}``  replies written: stop, length, cancelled, error
+``chatbot_reply_seconds``                 message received to reply stored (histogram)
+``chatbot_first_token_seconds``           message received to first token (histogram)
+``chatbot_reply_tokens_per_second``       a reply's tokens over its generation time (histogram)
+``chatbot_reply_tokens_total``            tokens generated
+``chatbot_handovers_total``               replies flagged for a person to take over
+``chatbot_feedback_total{rating}``        thumbs up / down
+``chatbot_errors_total{kind}``            refused messages and failures, by kind
+``chatbot_active_conversations``          conversations with a reply being generated now
+``chatbot_scheduler_queue_depth``         replies waiting for a slot in the decode batch
+``chatbot_scheduler_batch_size``          replies in the decode batch
+======================================  =====================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+SECONDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+RATES = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+
+
+class Metrics:
+    """The engine's metrics in a registry of their own; :meth:`render` is the ``/metrics`` body."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry()
+        self.replies = Counter(
+            "chatbot_replies", "Replies written, by how they finished", ["finish_reason"], registry=registry
+        )
+        self.reply_seconds = Histogram(
+            "chatbot_reply_seconds", "From a message to its stored reply", buckets=SECONDS, registry=registry
+        )
+        self.first_token_seconds = Histogram(
+            "chatbot_first_token_seconds",
+            "From a message to its reply's first token",
+            buckets=SECONDS,
+            registry=registry,
+        )
+        self.tokens_per_second = Histogram(
+            "chatbot_reply_tokens_per_second",
+            "A reply's tokens over its generation time",
+            buckets=RATES,
+            registry=registry,
+        )
+        self.reply_tokens = Counter("chatbot_reply_tokens", "Tokens generated", registry=registry)
+        self.handovers = Counter("chatbot_handovers", "Replies flagged for a person", registry=registry)
+        self.feedback = Counter("chatbot_feedback", "Ratings of replies", ["rating"], registry=registry)
+        self.errors = Counter(
+            "chatbot_errors", "Refused messages and failures, by kind", ["kind"], registry=registry
+        )
+        self.active = Gauge(
+            "chatbot_active_conversations", "Conversations with a reply being generated", registry=registry
+        )
+        self.queue_depth = Gauge(
+            "chatbot_scheduler_queue_depth",
+            "Replies waiting for a slot in the decode batch",
+            registry=registry,
+        )
+        self.batch_size = Gauge(
+            "chatbot_scheduler_batch_size", "Replies in the scheduler's decode batch", registry=registry
+        )
+
+    def watch_scheduler(self, queue_depth: Callable[[], int], batch_size: Callable[[], int]) -> None:
+        """Read the scheduler's gauges from these callables whenever ``/metrics`` is scraped."""
+        self.queue_depth.set_function(lambda: float(queue_depth()))
+        self.batch_size.set_function(lambda: float(batch_size()))
+
+    def render(self) -> bytes:
+        """The metrics in Prometheus' text format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,86 @@
+"""The engine's metrics, readiness and log lines, on a real tiny model and a real SQLite store."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from chatbot import Engine, InvalidMessage, configure_logging
+
+
+@pytest.fixture
+def engine(tiny_model_dir: Path, tmp_path: Path) -> Iterator[Engine]:
+    with Engine.from_folder(tiny_model_dir, store=tmp_path / "c.db") as opened:
+        yield opened
+
+
+def _value(metrics: str, name: str) -> float:
+    match = re.search(rf"^{re.escape(name)} (\S+)$", metrics, re.M)
+    assert match, f"{name} is not in the metrics"
+    return float(match.group(1))
+
+
+def test_replies_feedback_and_refusals_are_counted(engine: Engine) -> None:
+    conversation = engine.start("c1")
+    first = engine.reply(conversation.id, "Where is my order?")
+    engine.reply(conversation.id, "It is number 12345")
+    engine.feedback(first.message_id, "up")
+    with pytest.raises(InvalidMessage):
+        engine.reply(conversation.id, "   ")
+    metrics = engine.metrics.render().decode()
+    finished = sum(
+        _value(metrics, f'chatbot_replies_total{{finish_reason="{reason}"}}')
+        for reason in ("stop", "length")
+        if f'finish_reason="{reason}"' in metrics
+    )
+    assert finished == 2
+    assert _value(metrics, "chatbot_first_token_seconds_count") == 2
+    assert _value(metrics, "chatbot_reply_seconds_count") == 2
+    assert _value(metrics, "chatbot_reply_tokens_total") >= 2
+    assert _value(metrics, 'chatbot_feedback_total{rating="up"}') == 1
+    assert _value(metrics, 'chatbot_errors_total{kind="InvalidMessage"}') == 1
+    assert _value(metrics, "chatbot_active_conversations") == 0
+    assert _value(metrics, "chatbot_scheduler_queue_depth") == 0  # the int8 graph behind the scheduler
+    assert _value(metrics, "chatbot_handovers_total") == sum(
+        1 for m in engine.get("c1").messages if m.role == "assistant" and m.meta["handover"]
+    )
+
+
+def test_ready_until_the_store_stops_answering(engine: Engine) -> None:
+    assert engine.ready() == []
+    engine.store.close()
+    (problem,) = engine.ready()
+    assert "store" in problem
+
+
+@pytest.mark.parametrize("content", [False, True])
+def test_a_reply_is_one_json_line_with_its_conversation_and_text_only_when_allowed(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, content: bool
+) -> None:
+    monkeypatch.setenv("CHATBOT_LOG_FORMAT", "json")
+    if content:
+        monkeypatch.setenv("CHATBOT_LOG_CONTENT", "1")
+    out = io.StringIO()
+    handler = configure_logging(stream=out)
+    try:
+        engine.start("c2")
+        reply = engine.reply("c2", "My parcel 4242 is late")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    (line,) = [json.loads(x) for x in out.getvalue().splitlines() if '"reply"' in x]
+    assert line["event"] == "reply" and line["conversation_id"] == "c2" and line["level"] == "INFO"
+    assert line["message_id"] == reply.message_id and line["finish_reason"] == reply.finish_reason
+    assert ("My parcel 4242 is late" in out.getvalue()) is content
+    assert (line.get("reply") == reply.text) is content
+
+
+def test_an_unknown_log_format_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHATBOT_LOG_FORMAT", "xml")
+    with pytest.raises(Exception, match="CHATBOT_LOG_FORMAT='xml' is not a log format"):
+        configure_logging()
