@@ -41,9 +41,14 @@ postgres:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
 	  $(APT) install postgresql >/dev/null || ($(APT) update >/dev/null && $(APT) install postgresql >/dev/null)
 
-test: lint browser postgres
+# The end-to-end test puts Debian's nginx in front of two replicas (deploy/nginx).
+NGINX ?= /usr/sbin/nginx
+$(NGINX):
+	$(APT) install nginx-light >/dev/null || ($(APT) update >/dev/null && $(APT) install nginx-light >/dev/null)
+
+test: lint browser postgres $(NGINX)
 	CHATBOT_CHROMIUM=$(CHROMIUM) CHATBOT_BROWSER_TESTS=required CHATBOT_POSTGRES_TESTS=required \
-	  $(BIN)/python -m pytest
+	  CHATBOT_NGINX=$(NGINX) CHATBOT_NGINX_TESTS=required $(BIN)/python -m pytest
 
 demo: install
 	$(BIN)/chatbot demo

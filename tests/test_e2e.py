@@ -1,0 +1,150 @@
+"""What the deployment runs, run for real on loopback: PostgreSQL, two web-chat replicas and nginx
+(Debian's) in front of them with ``deploy/nginx``'s proxy settings; customers talk through nginx."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from gradio_client import Client
+from served import ServedProcess, run_to_end
+
+from chatbot import SQLStore
+from plugins.web.access import COOKIE, conversation_id
+
+ROOT = Path(__file__).resolve().parents[1]
+NGINX = os.environ.get("CHATBOT_NGINX") or shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Replica(ServedProcess):
+    def __init__(self, model_dir: Path, store: str, port: int) -> None:
+        env = {**os.environ, "CHATBOT_STORE_UPGRADE": "0"}  # `chatbot db upgrade` ran once, before
+        args = ["serve", "--channel", "web", str(model_dir), "--port", str(port), "--store", store]
+        super().__init__([*args, "--max-new-tokens", "12"], env=env)
+        self.port = port
+        self.wait_for_line(r"web chat on http://")
+
+
+class Nginx:
+    """nginx in the foreground with a configuration in ``folder`` that includes deploy/nginx's files."""
+
+    def __init__(self, folder: Path, ports: list[int]) -> None:
+        self.port = _free_port()
+        servers = "\n".join(f"server 127.0.0.1:{p} max_fails=1 fail_timeout=10s;" for p in ports)
+        user = "user root;" if os.geteuid() == 0 else ""  # workers must read the temporary folder
+        deploy = ROOT / "deploy" / "nginx"
+        config = folder / "nginx.conf"
+        config.write_text(
+            f"""{user}
+worker_processes 1;
+daemon off;
+pid {folder}/nginx.pid;
+error_log {folder}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    log_format upstreams '$upstream_addr';
+    access_log {folder}/access.log upstreams;
+    client_body_temp_path {folder}/body;
+    proxy_temp_path {folder}/proxy;
+    fastcgi_temp_path {folder}/fastcgi;
+    uwsgi_temp_path {folder}/uwsgi;
+    scgi_temp_path {folder}/scgi;
+    map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}
+    upstream chatbot_web {{
+        include {deploy}/upstream.conf;
+        {servers}
+    }}
+    server {{
+        listen 127.0.0.1:{self.port};
+        location / {{ include {deploy}/chatbot-proxy.conf; }}
+    }}
+}}
+"""
+        )
+        self.process = subprocess.Popen([NGINX, "-c", str(config), "-p", str(folder)], stderr=subprocess.PIPE)
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.access_log = folder / "access.log"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(self.url + "healthz", timeout=2):
+                    break
+            except OSError:
+                assert self.process.poll() is None, self.process.stderr and self.process.stderr.read()
+                assert time.monotonic() < deadline, "nginx did not answer"
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGQUIT)  # graceful
+        self.process.wait(timeout=20)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+
+
+@pytest.fixture
+def deployment(
+    tiny_model_dir: Path, postgres_url: str, tmp_path: Path
+) -> Iterator[tuple[Nginx, list[Replica]]]:
+    if not Path(NGINX).exists():
+        if os.environ.get("CHATBOT_NGINX_TESTS") == "required" or os.environ.get("CI"):
+            pytest.fail(f"nginx is missing at {NGINX} (`make test` installs Debian's nginx-light)")
+        pytest.skip("nginx is not installed")
+    upgraded = run_to_end(["db", "upgrade", "--store", postgres_url])
+    assert upgraded.returncode == 0, upgraded.stderr
+    replicas = [Replica(tiny_model_dir, postgres_url, _free_port()) for _ in range(2)]
+    proxy = Nginx(tmp_path, [r.port for r in replicas])
+    yield proxy, replicas
+    proxy.stop()
+    for replica in replicas:
+        replica.stop()
+
+
+def _say(url: str, cookie: str, text: str) -> None:
+    client = Client(url, verbose=False, headers={"Cookie": f"{COOKIE}={cookie}"}, download_files=False)
+    client.predict(text, api_name="/chat")
+    client.close()
+
+
+def test_conversations_through_nginx_survive_the_loss_of_a_replica(
+    deployment: tuple[Nginx, list[Replica]], postgres_url: str
+) -> None:
+    proxy, replicas = deployment
+    customers = [f"customer-{i}-{os.urandom(8).hex()}" for i in range(12)]
+    for cookie in customers:
+        _say(proxy.url, cookie, "Where is my order?")
+    used = proxy.access_log.read_text()
+    assert all(f"127.0.0.1:{r.port}" in used for r in replicas)  # the sessions spread over both
+    with SQLStore(postgres_url) as store:
+        for cookie in customers:
+            turns = store.get_conversation(conversation_id(cookie)).messages
+            assert [t.role for t in turns] == ["user", "assistant"]
+    # one replica dies mid-service; every customer goes on, with the whole history
+    replicas[0].process.send_signal(signal.SIGKILL)
+    replicas[0].process.wait(timeout=20)
+    for cookie in customers:
+        _say(proxy.url, cookie, "It was order 1234")
+    with SQLStore(postgres_url) as store:
+        for cookie in customers:
+            turns = store.get_conversation(conversation_id(cookie)).messages
+            assert [(t.role, t.content) for t in turns if t.role == "user"] == [
+                ("user", "Where is my order?"),
+                ("user", "It was order 1234"),
+            ]
+            first, second = (t for t in turns if t.role == "assistant")
+            assert second.meta["prompt_tokens"] > first.meta["prompt_tokens"]  # the history was in the prompt
+    with urllib.request.urlopen(proxy.url + "readyz", timeout=10) as response:
+        assert response.status == 200
