@@ -299,6 +299,10 @@ def _sqlite_on_begin(conn: Connection) -> None:
     conn.exec_driver_sql(f"BEGIN {mode}")
 
 
+# A database that does not answer fails a request in seconds instead of hanging it.
+_CONNECT_ARGS: dict[str, dict[str, Any]] = {"postgresql": {"connect_timeout": 5}}
+
+
 def _is_sqlite_memory(url: URL) -> bool:
     """Whether ``url`` names SQLite's in-memory database."""
     return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
@@ -307,7 +311,11 @@ def _is_sqlite_memory(url: URL) -> bool:
 def _create_engine(url: URL, *, echo: bool) -> Engine:
     """An engine for ``url``; SQLite gets its pragmas, BEGIN handling and a shared memory DB."""
     if url.get_backend_name() != "sqlite":
-        return create_engine(url, echo=echo)
+        # pre_ping: a connection the server dropped (a restart, a failover) is replaced before
+        # use, so service resumes by itself when the database is back
+        return create_engine(
+            url, echo=echo, pool_pre_ping=True, connect_args=_CONNECT_ARGS.get(url.get_backend_name(), {})
+        )
     options: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
     if _is_sqlite_memory(url):
         options["poolclass"] = StaticPool  # one connection, so every thread sees one database

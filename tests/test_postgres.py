@@ -9,6 +9,7 @@ from __future__ import annotations
 import multiprocessing
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,10 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from postgres_server import PostgresServer, find_bindir
 from sqlalchemy import create_engine, text
 
-from chatbot import Engine
+from chatbot import Engine, StoreError
 from chatbot.store import SQLStore, metadata_obj, schema_head
 
 SPAWN = multiprocessing.get_context("spawn")  # a replica is a fresh interpreter, not a fork
@@ -123,3 +125,28 @@ def test_chatbot_db_upgrade_and_status_name_the_store_without_its_password(postg
     assert after.returncode == 0 and "up to date" in after.stdout
     for done in (before, upgraded, again, after):
         assert "s3cret-pw" not in done.stdout + done.stderr and "***" in done.stdout
+
+
+def test_while_the_database_is_down_replies_fail_clearly_and_service_resumes_by_itself(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    bindir = find_bindir()
+    assert bindir is not None
+    server = PostgresServer(bindir)  # its own server: this test stops it
+    try:
+        with Engine.from_folder(tiny_model_dir, store=server.new_database()) as engine:
+            engine.start("c1")
+            engine.reply("c1", "Where is my parcel?")
+            server.pause()
+            started = time.monotonic()
+            with pytest.raises(StoreError, match="conversation store"):
+                engine.reply("c1", "Are you there?")
+            assert time.monotonic() - started < 15  # a clear error, not a hang
+            assert engine.ready() and "store" in engine.ready()[0]
+            server.resume()
+            assert engine.ready() == []
+            engine.reply("c1", "Hello again")
+            turns = [m.content for m in engine.get("c1").messages if m.role == "user"]
+            assert turns == ["Where is my parcel?", "Hello again"]  # the failed turn was never acknowledged
+    finally:
+        server.stop()
