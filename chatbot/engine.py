@@ -13,6 +13,7 @@ threads at once; turns of one conversation are serialised so their order is kept
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -103,6 +104,8 @@ class Engine:
         self.generator: Generator = generator or OnnxGenerator(folder)
         self.config = config or EngineConfig()
         self.metrics = Metrics()
+        self._in_flight = 0  # replies being generated (guarded by _idle)
+        self._idle = threading.Condition()
         queue_depth, batch_size = (getattr(self.generator, n, None) for n in ("queue_depth", "batch_size"))
         if callable(queue_depth) and callable(batch_size):
             self.metrics.watch_scheduler(queue_depth, batch_size)
@@ -183,6 +186,27 @@ class Engine:
         self.metrics.feedback.labels(label).inc()
         event(log, "feedback", recorded.conversation_id, message_id=message_id, rating=label)
         return recorded
+
+    @contextlib.contextmanager
+    def _in_progress(self) -> Iterator[None]:
+        """Count a reply as in progress (the metrics gauge and :meth:`wait_idle`)."""
+        with self._idle:
+            self._in_flight += 1
+        self.metrics.active.inc()
+        try:
+            yield
+        finally:
+            self.metrics.active.dec()
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> int:
+        """Wait up to ``timeout`` seconds until no reply is being generated (a graceful shutdown
+        lets the replies in flight finish); returns how many are still in progress."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._in_flight == 0, timeout=timeout)
+            return self._in_flight
 
     def ready(self) -> list[str]:
         """Why the engine cannot serve now (an empty list when it can): the model is loaded once
@@ -266,7 +290,7 @@ class Engine:
     ) -> Iterator[str]:
         started = time.perf_counter()
         conversation_id = seen.id
-        with self.metrics.active.track_inprogress(), self._lock(conversation_id):
+        with self._in_progress(), self._lock(conversation_id):
             current = self.store.get_conversation(conversation_id)
             if current.messages != seen.messages:  # another turn landed while this one waited
                 prompt = self._prompt(current, text, generation)

@@ -53,17 +53,30 @@ def url_of(listener: socket.socket, path: str = "/") -> str:
     return f"http://{shown}:{port}{path}"
 
 
-def serve(app: Any, listener: socket.socket, *, announce: str, grace_s: int = 2) -> None:
+DRAIN_S = 30.0  # how long a stopping server lets the replies in flight finish
+
+
+def serve(
+    app: Any,
+    listener: socket.socket,
+    *,
+    announce: str,
+    grace_s: int = 2,
+    engine: Engine | None = None,
+    drain_s: float = DRAIN_S,
+) -> None:
     """Serve ``app`` on ``listener`` until Ctrl+C or SIGTERM; print ``announce`` once it is up.
 
-    Requests still open after ``grace_s`` seconds of shutdown (a browser tab's event stream) are
-    cancelled quietly: that is how a server with open tabs stops, not an error.
+    Stopping closes the port first (no new connections), then lets the ``engine``'s replies in
+    flight finish for up to ``drain_s`` seconds, then closes the connections: requests still
+    open after ``grace_s`` more seconds (a browser tab's event stream) are cancelled quietly:
+    that is how a server with open tabs stops, not an error.
     """
     logging.getLogger("uvicorn.error").addFilter(_quiet_cancelled_requests)
     config = uvicorn.Config(
         app, log_level="warning", access_log=False, timeout_graceful_shutdown=grace_s, lifespan="on"
     )
-    server = _Server(config, announce=announce)
+    server = _Server(config, announce=announce, engine=engine, drain_s=drain_s)
     asyncio.run(server.serve(sockets=[listener]))
 
 
@@ -77,9 +90,23 @@ def _quiet_cancelled_requests(record: logging.LogRecord) -> bool:
 class _Server(uvicorn.Server):
     """uvicorn's server, announcing itself once it accepts connections and exiting 0 on a signal."""
 
-    def __init__(self, config: uvicorn.Config, *, announce: str) -> None:
+    def __init__(
+        self, config: uvicorn.Config, *, announce: str, engine: Engine | None = None, drain_s: float = DRAIN_S
+    ) -> None:
         super().__init__(config)
         self.announce = announce
+        self.engine = engine
+        self.drain_s = drain_s
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:  # no new connections from here on
+            server.close()
+        if self.engine is not None and not self.force_exit:
+            print(f"stopping: finishing the replies in progress (up to {self.drain_s:g} s)", flush=True)
+            left = await asyncio.to_thread(self.engine.wait_idle, self.drain_s)
+            if left:
+                print(f"stopping: {left} replies did not finish in {self.drain_s:g} s", flush=True)
+        await super().shutdown(sockets=sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

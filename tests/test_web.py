@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import urllib.error
 import urllib.request
@@ -139,6 +140,26 @@ def test_a_long_reply_does_not_hold_up_another_visitors_reply(
     finally:
         assert running.stop() == 0
     assert max(start for start, _ in spans) < min(end for _, end in spans)  # generated at the same time
+
+
+def test_sigterm_mid_reply_closes_the_port_finishes_the_reply_and_exits_0(
+    tiny_model_factory: Any, tmp_path: Path
+) -> None:
+    model = tiny_model_factory(n_positions=1024, n_embd=128, n_layer=4)
+    running = Server(model, tmp_path / "c.db", "--max-new-tokens", "900")
+    cookie = new_cookie()
+    job = running.client(cookie).submit("hello", api_name="/chat")
+    wait_for(lambda: len(job.outputs()) >= 2)  # the reply is streaming
+    running.process.send_signal(signal.SIGTERM)
+    running.wait_for_line(r"stopping: finishing the replies in progress")
+    with pytest.raises(OSError):  # no new customers
+        urllib.request.urlopen(running.url, timeout=5)
+    chat, _ = job.result(timeout=120)
+    running.process.wait(timeout=60)
+    assert running.stop() == 0  # (stop() only collects the exit code of a process that ended)
+    _, answered = stored(running, cookie).messages
+    assert answered.meta["finish_reason"] in ("stop", "length") and answered.meta["reply_tokens"] > 100
+    assert texts(chat)[-1][1].startswith(answered.content)  # (a handover note may follow)
 
 
 def test_a_client_without_cookies_has_one_conversation_per_session(server: Server) -> None:

@@ -108,6 +108,7 @@ class WebChannel(Channel):
             self.app(),
             listener,
             announce=f"web chat on {url_of(listener, root_path.rstrip('/') + '/')}{auth}",
+            engine=self.engine,
         )
         print("web chat stopped", flush=True)
         return 0
