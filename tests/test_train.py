@@ -171,10 +171,12 @@ def test_a_base_without_chat_tokens_gets_them(tmp_path: Path, sample: Path) -> N
 
 def test_an_interrupted_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     data = write_sample(tmp_path / "data.jsonl", n=200, seed=3)
-    # enough epochs that the run is still going when the signal follows its first checkpoint
-    args = ["train", "--data", data, "--out", "models", *FAST, "--epochs", "8", "--evals-per-epoch", "4"]
+    args = ["train", "--data", data, "--out", "models", *FAST, "--epochs", "2", "--evals-per-epoch", "4"]
     process = subprocess.Popen(
         [sys.executable, "-m", "chatbot", *map(str, args)],
+        # Ctrl+C works even when the suite itself runs in the background (where SIGINT is ignored,
+        # and a child would inherit that: Python then never raises KeyboardInterrupt)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
