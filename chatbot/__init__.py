@@ -14,12 +14,14 @@ from __future__ import annotations
 from chatbot.channels import Channel, ChannelInfo, available_channels, find_channel
 from chatbot.engine import Engine, EngineConfig, ReplyStream
 from chatbot.errors import (
+    Busy,
     ChannelError,
     ChatbotError,
     ExportError,
     InvalidMessage,
     MessageTooLong,
     ModelFolderError,
+    RateLimited,
     StoreError,
     UnknownConversation,
     UnknownMessage,
@@ -32,6 +34,7 @@ from chatbot.store import SQLStore, Store, open_store
 from chatbot.types import Conversation, Feedback, GenerationConfig, Message, Reply, Role
 
 __all__ = [
+    "Busy",
     "Channel",
     "ChannelError",
     "ChannelInfo",
@@ -49,6 +52,7 @@ __all__ = [
     "ModelFolder",
     "ModelFolderError",
     "OnnxGenerator",
+    "RateLimited",
     "Reply",
     "ReplyStream",
     "Role",

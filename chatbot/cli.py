@@ -179,6 +179,19 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
         help="mean token log-prob under which a reply is flagged for a person",
     )
     group.add_argument("--max-message-chars", type=int, default=config.max_message_chars)
+    limits = parser.add_argument_group("limits (0 turns one off)")
+    for flag, kind, default, meaning in (
+        ("--rate-limit", float, config.conversation_rate, "messages a minute per conversation"),
+        (
+            "--client-rate-limit",
+            float,
+            config.client_rate,
+            "messages a minute per client (address, Slack user)",
+        ),
+        ("--max-concurrent-replies", int, config.max_concurrent_replies, "replies generated at once"),
+        ("--queue-timeout", float, config.queue_timeout_s, "seconds a reply may wait in line for a slot"),
+    ):
+        limits.add_argument(flag, type=kind, default=default, help=f"{meaning} (default: {default})")
 
 
 def _engine_config(args: argparse.Namespace) -> EngineConfig:
@@ -198,6 +211,10 @@ def _engine_config(args: argparse.Namespace) -> EngineConfig:
         system_prompt=args.system_prompt,
         max_message_chars=args.max_message_chars,
         handover_below=args.handover_below,
+        conversation_rate=args.rate_limit or None,
+        client_rate=args.client_rate_limit or None,
+        max_concurrent_replies=args.max_concurrent_replies or None,
+        queue_timeout_s=args.queue_timeout,
     )
 
 

@@ -25,9 +25,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from chatbot.errors import ChatbotError, InvalidMessage
+from chatbot.errors import Busy, ChatbotError, InvalidMessage, RateLimited
 from chatbot.folder import ModelFolder
 from chatbot.generation import Generator, OnnxGenerator, Token, load_generator
+from chatbot.limits import RateLimiter, ReplySlots
 from chatbot.logs import event
 from chatbot.metrics import Metrics
 from chatbot.prompt import Prompt, build_prompt
@@ -49,6 +50,13 @@ class EngineConfig:
     system_prompt: str | None = None  # used for conversations started without their own
     max_message_chars: int = 4000  # longer user messages are refused, not cut
     handover_below: float | None = -2.5  # mean token log-prob under which a person takes over
+    # limits (None = off): messages a minute per conversation and per client (what a channel
+    # names the sender: an address, a Slack user), replies generated at once, and how long a
+    # reply may wait for a slot before it is refused
+    conversation_rate: float | None = 20.0
+    client_rate: float | None = 60.0
+    max_concurrent_replies: int | None = 64
+    queue_timeout_s: float = 30.0
 
 
 class _ConversationLock:
@@ -104,6 +112,18 @@ class Engine:
         self.generator: Generator = generator or OnnxGenerator(folder)
         self.config = config or EngineConfig()
         self.metrics = Metrics()
+        limits = self.config
+        self._conversation_rate = (
+            RateLimiter(limits.conversation_rate, what="this conversation")
+            if limits.conversation_rate
+            else None
+        )
+        self._client_rate = RateLimiter(limits.client_rate, what="you") if limits.client_rate else None
+        self._slots = (
+            ReplySlots(limits.max_concurrent_replies, limits.queue_timeout_s)
+            if limits.max_concurrent_replies
+            else None
+        )
         self._in_flight = 0  # replies being generated (guarded by _idle)
         self._idle = threading.Condition()
         queue_depth, batch_size = (getattr(self.generator, n, None) for n in ("queue_depth", "batch_size"))
@@ -245,20 +265,39 @@ class Engine:
                 )
         return text
 
-    def reply(self, conversation_id: str, text: str, *, generation: GenerationConfig | None = None) -> Reply:
+    def reply(
+        self,
+        conversation_id: str,
+        text: str,
+        *,
+        generation: GenerationConfig | None = None,
+        client: str | None = None,
+    ) -> Reply:
         """Answer ``text`` in the conversation and return the whole reply."""
-        stream = self.stream(conversation_id, text, generation=generation)
+        stream = self.stream(conversation_id, text, generation=generation, client=client)
         for _ in stream:
             pass
         assert stream.reply is not None
         return stream.reply
 
     def stream(
-        self, conversation_id: str, text: str, *, generation: GenerationConfig | None = None
+        self,
+        conversation_id: str,
+        text: str,
+        *,
+        generation: GenerationConfig | None = None,
+        client: str | None = None,
     ) -> ReplyStream:
-        """Answer ``text`` as a stream of text deltas; bad input and unknown ids raise at once."""
+        """Answer ``text`` as a stream of text deltas; bad input, unknown ids and a message over a
+        rate limit raise at once (:class:`RateLimited`; ``client`` names the sender for its limit).
+        When every reply slot stays busy for the queue timeout, iterating raises :class:`Busy`;
+        either way nothing is stored."""
         try:
             text = self.check_message(text)
+            if self._conversation_rate is not None:
+                self._conversation_rate.check(conversation_id)
+            if client is not None and self._client_rate is not None:
+                self._client_rate.check(client)
             settings = generation or self.config.generation
             seen = self.store.get_conversation(conversation_id)  # UnknownConversation now, not mid-stream
             prompt = self._prompt(seen, text, settings)  # MessageTooLong now, store unchanged
@@ -270,7 +309,7 @@ class Engine:
     def _count_error(self, error: BaseException, conversation_id: str | None) -> None:
         kind = type(error).__name__ if isinstance(error, ChatbotError) else "generation"
         self.metrics.errors.labels(kind).inc()
-        failed = not isinstance(error, (InvalidMessage, LookupError))
+        failed = not isinstance(error, (InvalidMessage, LookupError, RateLimited, Busy))
         event(
             log,
             "failed" if failed else "refused",
@@ -290,7 +329,15 @@ class Engine:
     ) -> Iterator[str]:
         started = time.perf_counter()
         conversation_id = seen.id
-        with self._in_progress(), self._lock(conversation_id):
+        with contextlib.ExitStack() as held:
+            if self._slots is not None:
+                try:
+                    held.enter_context(self._slots.hold())  # waits in line; Busy before anything is stored
+                except ChatbotError as error:
+                    self._count_error(error, conversation_id)
+                    raise
+            held.enter_context(self._in_progress())
+            held.enter_context(self._lock(conversation_id))
             current = self.store.get_conversation(conversation_id)
             if current.messages != seen.messages:  # another turn landed while this one waited
                 prompt = self._prompt(current, text, generation)

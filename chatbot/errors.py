@@ -56,3 +56,15 @@ class ChannelError(ChatbotError):
 
 class ExportError(ChatbotError):
     """An ONNX export that failed, or whose parity check against PyTorch failed."""
+
+
+class RateLimited(ChatbotError):
+    """A message over a rate limit (of its conversation or of its sender); nothing was stored."""
+
+    def __init__(self, message: str, *, hint: str | None = None, retry_after_s: float = 0.0) -> None:
+        super().__init__(message, hint=hint)
+        self.retry_after_s = retry_after_s
+
+
+class Busy(ChatbotError):
+    """Every reply slot stayed taken for the queue's whole timeout; nothing was stored."""

@@ -234,3 +234,20 @@ def test_serving_imports_neither_torch_nor_transformers(tiny_model_dir, tmp_path
     assert result.returncode == 0, result.stderr
     assert "bot> " in result.stdout
     assert "heavy modules: [] exit 0" in result.stdout
+
+
+def test_chat_says_when_the_rate_limit_refuses_a_message_and_goes_on(tiny_model_dir, tmp_path):
+    result = chatbot(
+        "chat",
+        str(tiny_model_dir),
+        "--store",
+        str(tmp_path / "c.db"),
+        "--rate-limit",
+        "2",
+        "--max-new-tokens",
+        "4",
+        stdin="one\ntwo\nthree\n",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("bot> ") == 2
+    assert "too many messages from this conversation: the limit is 2 a minute" in result.stdout

@@ -151,7 +151,8 @@ class SlackBot:
         if conversation.metadata.get(HANDOVER):
             log.info("a person has thread %s/%s: staying quiet", channel, thread)
             return
-        self._answer(key, channel, thread, plain_text(text, bot_user_id=self.bot_user_id))
+        sender = f"slack:{team}:{event.get('user', '')}"
+        self._answer(key, channel, thread, plain_text(text, bot_user_id=self.bot_user_id), sender)
 
     def _knows(self, key: str) -> bool:
         try:
@@ -160,7 +161,7 @@ class SlackBot:
             return False
         return True
 
-    def _answer(self, key: str, channel: str, thread: str, text: str) -> None:
+    def _answer(self, key: str, channel: str, thread: str, text: str, sender: str) -> None:
         placeholder = self.client.chat_postMessage(channel=channel, thread_ts=thread, text=PLACEHOLDER)
         ts = str(placeholder["ts"])
 
@@ -168,17 +169,21 @@ class SlackBot:
             self.client.chat_update(channel=channel, ts=ts, text=new_text)
 
         try:
-            stream = self.engine.stream(key, text)
+            stream = self.engine.stream(key, text, client=sender)
         except ChatbotError as error:
             edit(escape(f"Sorry, I can't take that message: {error}"))
             return
         written, last = "", time.monotonic()
         with stream:
-            for delta in stream:
-                written += delta
-                if written.strip() and time.monotonic() - last >= self.settings.update_interval:
-                    edit(escape(written) + " " + PLACEHOLDER)
-                    last = time.monotonic()
+            try:
+                for delta in stream:
+                    written += delta
+                    if written.strip() and time.monotonic() - last >= self.settings.update_interval:
+                        edit(escape(written) + " " + PLACEHOLDER)
+                        last = time.monotonic()
+            except ChatbotError as error:  # e.g. every reply slot stayed busy: nothing was stored
+                edit(escape(f"Sorry, I can't answer right now: {error}"))
+                return
         reply = stream.reply
         assert reply is not None
         final = escape(reply.text) or PLACEHOLDER

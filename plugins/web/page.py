@@ -112,7 +112,7 @@ class ChatPage:
         conversation = self.engine.start(self._conversation_id(request), metadata={"channel": "web"})
         shown = self._shown(conversation)
         try:
-            stream = self.engine.stream(conversation.id, text)
+            stream = self.engine.stream(conversation.id, text, client=_client(request))
         except ChatbotError as error:  # refused before anything was stored: keep the text in the box
             yield [*shown.messages, _notice(error)], gr.skip()
             return
@@ -223,3 +223,11 @@ def _text(value: Any) -> str:
     if isinstance(value, list):
         return "".join(_text(part) for part in value)
     return str(value)
+
+
+def _client(request: gr.Request) -> str:
+    """Who sent a message, for the per-client rate limit: the first address of X-Forwarded-For
+    (set by the proxy in front, deploy/nginx), else the peer's address."""
+    forwarded = (request.headers.get("x-forwarded-for") or "").split(",")[0].strip()
+    peer = request.client.host if request.client else ""
+    return f"web:{forwarded or peer}"
