@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -31,10 +33,10 @@ def _free_port() -> int:
 
 
 class Replica(ServedProcess):
-    def __init__(self, model_dir: Path, store: str, port: int) -> None:
+    def __init__(self, model_dir: Path, store: str, port: int, max_new_tokens: int = 12) -> None:
         env = {**os.environ, "CHATBOT_STORE_UPGRADE": "0"}  # `chatbot db upgrade` ran once, before
         args = ["serve", "--channel", "web", str(model_dir), "--port", str(port), "--store", store]
-        super().__init__([*args, "--max-new-tokens", "12"], env=env)
+        super().__init__([*args, "--max-new-tokens", str(max_new_tokens)], env=env)
         self.port = port
         self.wait_for_line(r"web chat on http://")
 
@@ -148,3 +150,24 @@ def test_conversations_through_nginx_survive_the_loss_of_a_replica(
             assert second.meta["prompt_tokens"] > first.meta["prompt_tokens"]  # the history was in the prompt
     with urllib.request.urlopen(proxy.url + "readyz", timeout=10) as response:
         assert response.status == 200
+
+
+def test_the_load_script_runs_against_the_replicas_and_finds_every_turn_in_the_store(
+    deployment: tuple[Nginx, list[Replica]], postgres_url: str, tmp_path: Path
+) -> None:
+    proxy, _ = deployment
+    out = tmp_path / "load"
+    script = ROOT / "deploy" / "loadtest.py"
+    args = ["--url", proxy.url, "--store", postgres_url, "--conversations", "4", "--duration", "4"]
+    done = subprocess.run(
+        [sys.executable, str(script), *args, "--think", "0.2", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads((out / "loadtest.json").read_text())
+    assert results["replies"] >= 4 and results["errors"] == 0
+    assert results["store"]["missing"] == {} and results["store"]["replies_stored"] >= results["replies"]
+    assert "| replies | replies/s | p50 (s)" in (out / "loadtest.md").read_text()
