@@ -42,6 +42,7 @@ class Customer:
     cookie: str = field(default_factory=lambda: base64.urlsafe_b64encode(os.urandom(24)).decode())
     latencies: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    events: list[tuple[float, bool]] = field(default_factory=list)  # (when, answered) for the timeline
 
     @property
     def address(self) -> str:
@@ -61,14 +62,40 @@ def _talk(url: str, customer: Customer, until: float, think: float) -> None:
     while time.monotonic() < until:
         started = time.perf_counter()
         try:
-            client.predict(QUESTIONS[turn % len(QUESTIONS)], api_name="/chat")
+            chat, _ = client.predict(QUESTIONS[turn % len(QUESTIONS)], api_name="/chat")
+            refused = _notice(chat)
         except Exception as error:
-            customer.errors.append(f"{type(error).__name__}: {error}")
+            refused = f"{type(error).__name__}: {error}"
+        if refused:  # an exception, or the page's "⚠️ Not sent: ..." notice
+            customer.errors.append(refused)
         else:
             customer.latencies.append(time.perf_counter() - started)
+        customer.events.append((time.monotonic(), not refused))
         turn += 1
         time.sleep(max(0.0, min(think, until - time.monotonic())))
     client.close()
+
+
+def _notice(chat: Any) -> str | None:
+    """The page's error notice when the last message is one (the web chat shows refusals so)."""
+    last = chat[-1] if isinstance(chat, list) and chat else {}
+    content = last.get("content") if isinstance(last, dict) else None
+    text = (
+        "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        if isinstance(content, list)
+        else str(content)
+    )
+    return text if text.startswith("⚠️") else None
+
+
+def _timeline(customers: list[Customer], started: float, step: float = 5.0) -> list[dict[str, float]]:
+    """Replies and errors per ``step`` seconds since the start."""
+    buckets: dict[int, list[int]] = {}
+    for customer in customers:
+        for when, answered in customer.events:
+            bucket = buckets.setdefault(int((when - started) // step), [0, 0])
+            bucket[0 if answered else 1] += 1
+    return [{"from_s": k * step, "replies": v[0], "errors": v[1]} for k, v in sorted(buckets.items())]
 
 
 def _percentile(values: list[float], share: float) -> float:
@@ -101,7 +128,8 @@ def run(
     url: str, store: str | None, conversations: int, duration: float, think: float = 3.0
 ) -> dict[str, Any]:
     customers = [Customer(i) for i in range(conversations)]
-    until = time.monotonic() + duration
+    began = time.monotonic()
+    until = began + duration
     started = time.perf_counter()
     threads = [threading.Thread(target=_talk, args=(url, c, until, think)) for c in customers]
     for thread in threads:
@@ -126,7 +154,8 @@ def run(
             "mean": statistics.fmean(latencies) if latencies else float("nan"),
         },
         "errors": len(errors),
-        "error_samples": errors[:5],
+        "error_samples": sorted(set(errors))[:5],
+        "timeline": _timeline(customers, began),
     }
     if store:
         stored = _stored_replies(store, customers)

@@ -109,8 +109,12 @@ class ChatPage:
         if not text or not text.strip():
             yield gr.skip(), gr.skip()  # empty input sends nothing
             return
-        conversation = self.engine.start(self._conversation_id(request), metadata={"channel": "web"})
-        shown = self._shown(conversation)
+        try:
+            conversation = self.engine.start(self._conversation_id(request), metadata={"channel": "web"})
+            shown = self._shown(conversation)
+        except ChatbotError as error:  # the store does not answer: say so, keep the text in the box
+            yield [_notice(error)], gr.skip()
+            return
         try:
             stream = self.engine.stream(conversation.id, text, client=_client(request))
         except ChatbotError as error:  # refused before anything was stored: keep the text in the box
