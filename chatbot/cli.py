@@ -21,6 +21,7 @@ from chatbot.errors import ChannelError, ChatbotError, StoreError
 from chatbot.feedback import ExportOptions, export_feedback, export_feedback_file, parse_since
 from chatbot.generation import DEVICES
 from chatbot.logs import configure as configure_logging
+from chatbot.settings import apply_config_file
 from chatbot.store import open_store
 from chatbot.types import GenerationConfig
 from chatbot.versions import ModelVersions, VersionInfo, default_root, no_versions_error
@@ -46,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser(channel_flags=_chosen_channel(args_list))
         args = parser.parse_args(args_list)
+        apply_config_file()  # under the real environment: a variable already set wins
         serving = args.run in (_serve, _demo) and getattr(args, "channel", "") != "terminal"  # log each reply
         configure_logging(chatbot_level=logging.INFO if serving else logging.WARNING)
         return int(args.run(args))
@@ -137,6 +139,7 @@ def build_parser(*, channel_flags: dict[str, type[Channel]] | None = None) -> ar
     _add_models_commands(commands)
     _add_feedback_commands(commands)
     _add_db_commands(commands)
+    _add_config_command(commands)
 
     for name, summary in PLANNED.items():
         planned = commands.add_parser(name, help=f"{summary} (coming in a later release)")
@@ -300,6 +303,34 @@ def _planned(name: str) -> Callable[[argparse.Namespace], int]:
         return 2
 
     return run
+
+
+def _add_config_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    config = commands.add_parser(
+        "config",
+        help="every setting with its value and where it came from (flag, environment, config file, default)",
+        description="Settings come from a flag, else the environment, else the config file "
+        "($CHATBOT_CONFIG or ./chatbot.toml), else the default. Secrets are masked. Give the flags "
+        "you would give `serve` to see what they change.",
+    )
+    config.add_argument("--store", default=None, help="as `serve --store`")
+    config.add_argument("--device", default=None, help="as `serve --device`")
+    config.add_argument("--variant", default=None, help="as `serve --variant`")
+    config.add_argument("--root", default=None, help="as `models --root`")
+    config.set_defaults(run=_config)
+
+
+def _config(args: argparse.Namespace) -> int:
+    from chatbot.settings import config_path, describe
+
+    flags = {"--store": args.store, "--device": args.device, "--variant": args.variant, "--root": args.root}
+    rows = describe(flags)
+    width = max(len(name) for name, _, _ in rows)
+    used = config_path()
+    print(f"config file: {used if used else 'none (set $CHATBOT_CONFIG or create ./chatbot.toml)'}")
+    for name, value, source in rows:
+        print(f"{name:<{width}}  {value or '(unset)'}  [{source}]")
+    return 0
 
 
 def _add_db_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -1,0 +1,154 @@
+"""Every setting read from the environment, and a config file that fills in what it leaves unset.
+
+A setting comes from, in order: a command-line flag (for the settings that have one), the
+environment, the config file, the default. The config file is TOML (``$CHATBOT_CONFIG``, else
+``chatbot.toml`` in the current folder when there is one), one key per variable::
+
+    CHATBOT_STORE = "postgresql+psycopg://chatbot@db/chatbot"
+    CHATBOT_LOG_FORMAT = "json"
+
+:func:`apply_config_file` puts its values into the environment of this process, under the real
+environment (a variable already set wins), so every part of the code that reads a variable
+sees them. ``chatbot config`` prints each setting with its value and where it came from; secrets
+are masked.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from chatbot.errors import ChatbotError
+
+CONFIG_VARIABLE = "CHATBOT_CONFIG"
+DEFAULT_CONFIG = "chatbot.toml"
+
+
+@dataclass(frozen=True)
+class Setting:
+    variable: str
+    default: str  # as shown; "" = unset
+    secret: bool = False
+    flag: str | None = None  # the command-line flag that overrides it, if any
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("CHATBOT_CONFIG", "chatbot.toml (when present)"),
+    Setting("CHATBOT_STORE", "$XDG_DATA_HOME/chatbot/conversations.db", secret=True, flag="--store"),
+    Setting("CHATBOT_STORE_UPGRADE", "1"),
+    Setting("CHATBOT_DEVICE", "auto", flag="--device"),
+    Setting("CHATBOT_VARIANT", "auto", flag="--variant"),
+    Setting("CHATBOT_CUDA_GRAPHS", "1"),
+    Setting("CHATBOT_LOG_FORMAT", "text"),
+    Setting("CHATBOT_LOG_CONTENT", ""),
+    Setting("CHATBOT_MODELS", "models", flag="--root"),
+    Setting("CHATBOT_WEB_AUTH", "", secret=True),
+    Setting("XDG_DATA_HOME", "~/.local/share"),
+    Setting("XDG_CACHE_HOME", "~/.cache"),
+    Setting("SLACK_BOT_TOKEN", "", secret=True),
+    Setting("SLACK_APP_TOKEN", "", secret=True),
+    Setting("SLACK_SIGNING_SECRET", "", secret=True),
+    Setting("SLACK_API_URL", "https://slack.com/api/"),
+    Setting("SLACK_HANDOVER_MENTION", ""),
+)
+_KNOWN = {setting.variable for setting in SETTINGS}
+
+# What apply_config_file loaded: variable -> the file it came from (for `chatbot config`)
+loaded_from_file: dict[str, Path] = {}
+
+
+def config_path() -> Path | None:
+    """The config file in use: ``$CHATBOT_CONFIG`` (which must exist), else ./chatbot.toml if present."""
+    named = os.environ.get(CONFIG_VARIABLE)
+    if named:
+        path = Path(named).expanduser()
+        if not path.is_file():
+            raise ChatbotError(
+                f"{CONFIG_VARIABLE} names {path}, which is not a file",
+                hint=f"create it, or unset {CONFIG_VARIABLE}",
+            )
+        return path
+    default = Path(DEFAULT_CONFIG)
+    return default if default.is_file() else None
+
+
+def read_config_file(path: Path) -> dict[str, str]:
+    """The file's settings; a clear error for bad TOML, an unknown key or a non-scalar value."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ChatbotError(
+            f"cannot read the config file {path}: {error}", hint="fix it, or remove it"
+        ) from error
+    values = {}
+    for key, value in data.items():
+        if key not in _KNOWN or key == CONFIG_VARIABLE:
+            raise ChatbotError(
+                f"{path}: {key!r} is not a setting",
+                hint="see `chatbot config` for the settings (README: Environment)",
+            )
+        if isinstance(value, bool):
+            value = "1" if value else "0"
+        if not isinstance(value, (str, int, float)):
+            raise ChatbotError(f"{path}: {key} must be a string or a number, not {type(value).__name__}")
+        values[key] = str(value)
+    return values
+
+
+def apply_config_file() -> Path | None:
+    """Fill the environment from the config file, under what is already set; the file used."""
+    path = config_path()
+    loaded_from_file.clear()
+    if path is None:
+        return None
+    for key, value in read_config_file(path).items():
+        if key not in os.environ:
+            os.environ[key] = value
+            loaded_from_file[key] = path
+    return path
+
+
+def mask(value: str) -> str:
+    """A secret as ``xoxb…***`` (the first 4 characters at most, never more than a quarter)."""
+    if not value:
+        return ""
+    shown = min(4, len(value) // 4)
+    return value[:shown] + "***"
+
+
+def describe(flags: dict[str, Any] | None = None) -> list[tuple[str, str, str]]:
+    """(setting, value as shown, source) for every setting; ``flags`` are the command's parsed
+    flags by option string (e.g. ``{"--store": "x.db"}`` when given on the command line)."""
+    rows = []
+    for setting in SETTINGS:
+        if flags and setting.flag and flags.get(setting.flag) is not None:
+            value, source = str(flags[setting.flag]), f"flag {setting.flag}"
+        elif setting.variable in loaded_from_file:
+            value, source = os.environ[setting.variable], f"config file {loaded_from_file[setting.variable]}"
+        elif setting.variable in os.environ:
+            value, source = os.environ[setting.variable], "environment"
+        else:
+            value, source = setting.default, "default"
+        if setting.secret and source != "default":
+            value = _mask_secret(setting.variable, value)
+        rows.append((setting.variable, value, source))
+    return rows
+
+
+def _mask_secret(variable: str, value: str) -> str:
+    if variable == "CHATBOT_STORE" and "://" in value:  # a URL: only its password is secret
+        from sqlalchemy.engine import make_url
+
+        try:
+            return make_url(value).render_as_string(hide_password=True)
+        except Exception:  # not a parsable URL: mask it all
+            return mask(value)
+    if variable == "CHATBOT_STORE":
+        return value  # a file path
+    return mask(value)
