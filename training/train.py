@@ -312,7 +312,11 @@ def _trainer(
         save_safetensors=True,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        ddp_backend=_ddp_backend(),
+        # several processes on CPUs (torchrun, accelerate launch): gloo, and accelerate told to stay on
+        # the CPU, else it runs each process alone (GPUs use NCCL and need neither)
+        ddp_backend="gloo" if _cpu_processes() else None,
+        use_cpu=_cpu_processes(),
+        ddp_find_unused_parameters=False,  # GPT-2 uses every parameter: skip DDP's extra graph walk
         # Each process averages its own tokens' loss and DDP averages the gradients; averaging the
         # token counts across processes instead makes transformers log the loss times N.
         average_tokens_across_devices=False,
@@ -331,12 +335,11 @@ def _trainer(
     return trainer
 
 
-def _ddp_backend() -> str | None:
-    """gloo when several processes train on CPUs (transformers would not start them together)."""
+def _cpu_processes() -> bool:
+    """Whether several processes were launched to train together on CPUs."""
     import torch
 
-    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return "gloo" if launched and not torch.cuda.is_available() else None
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
 
 def _work_dir(options: TrainOptions) -> Path:
