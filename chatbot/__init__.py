@@ -25,6 +25,7 @@ from chatbot.errors import (
     StoreError,
     UnknownConversation,
     UnknownMessage,
+    customer_message,
 )
 from chatbot.folder import ModelFolder
 from chatbot.generation import Generator, OnnxGenerator, Token
@@ -64,6 +65,7 @@ __all__ = [
     "UnknownMessage",
     "available_channels",
     "configure_logging",
+    "customer_message",
     "find_channel",
     "log_event",
     "open_store",

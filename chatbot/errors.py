@@ -68,3 +68,13 @@ class RateLimited(ChatbotError):
 
 class Busy(ChatbotError):
     """Every reply slot stayed taken for the queue's whole timeout; nothing was stored."""
+
+
+OUTAGE_MESSAGE = "the assistant cannot take messages right now; please try again in a minute"
+
+
+def customer_message(error: ChatbotError) -> str:
+    """What a channel may show the customer for ``error``: the error itself when the customer can
+    act on it (too long, too fast, ...), a plain apology when the service failed (the store's
+    error names its database: that is for the operator's log, never for a customer)."""
+    return OUTAGE_MESSAGE if isinstance(error, StoreError) else str(error)

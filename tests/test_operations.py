@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from chatbot import Engine, InvalidMessage, configure_logging
+from chatbot import Engine, InvalidMessage, RateLimited, StoreError, configure_logging, customer_message
 
 
 @pytest.fixture
@@ -84,3 +84,15 @@ def test_an_unknown_log_format_is_refused(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("CHATBOT_LOG_FORMAT", "xml")
     with pytest.raises(Exception, match="CHATBOT_LOG_FORMAT='xml' is not a log format"):
         configure_logging()
+
+
+def test_customers_see_what_they_can_act_on_never_the_stores_error() -> None:
+    from plugins.web.page import _notice
+
+    outage = StoreError(
+        "the conversation store postgresql+psycopg://bot:***@db.internal/chat failed: refused"
+    )
+    assert "db.internal" not in customer_message(outage) and "try again" in customer_message(outage)
+    assert "db.internal" not in _notice(outage)["content"]
+    limited = RateLimited("too many messages from you", hint="wait 3 s and send it again")
+    assert customer_message(limited) == str(limited)

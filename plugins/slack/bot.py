@@ -31,7 +31,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
 
-from chatbot import ChannelError, ChatbotError, Engine, UnknownConversation
+from chatbot import ChannelError, ChatbotError, Engine, UnknownConversation, customer_message
 from plugins.slack.settings import SlackSettings
 
 log = logging.getLogger("chatbot.slack")
@@ -171,7 +171,7 @@ class SlackBot:
         try:
             stream = self.engine.stream(key, text, client=sender)
         except ChatbotError as error:
-            edit(escape(f"Sorry, I can't take that message: {error}"))
+            edit(escape(f"Sorry, I can't take that message: {customer_message(error)}"))
             return
         written, last = "", time.monotonic()
         with stream:
@@ -182,7 +182,7 @@ class SlackBot:
                         edit(escape(written) + " " + PLACEHOLDER)
                         last = time.monotonic()
             except ChatbotError as error:  # e.g. every reply slot stayed busy: nothing was stored
-                edit(escape(f"Sorry, I can't answer right now: {error}"))
+                edit(escape(f"Sorry, I can't answer right now: {customer_message(error)}"))
                 return
         reply = stream.reply
         assert reply is not None

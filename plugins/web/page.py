@@ -14,6 +14,7 @@ position of the conversation, as the thumbs in the page do.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,11 +25,13 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio read
 
 import gradio as gr
 
-from chatbot import ChatbotError, Conversation, Engine, UnknownConversation
+from chatbot import ChatbotError, Conversation, Engine, UnknownConversation, customer_message, log_event
 from plugins.web.access import conversation_id, session_token
 
 ChatMessage = dict[str, Any]
 LIKE, DISLIKE = "Like", "Dislike"  # the two feedback options Gradio draws as thumbs
+
+log = logging.getLogger("chatbot.web")
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,7 @@ class ChatPage:
             conversation = self.engine.start(self._conversation_id(request), metadata={"channel": "web"})
             shown = self._shown(conversation)
         except ChatbotError as error:  # the store does not answer: say so, keep the text in the box
+            log_event(log, "failed", None, level=logging.ERROR, kind=type(error).__name__, reason=str(error))
             yield [_notice(error)], gr.skip()
             return
         try:
@@ -215,7 +219,7 @@ def _assistant(text: str) -> ChatMessage:
 
 def _notice(error: ChatbotError) -> ChatMessage:
     """An error shown in the chat; it is not part of the stored conversation."""
-    return {"role": "assistant", "content": f"⚠️ Not sent: {error}"}
+    return {"role": "assistant", "content": f"⚠️ Not sent: {customer_message(error)}"}
 
 
 def _text(value: Any) -> str:
