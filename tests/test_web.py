@@ -36,6 +36,8 @@ class Server(ServedProcess):
 
     def __init__(self, model_dir: Path, store: Path, *flags: str, env: dict[str, str] | None = None) -> None:
         args = ["serve", "--channel", "web", str(model_dir), "--port", "0", "--store", str(store)]
+        # every visitor of these tests comes from 127.0.0.1: no per-address limit (tested in test_limits)
+        args += ["--client-rate-limit", "0"]
         super().__init__([*args, "--max-new-tokens", "12", *flags], env={**os.environ, **(env or {})})
         self.store = store
         self.url = self.wait_for_line(r"web chat on (http://\S+)").group(1)
