@@ -22,7 +22,7 @@ from chatbot.feedback import ExportOptions, export_feedback, export_feedback_fil
 from chatbot.generation import DEVICES
 from chatbot.logs import configure as configure_logging
 from chatbot.settings import apply_config_file
-from chatbot.store import open_store
+from chatbot.store import display_name, open_store
 from chatbot.types import GenerationConfig
 from chatbot.versions import ModelVersions, VersionInfo, default_root, no_versions_error
 
@@ -356,7 +356,7 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 
     location = args.store or paths.default_store()
     before, after = upgrade_store(location)
-    shown = _shown_store(location)
+    shown = display_name(location)
     if before == after:
         print(f"{shown}: schema at revision {after}, the newest; nothing to do")
     else:
@@ -370,17 +370,8 @@ def _db_status(args: argparse.Namespace) -> int:
     location = _existing_store(args.store or paths.default_store())
     current, head = store_revision(location), schema_head()
     state = "up to date" if current == head else "behind: run `chatbot db upgrade`"
-    print(f"{_shown_store(location)}: schema revision {current or '(empty)'}, newest {head} ({state})")
+    print(f"{display_name(location)}: schema revision {current or '(empty)'}, newest {head} ({state})")
     return 0 if current == head else 1
-
-
-def _shown_store(location: str) -> str:
-    """The store's name for the terminal: a URL without its password."""
-    from sqlalchemy.engine import make_url
-
-    if "://" not in location:
-        return location
-    return make_url(location).render_as_string(hide_password=True)
 
 
 def _add_models_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -142,13 +142,11 @@ def describe(flags: dict[str, Any] | None = None) -> list[tuple[str, str, str]]:
 
 
 def _mask_secret(variable: str, value: str) -> str:
-    if variable == "CHATBOT_STORE" and "://" in value:  # a URL: only its password is secret
-        from sqlalchemy.engine import make_url
+    if variable != "CHATBOT_STORE":
+        return mask(value)
+    from chatbot.store import display_name  # a file path as it is, a URL without its password
 
-        try:
-            return make_url(value).render_as_string(hide_password=True)
-        except Exception:  # not a parsable URL: mask it all
-            return mask(value)
-    if variable == "CHATBOT_STORE":
-        return value  # a file path
-    return mask(value)
+    try:
+        return display_name(value)
+    except ChatbotError:  # not a parsable URL: mask it all
+        return mask(value)

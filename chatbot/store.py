@@ -58,7 +58,15 @@ from sqlalchemy.types import TypeDecorator
 from chatbot.errors import InvalidMessage, StoreError, UnknownConversation, UnknownMessage
 from chatbot.types import ROLES, Conversation, Feedback, Message, Role
 
-__all__ = ["SQLStore", "Store", "open_store", "schema_head", "store_revision", "upgrade_store"]
+__all__ = [
+    "SQLStore",
+    "Store",
+    "display_name",
+    "open_store",
+    "schema_head",
+    "store_revision",
+    "upgrade_store",
+]
 
 BUSY_TIMEOUT_MS = 10_000  # how long a SQLite writer waits for another process's lock
 _WRITE = "chatbot_write"  # execution option: this transaction writes (SQLite: BEGIN IMMEDIATE)
@@ -576,7 +584,7 @@ class SQLStore:
                 f"cannot create the folder for the conversation store {location}: {error}",
                 hint="choose a path in a folder you can write to",
             ) from error
-        return cls(URL.create("sqlite+pysqlite", database=str(location)).render_as_string(), upgrade=upgrade)
+        return cls(_sqlite_url(location), upgrade=upgrade)
 
     @classmethod
     def memory(cls) -> SQLStore:
@@ -741,10 +749,25 @@ def open_store(url_or_path: str | os.PathLike[str], *, upgrade: bool | None = No
     return SQLStore.sqlite(url_or_path, upgrade=upgrade)
 
 
+def _sqlite_url(path: Path) -> str:
+    """The URL of the SQLite file at ``path``."""
+    return URL.create("sqlite+pysqlite", database=str(path)).render_as_string()
+
+
+def _url_of(url_or_path: str | os.PathLike[str]) -> URL:
+    """A database URL, or a SQLite file path turned into one."""
+    location = str(url_or_path)
+    return _parse_url(location if "://" in location else _sqlite_url(Path(location).expanduser()))
+
+
+def display_name(url_or_path: str | os.PathLike[str]) -> str:
+    """How a store is named to people: a SQLite file's path, else its URL without the password."""
+    return _display_name(_url_of(url_or_path))
+
+
 def store_revision(url_or_path: str | os.PathLike[str]) -> str | None:
     """The store's schema revision, read without changing anything (None: an empty database)."""
-    location = str(url_or_path)
-    url = _parse_url(location if "://" in location else f"sqlite:///{Path(location).expanduser()}")
+    url = _url_of(url_or_path)
     name = _display_name(url)
     engine = _engine_or_error(url, echo=False, name=name)
     try:
