@@ -13,11 +13,12 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
 from pathlib import Path
+
+from served import free_port
 
 USER = "chatbot"
 
@@ -33,12 +34,6 @@ def find_bindir() -> Path | None:
     return Path(debian[-1]).parent if debian else None
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 class PostgresServer:
     """``initdb`` + ``pg_ctl start`` in a temporary folder; :meth:`new_database` per test."""
 
@@ -46,7 +41,7 @@ class PostgresServer:
         self.bindir = bindir
         self.folder = Path(tempfile.mkdtemp(prefix="chatbot-pg-"))
         self.data = self.folder / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self._as_user: list[str] = []
         if os.geteuid() == 0:  # initdb and postgres refuse root
             owner = pwd.getpwnam("postgres")

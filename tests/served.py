@@ -6,6 +6,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -68,3 +69,10 @@ def run_to_end(args: Sequence[str], *, env: dict[str, str] | None = None) -> sub
         timeout=120,
         env=os.environ.copy() if env is None else env,
     )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

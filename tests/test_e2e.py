@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,19 +16,13 @@ from pathlib import Path
 
 import pytest
 from gradio_client import Client
-from served import ServedProcess, run_to_end
+from served import ServedProcess, free_port, run_to_end
 
 from chatbot import SQLStore
 from plugins.web.access import COOKIE, conversation_id
 
 ROOT = Path(__file__).resolve().parents[1]
 NGINX = os.environ.get("CHATBOT_NGINX") or shutil.which("nginx") or "/usr/sbin/nginx"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Replica(ServedProcess):
@@ -45,7 +38,7 @@ class Nginx:
     """nginx in the foreground with a configuration in ``folder`` that includes deploy/nginx's files."""
 
     def __init__(self, folder: Path, ports: list[int]) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         servers = "\n".join(f"server 127.0.0.1:{p} max_fails=1 fail_timeout=10s;" for p in ports)
         user = "user root;" if os.geteuid() == 0 else ""  # workers must read the temporary folder
         deploy = ROOT / "deploy" / "nginx"
@@ -107,7 +100,7 @@ def deployment(
         pytest.skip("nginx is not installed")
     upgraded = run_to_end(["db", "upgrade", "--store", postgres_url])
     assert upgraded.returncode == 0, upgraded.stderr
-    replicas = [Replica(tiny_model_dir, postgres_url, _free_port()) for _ in range(2)]
+    replicas = [Replica(tiny_model_dir, postgres_url, free_port()) for _ in range(2)]
     proxy = Nginx(tmp_path, [r.port for r in replicas])
     yield proxy, replicas
     proxy.stop()

@@ -11,13 +11,13 @@ import math
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from served import free_port
 
 from chatbot.engine import Engine
 from chatbot.versions import ModelVersions
@@ -208,9 +208,7 @@ def test_two_cpu_processes_under_torchrun_train_one_model_together(tmp_path: Pat
     """`torchrun --nproc-per-node 2 -m chatbot train ...` (gloo on CPUs): one version, written once,
     in half the optimizer steps of one process (each step sees both processes' batches)."""
     data = write_sample(tmp_path / "data.jsonl", n=120, seed=1)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     torchrun = [
         sys.executable,
         "-m",

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from gradio_client import Client
-from served import ServedProcess, run_to_end
+from served import ServedProcess, free_port, run_to_end
 
 from chatbot import SQLStore
 from plugins.web.access import COOKIE, Credentials, conversation_id, session_token
@@ -318,12 +318,6 @@ def serve_once(model_dir: Path, *flags: str, env: dict[str, str] | None = None) 
     return run_to_end(
         ["serve", "--channel", "web", str(model_dir), *flags], env={**os.environ, **(env or {})}
     )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 # -- the page, in a real browser ----------------------------------------------------------
