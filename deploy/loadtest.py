@@ -27,6 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's own packages
+from chatbot import SQLStore, UnknownConversation
+from plugins.web.access import COOKIE, conversation_id  # the web chat's session cookie and ids
+
 QUESTIONS = (
     "Where is my order?",
     "It was order 4512, placed last Tuesday.",
@@ -52,7 +56,7 @@ class Customer:
 def _talk(url: str, customer: Customer, until: float, think: float) -> None:
     from gradio_client import Client
 
-    headers = {"Cookie": f"chatbot_session={customer.cookie}", "X-Forwarded-For": customer.address}
+    headers = {"Cookie": f"{COOKIE}={customer.cookie}", "X-Forwarded-For": customer.address}
     try:
         client = Client(url, verbose=False, headers=headers, download_files=False)
     except Exception as error:  # a replica gone, a proxy error: counted, never fatal to the run
@@ -107,15 +111,10 @@ def _percentile(values: list[float], share: float) -> float:
 
 def _stored_replies(store_url: str, customers: list[Customer]) -> dict[int, int]:
     """How many replies the store holds for each customer's conversation."""
-    import hashlib
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from chatbot import SQLStore, UnknownConversation
-
     counts = {}
     with SQLStore(store_url, upgrade=False) as store:
         for customer in customers:
-            conversation = "web-" + hashlib.sha256(customer.cookie.encode()).hexdigest()[:32]
+            conversation = conversation_id(customer.cookie)
             try:
                 turns = store.transcript(conversation)
             except UnknownConversation:
