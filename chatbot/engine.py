@@ -126,6 +126,7 @@ class Engine:
         )
         self._in_flight = 0  # replies being generated (guarded by _idle)
         self._idle = threading.Condition()
+        self.metrics.active.set_function(lambda: float(self._in_flight))
         queue_depth, batch_size = (getattr(self.generator, n, None) for n in ("queue_depth", "batch_size"))
         if callable(queue_depth) and callable(batch_size):
             self.metrics.watch_scheduler(queue_depth, batch_size)
@@ -212,11 +213,9 @@ class Engine:
         """Count a reply as in progress (the metrics gauge and :meth:`wait_idle`)."""
         with self._idle:
             self._in_flight += 1
-        self.metrics.active.inc()
         try:
             yield
         finally:
-            self.metrics.active.dec()
             with self._idle:
                 self._in_flight -= 1
                 self._idle.notify_all()
