@@ -390,6 +390,12 @@ def test_a_customer_chats_in_the_page_rates_a_reply_and_reloads(server: Server, 
         assert users.all_inner_texts() == [EXAMPLE, "And when will it arrive?"]
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "web-chat.png"), full_page=True)
+    except Exception as error:  # say what the page showed and what the server printed
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "web-chat-failed.png"), full_page=True)
+        shown = page.locator('[data-testid="bot"], [data-testid="user"]').all_inner_texts()
+        printed = server.output()[-4000:]
+        raise AssertionError(f"the page showed {shown}; the server printed:\n{printed}") from error
     finally:
         context.close()
     assert outside == [], f"the page fetched from outside this server: {outside}"

@@ -75,7 +75,6 @@ class ChatPage:
                 height="70vh",
                 feedback_options=(LIKE, DISLIKE),
                 buttons=["copy"],  # no share button: nothing leaves this server
-                examples=[{"text": text} for text in settings.examples] or None,
                 placeholder=None if settings.examples else "How can we help?",
             )
             box = gr.Textbox(
@@ -83,6 +82,7 @@ class ChatPage:
                 placeholder=settings.placeholder,
                 elem_id="message",
                 autofocus=True,
+                interactive=False,  # until the stored conversation is on the page (see `ready`)
                 submit_btn=True,
                 lines=1,
                 max_lines=8,
@@ -90,7 +90,9 @@ class ChatPage:
             new = gr.Button("New conversation", elem_id="new-conversation", size="sm", variant="secondary")
 
             fast: dict[str, Any] = {"concurrency_limit": None, "show_progress": "hidden"}
-            blocks.load(self.history, None, chat, api_name="history", **fast)
+            blocks.load(self.history, None, chat, api_name="history", **fast).then(
+                self.ready, None, [chat, box], api_visibility="private", **fast
+            )
             box.submit(self.chat, box, [chat, box], api_name="chat", concurrency_id="reply")
             chat.example_select(self.example, None, box, api_visibility="private", **fast).then(
                 self.chat, box, [chat, box], api_visibility="private", concurrency_id="reply"
@@ -106,6 +108,14 @@ class ChatPage:
     def history(self, request: gr.Request) -> gr.Chatbot:
         """The visitor's conversation as stored (on page load: this is what survives a reload)."""
         return self._update(self._stored(request))
+
+    def ready(self) -> tuple[gr.Chatbot, gr.Textbox]:
+        """The history is shown: only now may the visitor send (an example or a typed message).
+
+        A message sent before the history arrived would be wiped off the page by it: the
+        history read the store before the message was in it and lands after the reply."""
+        examples: list[Any] | None = [{"text": text} for text in self.settings.examples] or None
+        return gr.Chatbot(examples=examples), gr.Textbox(interactive=True)
 
     def chat(self, text: str | None, request: gr.Request) -> Iterator[tuple[Any, Any]]:
         """Send ``text`` and stream the reply into the page."""
