@@ -65,6 +65,9 @@ class KVCache:
         self.buffers: list[np.ndarray] = []
         self.capacity = 0
         self.length = 0
+        # the IOBinding of the last step's rows, kept while they and the buffers stay (decode
+        # steps over the same rows rebind only their four small inputs: ~0.3-1 ms a token less)
+        self.binding: tuple[FusedSession, int, int, ort.IOBinding] | None = None
         self.reserve(capacity, length)
 
     def reserve(self, capacity: int, length: int = 1) -> None:
@@ -81,6 +84,7 @@ class KVCache:
         for old, new in zip(self.buffers, grown, strict=False):
             new[: self.capacity, :, : self.length] = old
         self.buffers, self.capacity, self.length = grown, new_capacity, new_length
+        self.binding = None  # it points into the old buffers
 
     def move(self, source: int, target: int, length: int) -> None:
         """Copy the first ``length`` positions of slot ``source`` into slot ``target``."""
@@ -94,7 +98,11 @@ class KVCache:
 
 class StepResult:
     """One step's results for its rows: the greedy picks with their log-probabilities, and the
-    logits, which are copied from the device (and converted to float32) only when asked for."""
+    logits, which are copied from the device (and converted to float32) only when asked for.
+
+    The logits are read from the step's output buffer, which the next step over the same cache
+    (or slots) overwrites: take them, or a copy, before that step.
+    """
 
     def __init__(
         self,
@@ -192,21 +200,31 @@ class FusedSession:
         ends = starts + length
         if rows < 1 or first_row + rows > cache.capacity or int(ends.max()) > cache.length:
             raise ValueError(f"rows {first_row}..{first_row + rows} or lengths {ends} do not fit the cache")
-        binding = self.session.io_binding()
-        for name in HOST_OUTPUTS:  # first, so that they come first in get_outputs()
-            binding.bind_output(name, "cpu")
+        binding = self._cache_binding(cache, first_row, rows)
         binding.bind_cpu_input("input_ids", ids)
         binding.bind_cpu_input("position_ids", starts[:, None] + np.arange(length, dtype=np.int64))
         binding.bind_cpu_input("seqlens_k", (ends - 1).astype(np.int32))
         binding.bind_cpu_input("total_sequence_length", np.array(int(ends.max()), dtype=np.int32))
+        self.session.run_with_iobinding(binding)
+        logits, next_token, next_logprob = (value.numpy() for value in binding.get_outputs()[:3])
+        return StepResult(next_token.copy(), next_logprob.copy(), logits)  # (logits: see StepResult)
+
+    def _cache_binding(self, cache: KVCache, first_row: int, rows: int) -> ort.IOBinding:
+        """A binding of slots ``first_row ..`` of ``cache`` as past and present, and of the host
+        outputs; the cache keeps it for the next step over the same rows."""
+        kept = cache.binding
+        if kept is not None and kept[0] is self and kept[1:3] == (first_row, rows):
+            return kept[3]
+        binding = self.session.io_binding()
+        for name in HOST_OUTPUTS:  # first, so that they come first in get_outputs()
+            binding.bind_output(name, "cpu")
         for past, present, buffer in zip(self._past, self._present, cache.buffers, strict=True):
             view = buffer[first_row : first_row + rows]  # contiguous: whole rows of a C-order array
             address = view.ctypes.data  # the same memory in and out: GQA writes the new keys in place
             binding.bind_input(past, "cpu", 0, cache.dtype, list(view.shape), address)
             binding.bind_output(present, "cpu", 0, cache.dtype, list(view.shape), address)
-        self.session.run_with_iobinding(binding)
-        logits, next_token, next_logprob = (value.numpy() for value in binding.get_outputs()[:3])
-        return StepResult(next_token, next_logprob, logits)
+        cache.binding = (self, first_row, rows, binding)
+        return binding
 
 
 def batch_buckets(slots: int) -> tuple[int, ...]:

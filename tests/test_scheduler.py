@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from together import at_once
 
@@ -135,6 +136,21 @@ def test_a_growing_cache_keeps_what_its_slots_hold(folder: ModelFolder) -> None:
     assert (cache.buffers[0][0, :, :10] == 7.0).all() and (cache.buffers[0][1:] == 0).all()
     with pytest.raises(ValueError, match="do not fit"):
         cache.reserve(1, folder.spec.n_positions + 1)
+
+
+def test_steps_over_the_same_rows_keep_their_binding_until_the_buffers_grow(folder: ModelFolder) -> None:
+    session = FusedSession(folder.variant_path("cpu-fp32"), folder.spec)
+    prompt = _prompts(folder, 1)[0]
+    cache = session.new_cache(1, len(prompt) + 2)
+    first = int(session.step(cache, 0, [prompt], [0]).next_token[0])
+    kept = cache.binding
+    second = int(session.step(cache, 0, [[first]], [len(prompt)]).next_token[0])
+    assert cache.binding is kept  # the same rows: only the small inputs were bound again
+    cache.reserve(2, folder.spec.n_positions)  # new buffers: the kept binding points at the old ones
+    assert cache.binding is None
+    third = session.step(cache, 0, [[second]], [len(prompt) + 1])
+    whole = session.step(session.new_cache(), 0, [[*prompt, first, second]], [0])
+    np.testing.assert_allclose(third.logits[0], whole.logits[0], rtol=1e-4, atol=1e-4)
 
 
 @ROWS

@@ -458,18 +458,19 @@ def measure_parity(
 
 
 def fused_logits(session: FusedSession, ids: Sequence[int], prefill: int) -> Iterator[np.ndarray]:
-    """The graph's last-position logits after the prefill, then after each following token."""
+    """The graph's last-position logits after the prefill, then after each following token
+    (copies: a step's logits are overwritten by the next step)."""
     if session.device != "cpu":  # the cache lives on the device: the GPU's own way of stepping
         slots = FixedSlots(session, 1)
-        yield slots.prefill(0, list(ids[:prefill])).logits[0]
+        yield slots.prefill(0, list(ids[:prefill])).logits[0].copy()
         for position in range(prefill, len(ids)):
             inputs = np.array([ids[position]]), np.array([position]), np.array([position], dtype=np.int32)
-            yield slots.decode(1, inputs).logits[0]
+            yield slots.decode(1, inputs).logits[0].copy()
         return
     cache = session.new_cache(1, len(ids))
-    yield session.step(cache, 0, [list(ids[:prefill])], [0]).logits[0]
+    yield session.step(cache, 0, [list(ids[:prefill])], [0]).logits[0].copy()
     for position in range(prefill, len(ids)):
-        yield session.step(cache, 0, [[ids[position]]], [position]).logits[0]
+        yield session.step(cache, 0, [[ids[position]]], [position]).logits[0].copy()
 
 
 def _providers(precision: Precision) -> list[str]:
