@@ -644,6 +644,14 @@ def _add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
     )
     bench.add_argument("--out", type=Path, default=Path("bench"), help="folder for bench.md and bench.json")
     bench.add_argument(
+        "--data",
+        nargs="+",
+        metavar="HELD_OUT",
+        default=(),
+        help="held-out transcripts (files, folders, globs) to measure what the fast graph costs in "
+        "perplexity against the reference export; default: the figure `chatbot train` recorded",
+    )
+    bench.add_argument(
         "--device",
         choices=("cpu", "cuda"),
         default="cpu",
@@ -684,6 +692,7 @@ def _bench(args: argparse.Namespace) -> int:
         out=args.out,
         concurrency_runs=args.concurrency_runs,
         device=args.device,
+        data=tuple(args.data),
     )
     print(markdown(run_bench(args.model_dir, options, progress=_progress, config=args.config)))
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 HAS_CTRANSLATE2 = importlib.util.find_spec("ctranslate2") is not None
+HELD_OUT = Path(__file__).parent / "data" / "transcripts" / "chats.jsonl"
 QUICK = ["--prompt-tokens", "16", "--new-tokens", "6", "--runs", "1", "--concurrency", "1,2"]
 
 
@@ -34,7 +36,9 @@ def bench(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
 def measured(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
     """One quick bench of the tiny model: (what it printed, bench.json)."""
     out = tmp_path_factory.mktemp("bench")
-    result = bench(str(tiny_model_dir), *QUICK, "--concurrency-runs", "1", "--out", str(out))
+    result = bench(
+        str(tiny_model_dir), *QUICK, "--concurrency-runs", "1", "--out", str(out), "--data", str(HELD_OUT)
+    )
     assert result.returncode == 0, result.stderr
     assert (out / "bench.md").read_text() in result.stdout
     return result.stdout, json.loads((out / "bench.json").read_text())
@@ -53,6 +57,35 @@ def test_bench_writes_both_tables_and_the_json_with_ratios(measured: tuple[str, 
     assert ratios["decode"] > 0 and ratios["first_token"] > 0 and set(ratios["tokens_per_s"]) == {"1", "2"}
     assert results["settings"]["prompt_tokens"] == 16 and results["settings"]["concurrency"] == [1, 2]
     assert results["config"] is None
+
+
+def test_the_fast_graphs_perplexity_is_measured_on_held_out_data(
+    measured: tuple[str, dict[str, Any]],
+) -> None:
+    stdout, results = measured
+    quality = results["quality"]
+    assert quality["variant"] == "cpu-int8" and quality["source"].startswith("measured on ")
+    assert quality["perplexity"] > 1 and quality["reference"] > 1
+    assert quality["change"] == pytest.approx(quality["perplexity"] / quality["reference"] - 1)
+    assert abs(quality["change"]) < 0.02  # int8 rows quantised alone cost well under 2 %
+    assert f"Quality: perplexity of `cpu-int8` {quality['perplexity']:.4f} against" in stdout
+
+
+def test_without_data_the_quality_is_what_training_recorded_or_why_not(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from chatbot import ModelFolder
+    from training.bench import BenchOptions, _quality
+    from training.card import set_card_entry
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    quality = _quality(ModelFolder(folder), None, BenchOptions(), print)
+    assert quality["variant"] == "cpu-int8" and "--data" in quality["missing"]
+    assert "random weights" in _quality(ModelFolder(folder), "tiny", BenchOptions(), print)["missing"]
+    set_card_entry(folder, ["onnx", "cpu-int8", "perplexity"], {"value": 2.02, "reference": 2.0})
+    quality = _quality(ModelFolder(folder), None, BenchOptions(), print)
+    assert quality["change"] == pytest.approx(0.01) and "chatbot train" in quality["source"]
 
 
 @pytest.mark.skipif(not HAS_CTRANSLATE2, reason="ctranslate2 is not installed (pip install 'chatbot[bench]')")

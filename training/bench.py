@@ -98,6 +98,7 @@ class BenchOptions:
     seed: int = 0
     concurrency_runs: int = 3  # each tokens/s figure is the median of this many runs
     device: str = "cpu"  # or "cuda"
+    data: tuple[str, ...] = ()  # held-out transcripts to measure the variant's perplexity on
 
 
 @dataclass
@@ -147,6 +148,7 @@ def run_bench(
             folder.path, prompt, ours.tokens, options, progress, static=True
         )
     results = _results(folder, config, prompt, options, ours, peers)
+    results["quality"] = _quality(folder, config, options, progress)
     table = markdown(results)
     options.out.mkdir(parents=True, exist_ok=True)
     write_text_atomically(options.out / "bench.json", json.dumps(results, indent=2) + "\n")
@@ -197,6 +199,58 @@ def _results(
             results[key] = asdict(peer)
             results["ratios"][key] = _ratios(ours, peer)
     return results
+
+
+def _quality(
+    folder: ModelFolder, config: str | None, options: BenchOptions, progress: Progress
+) -> dict[str, Any]:
+    """What the speed costs in quality: the perplexity of the variant ours ran against the
+    reference export's, measured on ``options.data`` when given, else as ``chatbot train``
+    recorded it on its validation conversations (``card.json``); or why there is none."""
+    variant = choose_variant(folder, options.device)
+    if variant == REFERENCE:
+        return {"variant": variant, "missing": "ours ran the reference export itself"}
+    if options.data:
+        return _measured_quality(folder, variant, options, progress)
+    if config is not None:
+        return {"variant": variant, "missing": "random weights: perplexity says nothing"}
+    entry = folder.card.get("onnx", {}).get(variant, {})
+    recorded = entry.get("perplexity") if isinstance(entry, dict) else None
+    if not isinstance(recorded, dict) or not recorded.get("value") or not recorded.get("reference"):
+        return {
+            "variant": variant,
+            "missing": "not recorded in card.json (`chatbot train` records it): "
+            "pass --data HELD_OUT to measure it",
+        }
+    return {
+        "variant": variant,
+        "perplexity": recorded["value"],
+        "reference": recorded["reference"],
+        "change": recorded["value"] / recorded["reference"] - 1,
+        "source": "card.json: measured by `chatbot train` on its validation conversations",
+    }
+
+
+def _measured_quality(
+    folder: ModelFolder, variant: str, options: BenchOptions, progress: Progress
+) -> dict[str, Any]:
+    from training.evaluate import reference_perplexity, variant_perplexity
+    from training.prepare import load_conversations
+
+    data = load_conversations(options.data)
+    progress(f"quality: perplexity of the reference export and of {variant} on {data.summary()}")
+    reference = reference_perplexity(folder, data.transcripts)
+    ours = variant_perplexity(folder, variant, data.transcripts, device=options.device)
+    if ours.value is None or reference.value is None:
+        return {"variant": variant, "missing": "no agent token of --data could be scored"}
+    return {
+        "variant": variant,
+        "perplexity": ours.value,
+        "reference": reference.value,
+        "change": ours.value / reference.value - 1,
+        "source": f"measured on {len(data.transcripts)} conversations of --data "
+        f"({ours.learnt_tokens} agent tokens)",
+    }
 
 
 def _ratios(ours: Side, peer: Side) -> dict[str, Any]:
@@ -620,8 +674,23 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         *_concurrency_table(results),
         "",
+        _quality_line(results.get("quality")),
+        "",
     ]
     return "\n".join(lines)
+
+
+def _quality_line(quality: dict[str, Any] | None) -> str:
+    if not quality:
+        return "Quality: not measured."
+    variant = quality["variant"]
+    if "missing" in quality:
+        return f"Quality of `{variant}`: {quality['missing']}."
+    return (
+        f"Quality: perplexity of `{variant}` {quality['perplexity']:.4f} against "
+        f"{quality['reference']:.4f} for the reference export ({quality['change']:+.2%}); "
+        f"{quality['source']}."
+    )
 
 
 def _sides(results: dict[str, Any]) -> list[str]:

@@ -533,15 +533,28 @@ def example_nll(
     return float(np.sum(log_norm - chosen)), int(learnt.sum())
 
 
+def reference_perplexity(
+    folder: ModelFolder, transcripts: Sequence[Transcript], *, system_prompt: str | None = None
+) -> Perplexity:
+    """:func:`measure_perplexity` of the reference export (``onnx/model.onnx``) on the CPU."""
+    return _served_perplexity(folder, OnnxGenerator(folder, device="cpu"), transcripts, system_prompt)
+
+
 def variant_perplexity(
-    folder: ModelFolder, variant: str, transcripts: Sequence[Transcript], *, system_prompt: str | None = None
+    folder: ModelFolder,
+    variant: str,
+    transcripts: Sequence[Transcript],
+    *,
+    system_prompt: str | None = None,
+    device: str = "cpu",
 ) -> Perplexity:
     """:func:`measure_perplexity` of a fast variant (``onnx/<variant>/``), one token per step
     through its KV cache: the fused graph scores the last position only, as it does when serving."""
     from chatbot.fused import FusedSession
+    from chatbot.generation import choose_providers
     from training.graph import fused_logits
 
-    session = FusedSession(folder.variant_path(variant), folder.spec)
+    session = FusedSession(folder.variant_path(variant), folder.spec, providers=choose_providers(device))
 
     def score(ids: list[int]) -> np.ndarray:
         return np.stack(list(fused_logits(session, ids, 1)))
