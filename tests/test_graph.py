@@ -20,7 +20,7 @@ from chatbot.generation import choose_variant, load_generator
 from chatbot.scheduler import BatchingGenerator
 from training.graph import build_variant, fused_logits
 
-FUSED_OPS = {"SkipLayerNormalization", "GroupQueryAttention", "FastGelu"}
+FUSED_OPS = {"LayerNormalization", "GroupQueryAttention", "FastGelu"}  # CPU graphs (see training.graph)
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +41,13 @@ def test_the_int8_graph_is_fused_and_recorded_in_the_card(tiny_model_dir: Path) 
     ops = _ops(folder.variant_path("cpu-int8"))
     n_layer = folder.spec.n_layer
     assert ops["GroupQueryAttention"] == n_layer and ops["FastGelu"] == n_layer
-    assert ops["SkipLayerNormalization"] == 2 * n_layer + 1
+    # on the CPU a plain Add and LayerNormalization beat SkipLayerNormalization (training.graph)
+    assert ops["LayerNormalization"] == 2 * n_layer + 1 and ops["SkipLayerNormalization"] == 0
     assert ops["MatMulIntegerToFloat"] == 4 * n_layer + 1  # the LM head too
     assert ops["QuantizeLinear"] == 0 and ops["DynamicQuantizeMatMul"] == 0  # rows are quantised alone
     assert not {"MatMul", "MemcpyToHost", "MemcpyFromHost", "Softmax"} & set(ops)
     # the optimum export has ~100 nodes per layer; here ~10 per MatMul quantise and rescale
-    assert sum(ops.values()) < 50 * n_layer + 20
+    assert sum(ops.values()) < 55 * n_layer + 20
     entry = folder.card["onnx"]["cpu-int8"]
     assert entry["path"] == "onnx/cpu-int8/model.onnx" and entry["precision"] == "int8"
     parity = entry["parity"]
