@@ -83,7 +83,9 @@ class PostgresServer:
         self._start()
 
     def stop(self) -> None:
+        """Stop it (when it runs) and delete its folder."""
         try:
-            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+            if (self.data / "postmaster.pid").exists():  # not paused
+                self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
         finally:
             shutil.rmtree(self.folder, ignore_errors=True)

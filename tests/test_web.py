@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from gradio_client import Client
+from postgres_server import PostgresServer
 from served import ServedProcess, free_port, run_to_end
 
 from chatbot import SQLStore
@@ -34,7 +35,9 @@ EXAMPLE = "Where is my order?"
 class Server(ServedProcess):
     """The web chat, with the address it printed and the store it writes."""
 
-    def __init__(self, model_dir: Path, store: Path, *flags: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, model_dir: Path, store: Path | str, *flags: str, env: dict[str, str] | None = None
+    ) -> None:
         args = ["serve", "--channel", "web", str(model_dir), "--port", "0", "--store", str(store)]
         # every visitor of these tests comes from 127.0.0.1: no per-address limit (tested in test_limits)
         args += ["--client-rate-limit", "0"]
@@ -399,6 +402,27 @@ def test_a_customer_chats_in_the_page_rates_a_reply_and_reloads(server: Server, 
     finally:
         context.close()
     assert outside == [], f"the page fetched from outside this server: {outside}"
+
+
+def test_a_store_that_fails_as_the_page_loads_is_said_and_the_box_still_opens(
+    tiny_model_dir: Path, browser: Any, postgres_server: PostgresServer
+) -> None:
+    database = PostgresServer(postgres_server.bindir)  # its own server: this test stops it
+    running = Server(tiny_model_dir, database.new_database())
+    context = browser.new_context()
+    try:
+        database.pause()  # the store is down as the visitor arrives
+        page = context.new_page()
+        page.goto(running.url)
+        notice = page.locator('[data-testid="bot"]').get_by_text("Your conversation could not be loaded")
+        notice.wait_for(timeout=30_000)
+        assert "cannot take messages right now" in notice.inner_text()  # no database URL, no SQL
+        wait_for(page.locator("#message textarea").is_enabled)  # the visitor can still write
+    finally:
+        context.close()
+        running.stop()
+        database.stop()
+    assert "StoreError" in running.output()  # the operator's log says what failed
 
 
 def wait_for(condition: Any, timeout: float = 20.0) -> None:

@@ -106,8 +106,19 @@ class ChatPage:
     # -- handlers ------------------------------------------------------------------------
 
     def history(self, request: gr.Request) -> gr.Chatbot:
-        """The visitor's conversation as stored (on page load: this is what survives a reload)."""
-        return self._update(self._stored(request))
+        """The visitor's conversation as stored (on page load: this is what survives a reload).
+
+        It never fails: the page opens its message box (`ready`) only after it, so a store that
+        does not answer is said in the chat instead, and the visitor may still try to write."""
+        try:
+            return self._update(self._stored(request))
+        except ChatbotError as error:
+            log_event(log, "failed", None, level=logging.ERROR, kind=type(error).__name__, reason=str(error))
+            notice: list[Any] = [_notice(error, "Your conversation could not be loaded")]
+        except Exception:  # a bug: logged whole, and the page stays usable
+            log.exception("the conversation could not be loaded")
+            notice = [_notice(None, "Your conversation could not be loaded")]
+        return gr.Chatbot(value=notice)
 
     def ready(self) -> tuple[gr.Chatbot, gr.Textbox]:
         """The history is shown: only now may the visitor send (an example or a typed message).
@@ -227,9 +238,10 @@ def _assistant(text: str) -> ChatMessage:
     return {"role": "assistant", "content": text}
 
 
-def _notice(error: ChatbotError) -> ChatMessage:
-    """An error shown in the chat; it is not part of the stored conversation."""
-    return {"role": "assistant", "content": f"⚠️ Not sent: {customer_message(error)}"}
+def _notice(error: ChatbotError | None, what: str = "Not sent") -> ChatMessage:
+    """An error shown in the chat (``None``: one that is ours); not part of the stored conversation."""
+    why = customer_message(error) if error is not None else "something went wrong on our side; try again soon"
+    return {"role": "assistant", "content": f"⚠️ {what}: {why}"}
 
 
 def _text(value: Any) -> str:
