@@ -367,6 +367,7 @@ def test_a_customer_chats_in_the_page_rates_a_reply_and_reloads(server: Server, 
     page = context.new_page()
     try:
         page.goto(server.url)
+        wait_for(lambda: page.evaluate("document.activeElement.closest('#message') !== null"))  # type away
         page.get_by_role("button", name=re.compile(f"example 1: {EXAMPLE}")).click()  # an example question
         bots = page.locator('[data-testid="bot"]')
         bots.first.get_by_text(HANDOVER).wait_for(timeout=30_000)

@@ -32,6 +32,7 @@ ChatMessage = dict[str, Any]
 LIKE, DISLIKE = "Like", "Dislike"  # the two feedback options Gradio draws as thumbs
 
 log = logging.getLogger("chatbot.web")
+_FOCUS_BOX = "() => { document.querySelector('#message textarea')?.focus(); }"
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ class ChatPage:
             fast: dict[str, Any] = {"concurrency_limit": None, "show_progress": "hidden"}
             blocks.load(self.history, None, chat, api_name="history", **fast).then(
                 self.ready, None, [chat, box], api_visibility="private", **fast
-            )
+            ).then(None, js=_FOCUS_BOX)  # the box was disabled when autofocus ran
             box.submit(self.chat, box, [chat, box], api_name="chat", concurrency_id="reply")
             chat.example_select(self.example, None, box, api_visibility="private", **fast).then(
                 self.chat, box, [chat, box], api_visibility="private", concurrency_id="reply"
