@@ -236,9 +236,14 @@ def schema_head() -> str:
     """The newest schema revision this chatbot knows."""
     from alembic.script import ScriptDirectory
 
-    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    return _head(ScriptDirectory.from_config(_alembic_config()))
+
+
+def _head(script: Any) -> str:
+    """The newest revision of an Alembic ScriptDirectory."""
+    head = script.get_current_head()
     assert head is not None, "chatbot/migrations has no revision"
-    return head
+    return str(head)
 
 
 def _current_revision(conn: Connection) -> str | None:
@@ -261,8 +266,7 @@ def _migrate(conn: Connection, name: str, *, upgrade: bool) -> tuple[str | None,
         conn.execute(select(func.pg_advisory_xact_lock(_MIGRATION_LOCK)))
     config = _alembic_config(conn)
     script = ScriptDirectory.from_config(config)
-    head = script.get_current_head()
-    assert head is not None, "chatbot/migrations has no revision"
+    head = _head(script)
     current = _current_revision(conn)
     if current is not None and current not in {rev.revision for rev in script.walk_revisions()}:
         raise StoreError(

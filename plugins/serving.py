@@ -56,6 +56,15 @@ def url_of(listener: socket.socket, path: str = "/") -> str:
 DRAIN_S = 30.0  # how long a stopping server lets the replies in flight finish
 
 
+def drain(engine: Engine, drain_s: float = DRAIN_S) -> int:
+    """Let ``engine``'s replies in flight finish (up to ``drain_s``), saying so; how many did not."""
+    print(f"stopping: finishing the replies in progress (up to {drain_s:g} s)", flush=True)
+    left = engine.wait_idle(drain_s)
+    if left:
+        print(f"stopping: {left} replies did not finish in {drain_s:g} s", flush=True)
+    return left
+
+
 def serve(
     app: Any,
     listener: socket.socket,
@@ -102,10 +111,7 @@ class _Server(uvicorn.Server):
         for server in self.servers:  # no new connections from here on
             server.close()
         if self.engine is not None and not self.force_exit:
-            print(f"stopping: finishing the replies in progress (up to {self.drain_s:g} s)", flush=True)
-            left = await asyncio.to_thread(self.engine.wait_idle, self.drain_s)
-            if left:
-                print(f"stopping: {left} replies did not finish in {self.drain_s:g} s", flush=True)
+            await asyncio.to_thread(drain, self.engine, self.drain_s)
         await super().shutdown(sockets=sockets)
 
     @contextlib.contextmanager

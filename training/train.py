@@ -278,6 +278,7 @@ def _trainer(
 
     evaluating = data.validation is not None
     processes = int(os.environ.get("WORLD_SIZE", "1"))
+    on_cpus = _cpu_processes(processes)
     per_step = options.batch_size * options.gradient_accumulation * processes
     steps_per_epoch = max(1, math.ceil(len(data.train) / per_step))
     eval_steps = max(1, steps_per_epoch // max(1, options.evals_per_epoch))
@@ -314,8 +315,8 @@ def _trainer(
         fp16=precision == "fp16",
         # several processes on CPUs (torchrun, accelerate launch): gloo, and accelerate told to stay on
         # the CPU, else it runs each process alone (GPUs use NCCL and need neither)
-        ddp_backend="gloo" if _cpu_processes() else None,
-        use_cpu=_cpu_processes(),
+        ddp_backend="gloo" if on_cpus else None,
+        use_cpu=on_cpus,
         ddp_find_unused_parameters=False,  # GPT-2 uses every parameter: skip DDP's extra graph walk
         # Each process averages its own tokens' loss and DDP averages the gradients; averaging the
         # token counts across processes instead makes transformers log the loss times N.
@@ -335,11 +336,11 @@ def _trainer(
     return trainer
 
 
-def _cpu_processes() -> bool:
-    """Whether several processes were launched to train together on CPUs."""
+def _cpu_processes(processes: int) -> bool:
+    """Whether several processes (``processes`` > 1) were launched to train together on CPUs."""
     import torch
 
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    return processes > 1 and not torch.cuda.is_available()
 
 
 def _work_dir(options: TrainOptions) -> Path:

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from chatbot import Channel, Engine, configure_logging
-from plugins.serving import DRAIN_S, Operations, listen, serve, url_of
+from plugins.serving import Operations, drain, listen, serve, url_of
 from plugins.slack.bot import BotSettings, SlackBot, web_client
 from plugins.slack.settings import RedactingFilter, SlackSettings
 
@@ -97,8 +97,7 @@ class SlackChannel(Channel):
                 flush=True,
             )
             stop.wait()
-            print(f"stopping: finishing the replies in progress (up to {DRAIN_S:g} s)", flush=True)
-            self.engine.wait_idle(DRAIN_S)
+            drain(self.engine)
         finally:
             handler.close()
             for sig, handler_before in previous.items():

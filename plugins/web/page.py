@@ -114,7 +114,7 @@ class ChatPage:
         try:
             return self._update(self._stored(request))
         except ChatbotError as error:
-            log_event(log, "failed", None, level=logging.ERROR, kind=type(error).__name__, reason=str(error))
+            _log_failure(error)
             notice: list[Any] = [_notice(error, "Your conversation could not be loaded")]
         except Exception:  # a bug: logged whole, and the page stays usable
             log.exception("the conversation could not be loaded")
@@ -138,7 +138,7 @@ class ChatPage:
             conversation = self.engine.start(self._conversation_id(request), metadata={"channel": "web"})
             shown = self._shown(conversation)
         except ChatbotError as error:  # the store does not answer: say so, keep the text in the box
-            log_event(log, "failed", None, level=logging.ERROR, kind=type(error).__name__, reason=str(error))
+            _log_failure(error)
             yield [_notice(error)], gr.skip()
             return
         try:
@@ -237,6 +237,11 @@ class ChatPage:
 
 def _assistant(text: str) -> ChatMessage:
     return {"role": "assistant", "content": text}
+
+
+def _log_failure(error: ChatbotError) -> None:
+    """The operator's log line for a failure the engine did not see (the store, read by the page)."""
+    log_event(log, "failed", None, level=logging.ERROR, kind=type(error).__name__, reason=str(error))
 
 
 def _notice(error: ChatbotError | None, what: str = "Not sent") -> ChatMessage:
