@@ -65,7 +65,7 @@ Progress = Callable[[str], None]
 
 BENCH_EXTRA = "pip install 'chatbot[bench]'"
 CT2_QUANTIZATION = "int8"
-RECIPE = 5  # bump when a config folder must be built again (new files, new export options)
+RECIPE = 6  # bump when a config folder must be built again (new files, new export options)
 
 
 @dataclass(frozen=True)
