@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from chatbot.errors import Busy, ChatbotError, InvalidMessage, RateLimited
+from chatbot.errors import Busy, ChatbotError, InvalidMessage, RateLimited, StoreError
 from chatbot.folder import ModelFolder
 from chatbot.generation import Generator, OnnxGenerator, Token, load_generator
 from chatbot.limits import RateLimiter, ReplySlots
@@ -168,19 +168,27 @@ class Engine:
         metadata: Mapping[str, Any] | None = None,
     ) -> Conversation:
         """Start a conversation, or resume it when ``conversation_id`` is already stored."""
-        return self.store.open_conversation(
-            conversation_id or uuid.uuid4().hex,
-            system_prompt=system_prompt if system_prompt is not None else self.config.system_prompt,
-            metadata=dict(metadata or {}),
-        )
+        conversation_id = conversation_id or uuid.uuid4().hex
+        with self._store_failures(conversation_id):
+            return self.store.open_conversation(
+                conversation_id,
+                system_prompt=system_prompt if system_prompt is not None else self.config.system_prompt,
+                metadata=dict(metadata or {}),
+            )
 
     def get(self, conversation_id: str) -> Conversation:
         """The conversation and its history since the last reset."""
-        return self.store.get_conversation(conversation_id)
+        with self._store_failures(conversation_id):
+            return self.store.get_conversation(conversation_id)
+
+    def ratings(self, conversation_id: str) -> dict[int, int]:
+        """The latest rating (+1 or -1) of each rated reply in the conversation, by message id."""
+        with self._store_failures(conversation_id):
+            return {item.message_id: item.rating for item in self.store.feedback(conversation_id)}
 
     def reset(self, conversation_id: str) -> None:
         """Start the conversation over; earlier turns stay in the store for audit and training."""
-        with self._lock(conversation_id):
+        with self._lock(conversation_id), self._store_failures(conversation_id):
             self.store.reset(conversation_id)
 
     def update_metadata(self, conversation_id: str, changes: Mapping[str, Any]) -> Conversation:
@@ -188,7 +196,8 @@ class Engine:
 
         Channels keep their own state of a conversation there (e.g. Slack's "a person took over").
         """
-        return self.store.update_metadata(conversation_id, dict(changes))
+        with self._store_failures(conversation_id):
+            return self.store.update_metadata(conversation_id, dict(changes))
 
     def claim(self, key: str) -> bool:
         """True the first time ``key`` is claimed in this store, False ever after.
@@ -196,17 +205,29 @@ class Engine:
         A channel claims each delivered event before answering it, so an event delivered twice
         (a retry, a second replica, a restart in between) is answered once.
         """
-        return self.store.claim(key)
+        with self._store_failures(None):
+            return self.store.claim(key)
 
     def feedback(self, message_id: int, rating: int | str, *, comment: str | None = None) -> Feedback:
         """Record a thumbs up (+1 / "up") or down (-1 / "down") on an assistant reply."""
         if rating not in RATINGS:
             raise InvalidMessage(f"a rating is 'up' or 'down' (or +1 / -1), not {rating!r}")
-        recorded = self.store.add_feedback(message_id, RATINGS[rating], comment=comment)
+        with self._store_failures(None):
+            recorded = self.store.add_feedback(message_id, RATINGS[rating], comment=comment)
         label = "up" if recorded.rating > 0 else "down"
         self.metrics.feedback.labels(label).inc()
         event(log, "feedback", recorded.conversation_id, message_id=message_id, rating=label)
         return recorded
+
+    @contextlib.contextmanager
+    def _store_failures(self, conversation_id: str | None) -> Iterator[None]:
+        """A store that fails is counted (``chatbot_errors_total{kind="StoreError"}``) and logged
+        here, whichever channel asked; the error goes on to the caller, who tells the customer."""
+        try:
+            yield
+        except StoreError as error:
+            self._count_error(error, conversation_id)
+            raise
 
     @contextlib.contextmanager
     def _in_progress(self) -> Iterator[None]:

@@ -80,6 +80,38 @@ def test_a_reply_is_one_json_line_with_its_conversation_and_text_only_when_allow
     assert (line.get("reply") == reply.text) is content
 
 
+def test_a_store_that_fails_is_counted_and_logged_whichever_call_met_it(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Channels read and write conversations outside replies too (the web page's history, Slack's
+    thread state): a store that fails there is an error the operator's metrics and log see."""
+    engine.start("c3")
+    monkeypatch.setenv("CHATBOT_LOG_FORMAT", "json")
+    out = io.StringIO()
+    handler = configure_logging(stream=out)
+    engine.store.close()  # every call now raises StoreError
+    calls = {
+        "get": lambda: engine.get("c3"),
+        "start": lambda: engine.start("c4"),
+        "ratings": lambda: engine.ratings("c3"),
+        "reset": lambda: engine.reset("c3"),
+        "update_metadata": lambda: engine.update_metadata("c3", {"handover": True}),
+        "claim": lambda: engine.claim("event-1"),
+        "feedback": lambda: engine.feedback(1, "up"),
+    }
+    try:
+        for name, call in calls.items():
+            with pytest.raises(StoreError, match="closed"):
+                call()
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert _value(engine.metrics.render().decode(), 'chatbot_errors_total{kind="StoreError"}') == len(calls)
+    lines = [json.loads(x) for x in out.getvalue().splitlines()]
+    failed = [line for line in lines if line["event"] == "failed" and line["kind"] == "StoreError"]
+    assert len(failed) == len(calls) and all(line["level"] == "ERROR" for line in failed)
+    assert {line.get("conversation_id") for line in failed} >= {"c3", "c4"}
+
+
 def test_an_unknown_log_format_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CHATBOT_LOG_FORMAT", "xml")
     with pytest.raises(Exception, match="CHATBOT_LOG_FORMAT='xml' is not a log format"):

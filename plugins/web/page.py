@@ -25,7 +25,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio read
 
 import gradio as gr
 
-from chatbot import ChatbotError, Conversation, Engine, UnknownConversation, customer_message, log_event
+from chatbot import ChatbotError, Conversation, Engine, UnknownConversation, customer_message
 from plugins.web.access import conversation_id, session_token
 
 ChatMessage = dict[str, Any]
@@ -113,8 +113,7 @@ class ChatPage:
         does not answer is said in the chat instead, and the visitor may still try to write."""
         try:
             return self._update(self._stored(request))
-        except ChatbotError as error:
-            _log_failure(error)
+        except ChatbotError as error:  # the store does not answer (the engine counted and logged it)
             notice: list[Any] = [_notice(error, "Your conversation could not be loaded")]
         except Exception:  # a bug: logged whole, and the page stays usable
             log.exception("the conversation could not be loaded")
@@ -138,7 +137,6 @@ class ChatPage:
             conversation = self.engine.start(self._conversation_id(request), metadata={"channel": "web"})
             shown = self._shown(conversation)
         except ChatbotError as error:  # the store does not answer: say so, keep the text in the box
-            _log_failure(error)
             yield [_notice(error)], gr.skip()
             return
         try:
@@ -214,7 +212,7 @@ class ChatPage:
         return shown
 
     def _ratings(self, conversation_id: str) -> dict[int, str]:
-        latest = {item.message_id: item.rating for item in self.engine.store.feedback(conversation_id)}
+        latest = self.engine.ratings(conversation_id)
         return {message_id: LIKE if rating > 0 else DISLIKE for message_id, rating in latest.items()}
 
     def _update(self, conversation: Conversation) -> gr.Chatbot:
@@ -237,11 +235,6 @@ class ChatPage:
 
 def _assistant(text: str) -> ChatMessage:
     return {"role": "assistant", "content": text}
-
-
-def _log_failure(error: ChatbotError) -> None:
-    """The operator's log line for a failure the engine did not see (the store, read by the page)."""
-    log_event(log, "failed", None, level=logging.ERROR, kind=type(error).__name__, reason=str(error))
 
 
 def _notice(error: ChatbotError | None, what: str = "Not sent") -> ChatMessage:
