@@ -366,7 +366,7 @@ class Engine:
             pieces: list[str] = []  # what was streamed: the stored text is exactly their sum
             finish: FinishReason = "error"
             try:
-                for delta in self._deltas(prompt, generation, tokens):
+                for delta in self._deltas(conversation_id, prompt, generation, tokens):
                     pieces.append(delta)
                     yield delta
                 finish = "stop" if tokens and tokens[-1].id in self.generator.stop_token_ids else "length"
@@ -409,11 +409,13 @@ class Engine:
             content={"message": text, "reply": reply.text},
         )
 
-    def _deltas(self, prompt: Prompt, generation: GenerationConfig, tokens: _Tokens) -> Iterator[str]:
+    def _deltas(
+        self, conversation_id: str, prompt: Prompt, generation: GenerationConfig, tokens: _Tokens
+    ) -> Iterator[str]:
         """Text deltas of the reply, never splitting a character, stripped at both ends."""
         decoder = IncrementalDecoder(self.folder.tokenizer)
         trim = _Trim()
-        for token in self.generator.generate(prompt.token_ids, generation):
+        for token in self.generator.generate(prompt.token_ids, generation, key=conversation_id):
             tokens.add(token)
             if token.id in self.generator.stop_token_ids:
                 break

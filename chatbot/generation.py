@@ -44,8 +44,15 @@ class Generator(Protocol):
 
     stop_token_ids: tuple[int, ...]
 
-    def generate(self, prompt_ids: Sequence[int], config: GenerationConfig) -> Iterator[Token]:
-        """Yield new tokens; the last one is a stop token, unless ``max_new_tokens`` ran out first."""
+    def generate(
+        self, prompt_ids: Sequence[int], config: GenerationConfig, *, key: str | None = None
+    ) -> Iterator[Token]:
+        """Yield new tokens; the last one is a stop token, unless ``max_new_tokens`` ran out first.
+
+        ``key`` names the conversation: a generator may keep the keys and values of its last
+        reply and compute only what is new in its next prompt (the earlier turns are the same
+        tokens); one that keeps nothing ignores it.
+        """
         ...
 
 
@@ -166,8 +173,10 @@ class OnnxGenerator:
     def _ortvalue(self, array: np.ndarray) -> ort.OrtValue:
         return ort.OrtValue.ortvalue_from_numpy(array, self.device, 0)
 
-    def generate(self, prompt_ids: Sequence[int], config: GenerationConfig) -> Iterator[Token]:
-        """Yield the reply's tokens one by one (see :class:`Generator`)."""
+    def generate(
+        self, prompt_ids: Sequence[int], config: GenerationConfig, *, key: str | None = None
+    ) -> Iterator[Token]:
+        """Yield the reply's tokens one by one (see :class:`Generator`; nothing is kept by ``key``)."""
         binding = self.session.io_binding()  # per call: concurrent replies never share one
         empty = np.zeros((1, self.spec.n_head, 0, self.spec.head_dim), dtype=self._cache_dtype)
         past = [self._ortvalue(empty)] * len(self._past_names)
@@ -209,6 +218,7 @@ class OnnxGenerator:
 REFERENCE = "reference"
 # what "auto" serves on each device when the folder has it
 AUTO_VARIANTS = {"cpu": "cpu-int8", "cuda": "cuda-fp16"}
+DEFAULT_PREFIX_CACHE_MB = 256
 
 
 def choose_variant(folder: ModelFolder, device: str, variant: str | None = None) -> str:
@@ -270,4 +280,22 @@ def load_generator(
     session = FusedSession(
         folder.variant_path(chosen), folder.spec, providers=providers, cuda_graphs=cuda_graphs
     )
-    return BatchingGenerator(session, stop_token_ids=folder.stop_token_ids, max_batch=max_batch)
+    return BatchingGenerator(
+        session, stop_token_ids=folder.stop_token_ids, max_batch=max_batch, kept_bytes=kept_bytes()
+    )
+
+
+def kept_bytes() -> int:
+    """``$CHATBOT_PREFIX_CACHE_MB`` (default 256) in bytes: the memory the CPU scheduler may keep
+    for conversations' keys and values between their turns (0 keeps nothing)."""
+    value = os.environ.get("CHATBOT_PREFIX_CACHE_MB", "").strip() or str(DEFAULT_PREFIX_CACHE_MB)
+    try:
+        megabytes = float(value)
+    except ValueError:
+        megabytes = -1.0
+    if not megabytes >= 0:
+        raise ChatbotError(
+            f"CHATBOT_PREFIX_CACHE_MB={value!r} is not a size in megabytes",
+            hint="set it to a number such as 256, or 0 to keep nothing between turns",
+        )
+    return int(megabytes * 2**20)

@@ -15,6 +15,13 @@ Replies join and leave between steps, prompts may have any length and every repl
 sampling settings and random generator. A decode step reads the weights once for the whole
 batch, which is where the aggregate speed comes from on a CPU as on a GPU.
 
+On the CPU a conversation's keys and values are kept when its reply ends (:class:`_Kept`, up to
+``kept_bytes`` in all, the least recently used dropped first). Its next prompt, which starts with
+the same tokens (the earlier turns, then the new message), is prefilled from where they part, so
+the first token of a later turn costs the new message, not the whole conversation. A reply that
+reused kept keys and values is the reply computed from scratch up to float rounding: the kept
+positions were computed one token at a time, not as one prompt.
+
 Where the rows live depends on the device: on the CPU a :class:`~chatbot.fused.KVCache` that
 grows with the replies in progress, a leaving reply's row filled by the last one
 (:class:`_GrowingRows`); on a GPU :class:`~chatbot.fused.FixedSlots`, where a reply keeps its
@@ -27,17 +34,19 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from chatbot.fused import FixedSlots, FusedSession, StepResult
+from chatbot.fused import FixedSlots, FusedSession, KVCache, StepResult
 from chatbot.generation import Token, reply_budget
 from chatbot.sampling import Sampler, log_softmax
 from chatbot.types import GenerationConfig
 
 _DONE = object()
+MIN_KEPT = 16  # fewer shared tokens than this: prefill the prompt whole
 
 
 @dataclass(eq=False)
@@ -53,22 +62,81 @@ class _Reply:
     last: int = -1  # the token to feed next
     abandoned: bool = False  # the reader stopped iterating
     slot: int = -1  # its row in the cache
+    key: str | None = None  # its conversation (what its keys and values are kept under)
+    generated: list[int] = field(default_factory=list)  # the tokens handed out
+    reused: int = 0  # prompt tokens whose keys and values were kept from the last turn
+
+    def cached_tokens(self) -> np.ndarray:
+        """The tokens whose keys and values are in the cache (the last one handed out is not yet)."""
+        return np.array((self.prompt + self.generated)[: self.length], dtype=np.int64)
+
+
+class _Kept:
+    """Conversations' keys and values between turns (CPU), least recently used first out.
+
+    An entry is the tokens a finished reply left in the cache (its prompt and reply) and a copy
+    of their keys and values. The conversation's next prompt takes it back: the positions where
+    the tokens agree are copied into its slot and only the rest is prefilled.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.entries: OrderedDict[str, tuple[np.ndarray, list[np.ndarray]]] = OrderedDict()
+        self.nbytes = 0
+
+    def keep(self, key: str, tokens: np.ndarray, cache: KVCache, slot: int) -> None:
+        self._drop(key)
+        length = len(tokens)
+        size = length * sum(buffer[slot, :, :1].nbytes for buffer in cache.buffers)
+        if length < MIN_KEPT or size > self.budget:
+            return
+        while self.entries and self.nbytes + size > self.budget:
+            self._drop(next(iter(self.entries)))
+        self.entries[key] = (tokens, [buffer[slot, :, :length].copy() for buffer in cache.buffers])
+        self.nbytes += size
+
+    def restore(self, key: str, prompt: np.ndarray, cache: KVCache, slot: int) -> int:
+        """Copy the kept positions that ``prompt`` starts with into ``slot``; how many (0: none).
+
+        At least the prompt's last token is left to prefill: its logits pick the first token."""
+        entry = self.entries.get(key)
+        if entry is None:
+            return 0
+        self._drop(key)  # kept again, longer, when this reply ends
+        tokens, saved = entry
+        n = min(len(tokens), len(prompt) - 1)
+        same = tokens[:n] == prompt[:n]
+        shared = n if bool(same.all()) else int(np.argmin(same))
+        if shared < MIN_KEPT:
+            return 0
+        for buffer, kept in zip(cache.buffers, saved, strict=True):
+            buffer[slot, :, :shared] = kept[:, :shared]
+        return shared
+
+    def _drop(self, key: str) -> None:
+        entry = self.entries.pop(key, None)
+        if entry is not None:
+            self.nbytes -= sum(kept.nbytes for kept in entry[1])
 
 
 class _GrowingRows:
     """CPU rows: slots 0..n-1 of a :class:`~chatbot.fused.KVCache` sized to the replies in
     progress; when a reply leaves, the last one moves into its slot (a step binds one view)."""
 
-    def __init__(self, session: FusedSession) -> None:
+    def __init__(self, session: FusedSession, kept_bytes: int) -> None:
         self.session = session
         self.cache = session.new_cache(1)
+        self.kept = _Kept(kept_bytes)
 
     def place(self, active: list[_Reply]) -> int:
         return len(active)
 
     def prefill(self, reply: _Reply) -> StepResult:
         self.cache.reserve(reply.slot + 1, len(reply.prompt) + reply.budget)
-        return self.session.step(self.cache, reply.slot, [reply.prompt], [0])
+        if reply.key is not None:
+            reply.reused = self.kept.restore(reply.key, np.asarray(reply.prompt), self.cache, reply.slot)
+        start = reply.reused
+        return self.session.step(self.cache, reply.slot, [reply.prompt[start:]], [start])
 
     def decode(self, active: list[_Reply]) -> StepResult:
         ids = np.array([[reply.last] for reply in active], dtype=np.int64)
@@ -76,6 +144,8 @@ class _GrowingRows:
         return self.session.step(self.cache, 0, ids, starts)
 
     def remove(self, active: list[_Reply], reply: _Reply) -> None:
+        if reply.key is not None:
+            self.kept.keep(reply.key, reply.cached_tokens(), self.cache, reply.slot)
         last = len(active) - 1
         if reply.slot != last:
             moved = active[last]
@@ -128,7 +198,8 @@ class BatchingGenerator:
     >>> generator = BatchingGenerator(FusedSession(path, folder.spec), stop_token_ids=(0,))  # doctest: +SKIP
     >>> [t.id for t in generator.generate([5, 6, 7], GenerationConfig())]                     # doctest: +SKIP
 
-    ``max_batch`` bounds the replies in progress (more wait their turn).
+    ``max_batch`` bounds the replies in progress (more wait their turn); ``kept_bytes`` the
+    memory for conversations' keys and values between turns (CPU; see the module docstring).
     """
 
     def __init__(
@@ -138,6 +209,7 @@ class BatchingGenerator:
         stop_token_ids: Sequence[int],
         max_batch: int = 32,
         fixed_slots: bool | None = None,
+        kept_bytes: int = 0,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")
@@ -148,9 +220,10 @@ class BatchingGenerator:
         self.spec = session.spec
         if fixed_slots is None:  # the GPU's way; on the CPU a cache that grows costs less memory
             fixed_slots = session.device == "cuda"
-        self._rows = _FixedRows(session, max_batch) if fixed_slots else _GrowingRows(session)
+        self._rows = _FixedRows(session, max_batch) if fixed_slots else _GrowingRows(session, kept_bytes)
         self._waiting: list[_Reply] = []
         self._active: list[_Reply] = []
+        self.reused_tokens = 0  # prompt tokens not prefilled: their keys and values were kept
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
 
@@ -164,11 +237,16 @@ class BatchingGenerator:
         """Replies in the decode batch now."""
         return len(self._active)
 
-    def generate(self, prompt_ids: Sequence[int], config: GenerationConfig) -> Iterator[Token]:
-        """Yield the reply's tokens; the last one is a stop token unless the budget ran out."""
+    def generate(
+        self, prompt_ids: Sequence[int], config: GenerationConfig, *, key: str | None = None
+    ) -> Iterator[Token]:
+        """Yield the reply's tokens; the last one is a stop token unless the budget ran out.
+
+        With a ``key`` (the conversation) the keys and values of its last reply are reused for
+        what this prompt shares with it (CPU), and this reply's are kept for the next."""
         budget = reply_budget(len(prompt_ids), config, self.spec.n_positions)
         sampler = Sampler(config, vocab_size=self.spec.vocab_size, prompt_ids=prompt_ids)
-        return self._tokens(_Reply(list(prompt_ids), budget, sampler))
+        return self._tokens(_Reply(list(prompt_ids), budget, sampler, key=key))
 
     def _tokens(self, reply: _Reply) -> Iterator[Token]:
         with self._wake:
@@ -215,6 +293,7 @@ class BatchingGenerator:
             return
         reply.slot = self._rows.place(self._active)
         result = self._rows.prefill(reply)
+        self.reused_tokens += reply.reused
         reply.length = len(reply.prompt)
         self._active.append(reply)
         self._hand_out([(reply, 0)], result)
@@ -246,7 +325,8 @@ class BatchingGenerator:
                     self._rows.overruled()
             reply.tokens.put(Token(token, logprob))
             reply.last, reply.written = token, reply.written + 1
+            reply.generated.append(token)
         for reply, _ in rows:
             if reply.abandoned or reply.written >= reply.budget or reply.last in self.stop_token_ids:
+                self._rows.remove(self._active, reply)  # first: its turn is kept before the reader hears
                 reply.tokens.put(_DONE)
-                self._rows.remove(self._active, reply)

@@ -41,6 +41,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CHATBOT_DEVICE", "auto", flag="--device"),
     Setting("CHATBOT_VARIANT", "auto", flag="--variant"),
     Setting("CHATBOT_CUDA_GRAPHS", "1"),
+    Setting("CHATBOT_PREFIX_CACHE_MB", "256"),
     Setting("CHATBOT_LOG_FORMAT", "text"),
     Setting("CHATBOT_LOG_CONTENT", ""),
     Setting("CHATBOT_MODELS", "models", flag="--root"),

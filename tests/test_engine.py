@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from chatbot import (
+    ChatbotError,
     Engine,
     EngineConfig,
     GenerationConfig,
@@ -270,3 +271,37 @@ def test_the_reference_export_serves_when_asked_for(tiny_model_dir):
     with Engine.from_folder(tiny_model_dir, variant="reference") as engine:
         assert isinstance(engine.generator, OnnxGenerator)
         assert engine.reply(engine.start().id, "Hello").reply_tokens > 0
+
+
+LONG_QUESTION = "Where is my parcel? I ordered it two weeks ago and it has still not arrived."
+
+
+def test_a_conversations_later_turns_reuse_the_keys_and_values_of_its_earlier_ones(engine):
+    generator = engine.generator
+    assert isinstance(generator, BatchingGenerator)
+    conversation = engine.start()
+    first = engine.reply(conversation.id, LONG_QUESTION)
+    assert generator.reused_tokens == 0 and first.prompt_tokens >= 16
+    engine.reply(conversation.id, "It is order 4242.")
+    # the second prompt is the first, its reply, then the new message: only that was prefilled
+    assert generator.reused_tokens >= first.prompt_tokens
+    other = engine.start()
+    engine.reply(other.id, LONG_QUESTION)  # same words, another conversation
+    assert generator.reused_tokens < 2 * first.prompt_tokens
+
+
+@pytest.mark.parametrize(("value", "reused"), [("0", False), ("0.5", True)])
+def test_the_memory_kept_between_turns_comes_from_the_environment(tiny_model_dir, monkeypatch, value, reused):
+    monkeypatch.setenv("CHATBOT_PREFIX_CACHE_MB", value)
+    with Engine.from_folder(tiny_model_dir, config=EngineConfig(generation=SHORT)) as engine:
+        conversation = engine.start()
+        engine.reply(conversation.id, LONG_QUESTION)
+        engine.reply(conversation.id, "It is order 4242.")
+        assert (engine.generator.reused_tokens > 0) is reused
+
+
+def test_a_bad_size_for_the_memory_kept_between_turns_says_what_to_set(tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("CHATBOT_PREFIX_CACHE_MB", "lots")
+    with pytest.raises(ChatbotError, match="CHATBOT_PREFIX_CACHE_MB='lots' is not a size") as raised:
+        Engine.from_folder(tiny_model_dir)
+    assert "256" in str(raised.value.hint)

@@ -103,6 +103,7 @@ def test_a_store_that_fails_is_counted_and_logged_whichever_call_met_it(
         for name, call in calls.items():
             with pytest.raises(StoreError, match="closed"):
                 call()
+                pytest.fail(f"{name} did not raise")
     finally:
         logging.getLogger().removeHandler(handler)
     assert _value(engine.metrics.render().decode(), 'chatbot_errors_total{kind="StoreError"}') == len(calls)

@@ -27,13 +27,22 @@ def folder(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Mo
 
 
 def _generator(
-    folder: ModelFolder, variant: str = "cpu-fp32", *, fixed: bool = False, max_batch: int = 32
+    folder: ModelFolder,
+    variant: str = "cpu-fp32",
+    *,
+    fixed: bool = False,
+    max_batch: int = 32,
+    kept_bytes: int = 0,
 ) -> BatchingGenerator:
     """The CPU's scheduler (a growing cache), or with ``fixed`` the GPU's (fixed slots, the decode
     step feeding itself) running on the CPU provider."""
     session = FusedSession(folder.variant_path(variant), folder.spec)
     return BatchingGenerator(
-        session, stop_token_ids=folder.stop_token_ids, max_batch=max_batch, fixed_slots=fixed
+        session,
+        stop_token_ids=folder.stop_token_ids,
+        max_batch=max_batch,
+        fixed_slots=fixed,
+        kept_bytes=kept_bytes,
     )
 
 
@@ -176,3 +185,76 @@ def test_fixed_slots_fill_holes_and_run_in_batch_buckets(folder: ModelFolder) ->
     assert len(slots._bindings) > 2  # several bucket sizes ran
     spec = folder.spec
     assert slots.nbytes == 5 * 2 * spec.n_layer * spec.n_positions * spec.n_head * spec.head_dim * 4
+
+
+# -- keys and values kept between a conversation's turns ------------------------------------
+
+
+def _turn(generator: BatchingGenerator, prompt: list[int], key: str | None) -> list[int]:
+    return [t.id for t in generator.generate(prompt, GREEDY, key=key)]
+
+
+def _next_prompt(folder: ModelFolder, before: list[int], reply: list[int], text: str) -> list[int]:
+    """The next turn's prompt as the engine writes it: the conversation so far, then the message."""
+    return before + reply + folder.encode(folder.template.render([{"role": "user", "content": text}]))
+
+
+def test_a_conversations_next_turn_prefills_only_what_is_new(folder: ModelFolder) -> None:
+    kept = _generator(folder, kept_bytes=64 << 20)
+    first = _prompts(folder, 3)[2]
+    reply = _turn(kept, first, "c1")
+    assert kept.reused_tokens == 0  # nothing kept yet
+    second = _next_prompt(folder, first, reply, "and when will it arrive?")
+    again = _turn(kept, second, "c1")
+    # the earlier turns came from the cache: the prompt, and the reply up to its last token
+    # (whose keys and values a step would have written next)
+    assert kept.reused_tokens >= len(first) + len(reply) - 1
+    # fp32: what it computed from the kept positions is what a fresh prefill computes
+    assert again == _turn(_generator(folder), second, None)
+
+
+def test_kept_positions_end_where_the_prompt_parts_from_them(folder: ModelFolder) -> None:
+    kept = _generator(folder, kept_bytes=64 << 20)
+    first = _prompts(folder, 4)[3]
+    _turn(kept, first, "c1")
+    rewritten = [*first[:20], (first[20] + 1) % folder.spec.vocab_size, *first[21:]]
+    assert _turn(kept, rewritten, "c1") == _turn(_generator(folder), rewritten, None)
+    assert kept.reused_tokens == 20  # up to the first token that differs
+    _turn(kept, first[:10], "c1")  # shorter than MIN_KEPT in common: prefilled whole
+    assert kept.reused_tokens == 20
+    _turn(kept, first, "other")  # another conversation's key: nothing of c1's is used
+    assert kept.reused_tokens == 20
+
+
+def test_the_memory_for_kept_turns_is_bounded_and_the_oldest_goes_first(folder: ModelFolder) -> None:
+    prompts = _prompts(folder, 8)[4:]
+    none = _generator(folder, kept_bytes=0)
+    for i, prompt in enumerate(prompts):
+        _turn(none, prompt, f"c{i}")
+        _turn(none, prompt, f"c{i}")
+    assert none.reused_tokens == 0
+    rows = _generator(folder, kept_bytes=1 << 30)._rows
+    per_position = sum(buffer[0, :, :1].nbytes for buffer in rows.cache.buffers)  # type: ignore[union-attr]
+    budget = per_position * (2 * max(len(p) for p in prompts) + 2 * GREEDY.max_new_tokens)
+    bounded = _generator(folder, kept_bytes=budget)
+    for i, prompt in enumerate(prompts):
+        _turn(bounded, prompt, f"c{i}")
+    kept = bounded._rows.kept  # type: ignore[union-attr]
+    assert kept.nbytes <= budget and list(kept.entries) == ["c2", "c3"]  # c0 and c1 made room
+    _turn(bounded, prompts[0], "c0")  # dropped: prefilled whole
+    assert bounded.reused_tokens == 0
+    _turn(bounded, prompts[3], "c3")
+    assert bounded.reused_tokens == len(prompts[3]) - 1
+
+
+def test_conversations_in_many_threads_each_reuse_only_their_own_turns(folder: ModelFolder) -> None:
+    kept = _generator(folder, kept_bytes=64 << 20)
+    firsts = _prompts(folder, 6)
+    keys = [f"c{i}" for i in range(6)]
+    replies = [[t.id for t in r] for r in at_once(kept, firsts, [GREEDY] * 6, keys=keys)]
+    pairs = list(zip(firsts, replies, strict=True))
+    seconds = [_next_prompt(folder, p, r, f"thanks, order {i}") for i, (p, r) in enumerate(pairs)]
+    answers = [[t.id for t in r] for r in at_once(kept, seconds, [GREEDY] * 6, keys=keys)]
+    fresh = _generator(folder)
+    assert answers == [_turn(fresh, prompt, None) for prompt in seconds]
+    assert kept.reused_tokens >= sum(len(p) + len(r) - 1 for p, r in pairs)

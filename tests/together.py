@@ -9,15 +9,20 @@ from chatbot.generation import Generator, Token
 
 
 def at_once(
-    generator: Generator, prompts: list[list[int]], configs: list[GenerationConfig]
+    generator: Generator,
+    prompts: list[list[int]],
+    configs: list[GenerationConfig],
+    keys: list[str] | None = None,
 ) -> list[list[Token]]:
-    """Each prompt's reply, generated in its own thread; the threads start at one barrier."""
+    """Each prompt's reply, generated in its own thread (under its conversation's key, when
+    given); the threads start at one barrier."""
     results: list[list[Token]] = [[] for _ in prompts]
     start = threading.Barrier(len(prompts))
 
     def reply(index: int) -> None:
         start.wait()
-        results[index] = list(generator.generate(prompts[index], configs[index]))
+        key = keys[index] if keys is not None else None
+        results[index] = list(generator.generate(prompts[index], configs[index], key=key))
 
     threads = [threading.Thread(target=reply, args=(i,)) for i in range(len(prompts))]
     for thread in threads:

@@ -29,7 +29,9 @@ class TransformersGenerator:
         self.stop_token_ids = self.folder.stop_token_ids
         self._torch = torch
 
-    def generate(self, prompt_ids: Sequence[int], config: GenerationConfig) -> Iterator[Token]:
+    def generate(
+        self, prompt_ids: Sequence[int], config: GenerationConfig, *, key: str | None = None
+    ) -> Iterator[Token]:
         torch = self._torch
         past = None
 
