@@ -57,6 +57,12 @@ def test_bench_writes_both_tables_and_the_json_with_ratios(measured: tuple[str, 
     assert ratios["decode"] > 0 and ratios["first_token"] > 0 and set(ratios["tokens_per_s"]) == {"1", "2"}
     assert results["settings"]["prompt_tokens"] == 16 and results["settings"]["concurrency"] == [1, 2]
     assert results["config"] is None
+    # a second turn: the first prompt, its 6-token reply and 32 new tokens; all but the new
+    # tokens (and the reply's last, never fed back) come from the kept first turn
+    follow_up = results["ours"]["follow_up"]
+    assert follow_up["prompt_tokens"] == 16 + 6 + 32 and follow_up["kept_tokens"] == 16 + 6 - 1
+    assert follow_up["first_token_ms"] > 0 and follow_up["scratch_first_token_ms"] > 0
+    assert f"A conversation's second turn ({16 + 6 + 32} tokens: the first prompt" in stdout
 
 
 def test_the_fast_graphs_perplexity_is_measured_on_held_out_data(

@@ -65,6 +65,7 @@ Progress = Callable[[str], None]
 
 BENCH_EXTRA = "pip install 'chatbot[bench]'"
 CT2_QUANTIZATION = "int8"
+FOLLOW_UP_TOKENS = 32  # the new message of the second turn that `chatbot bench` times
 RECIPE = 6  # bump when a config folder must be built again (new files, new export options)
 
 
@@ -111,6 +112,8 @@ class Side:
     tokens: int
     peak_rss_mib: float
     tokens_per_s: dict[int, float] = field(default_factory=dict)
+    # ours only: the first token of a conversation's second turn, with its first turn kept
+    follow_up: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,8 +418,61 @@ def _measure_ours(folder: ModelFolder, prompt: list[int], options: BenchOptions,
         for n in options.concurrency:
             progress(f"ours: {n} conversations at once")
             side.tokens_per_s[n] = _median_rate(partial(_threaded, generator, prompt, config, n), options)
-    side.peak_rss_mib = _peak_rss_mib()
+        side.peak_rss_mib = _peak_rss_mib()
+        # last: its longer prompts grow the cache, which the figures above must not pay for
+        progress("ours: the second turn of a conversation")
+        side.follow_up = _follow_up(generator, folder, prompt, config, options)
     return side
+
+
+def _follow_up(
+    generator: Generator,
+    folder: ModelFolder,
+    prompt: list[int],
+    config: GenerationConfig,
+    options: BenchOptions,
+) -> dict[str, Any]:
+    """The first token of a second turn (the first prompt, its reply, then ``FOLLOW_UP_TOKENS``
+    new tokens) with the first turn's keys and values kept, and from scratch (medians)."""
+    kept, scratch = [], []
+    second: list[int] = []
+    reused = 0
+    spec = folder.spec
+    rng = np.random.default_rng(options.seed + 1)
+    new = [int(i) for i in rng.integers(0, spec.vocab_size, FOLLOW_UP_TOKENS)]
+    for run in range(options.runs + 1):  # the first is a warm-up
+        key = f"bench-follow-up-{run}"
+        reply = [token.id for token in generator.generate(prompt, config, key=key)]
+        second = [*prompt, *reply, *new][: spec.n_positions - 1]
+        before = getattr(generator, "reused_tokens", 0)
+        with_kept = _first_token_s(generator, generator.generate(second, config, key=key))
+        reused = getattr(generator, "reused_tokens", 0) - before
+        from_scratch = _first_token_s(generator, generator.generate(second, config))
+        if run:
+            kept.append(with_kept)
+            scratch.append(from_scratch)
+    return {
+        "prompt_tokens": len(second),
+        "kept_tokens": reused,
+        "first_token_ms": statistics.median(kept) * 1e3,
+        "scratch_first_token_ms": statistics.median(scratch) * 1e3,
+    }
+
+
+def _first_token_s(generator: Generator, tokens: Iterator[Any]) -> float:
+    """Seconds until ``tokens`` yields its first; the rest is not generated (the reader leaves,
+    and the scheduler is let go idle before the next measurement)."""
+    started = time.perf_counter()
+    next(iter(tokens), None)
+    elapsed = time.perf_counter() - started
+    close = getattr(tokens, "close", None)
+    if close is not None:
+        close()
+    busy = getattr(generator, "batch_size", None)
+    deadline = time.monotonic() + 10
+    while busy is not None and busy() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return elapsed
 
 
 def _threaded(generator: Generator, prompt: list[int], config: GenerationConfig, n: int) -> tuple[int, float]:
@@ -674,10 +730,29 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         *_concurrency_table(results),
         "",
+        _follow_up_line(results["ours"].get("follow_up") or {}),
+        "",
         _quality_line(results.get("quality")),
         "",
     ]
     return "\n".join(lines)
+
+
+def _follow_up_line(follow_up: dict[str, Any]) -> str:
+    if not follow_up:
+        return "A conversation's second turn: not measured."
+    kept, scratch = follow_up["first_token_ms"], follow_up["scratch_first_token_ms"]
+    if not follow_up["kept_tokens"]:
+        return (
+            f"A conversation's second turn ({follow_up['prompt_tokens']} tokens): first token in "
+            f"{kept:.2f} ms; nothing of the first turn is kept on this path (the CPU scheduler keeps it)."
+        )
+    return (
+        f"A conversation's second turn ({follow_up['prompt_tokens']} tokens: the first prompt, its "
+        f"reply and {FOLLOW_UP_TOKENS} new tokens): first token in {kept:.2f} ms with the first turn's "
+        f"keys and values kept ({follow_up['kept_tokens']} tokens not prefilled), {scratch:.2f} ms "
+        f"from scratch ({scratch / kept:.2f}×)."
+    )
 
 
 def _quality_line(quality: dict[str, Any] | None) -> str:
