@@ -32,6 +32,7 @@ from chatbot.limits import RateLimiter, ReplySlots
 from chatbot.logs import event
 from chatbot.metrics import Metrics
 from chatbot.prompt import Prompt, build_prompt
+from chatbot.scheduler import BatchingGenerator
 from chatbot.store import SQLStore, Store, open_store
 from chatbot.textstream import IncrementalDecoder
 from chatbot.types import Conversation, Feedback, FinishReason, GenerationConfig, Message, Reply
@@ -127,9 +128,8 @@ class Engine:
         self._in_flight = 0  # replies being generated (guarded by _idle)
         self._idle = threading.Condition()
         self.metrics.active.set_function(lambda: float(self._in_flight))
-        queue_depth, batch_size = (getattr(self.generator, n, None) for n in ("queue_depth", "batch_size"))
-        if callable(queue_depth) and callable(batch_size):
-            self.metrics.watch_scheduler(queue_depth, batch_size)
+        if isinstance(self.generator, BatchingGenerator):
+            self.metrics.watch_scheduler(self.generator)
         self._locks: weakref.WeakValueDictionary[str, _ConversationLock] = weakref.WeakValueDictionary()
         self._locks_guard = threading.Lock()
 

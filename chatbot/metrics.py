@@ -17,12 +17,15 @@ durations are in seconds.
 ``chatbot_active_conversations``          conversations with a reply being generated now
 ``chatbot_scheduler_queue_depth``         replies waiting for a slot in the decode batch
 ``chatbot_scheduler_batch_size``          replies in the decode batch
+``chatbot_scheduler_kept_bytes``          memory holding conversations' keys and values between turns
+``chatbot_scheduler_kept_tokens_total``   prompt tokens not prefilled: their turn's keys and values were kept
 ======================================  =====================================================
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -32,9 +35,21 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 SECONDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 RATES = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+
+
+class Scheduler(Protocol):
+    """What the metrics read of :class:`chatbot.scheduler.BatchingGenerator`."""
+
+    reused_tokens: int
+
+    def queue_depth(self) -> int: ...
+    def batch_size(self) -> int: ...
+    def kept_bytes(self) -> int: ...
 
 
 class Metrics:
@@ -79,12 +94,31 @@ class Metrics:
         self.batch_size = Gauge(
             "chatbot_scheduler_batch_size", "Replies in the scheduler's decode batch", registry=registry
         )
+        self.kept_bytes = Gauge(
+            "chatbot_scheduler_kept_bytes",
+            "Memory holding conversations' keys and values between their turns",
+            registry=registry,
+        )
+        self._kept_help = "Prompt tokens not prefilled because their conversation's earlier turn was kept"
 
-    def watch_scheduler(self, queue_depth: Callable[[], int], batch_size: Callable[[], int]) -> None:
-        """Read the scheduler's gauges from these callables whenever ``/metrics`` is scraped."""
-        self.queue_depth.set_function(lambda: float(queue_depth()))
-        self.batch_size.set_function(lambda: float(batch_size()))
+    def watch_scheduler(self, scheduler: Scheduler) -> None:
+        """Read the scheduler's figures whenever ``/metrics`` is scraped."""
+        self.queue_depth.set_function(lambda: float(scheduler.queue_depth()))
+        self.batch_size.set_function(lambda: float(scheduler.batch_size()))
+        self.kept_bytes.set_function(lambda: float(scheduler.kept_bytes()))
+        name = "chatbot_scheduler_kept_tokens"
+        self.registry.register(_CounterOf(name, self._kept_help, lambda: scheduler.reused_tokens))
 
     def render(self) -> bytes:
         """The metrics in Prometheus' text format."""
         return generate_latest(self.registry)
+
+
+class _CounterOf(Collector):
+    """A counter whose value another object keeps (read at each scrape)."""
+
+    def __init__(self, name: str, documentation: str, value: Callable[[], int]) -> None:
+        self.name, self.documentation, self.value = name, documentation, value
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self.name, self.documentation, value=float(self.value()))

@@ -237,6 +237,10 @@ class BatchingGenerator:
         """Replies in the decode batch now."""
         return len(self._active)
 
+    def kept_bytes(self) -> int:
+        """Memory holding conversations' keys and values between their turns (CPU; 0 on a GPU)."""
+        return self._rows.kept.nbytes if isinstance(self._rows, _GrowingRows) else 0
+
     def generate(
         self, prompt_ids: Sequence[int], config: GenerationConfig, *, key: str | None = None
     ) -> Iterator[Token]:

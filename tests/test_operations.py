@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from chatbot import Engine, InvalidMessage, RateLimited, StoreError, configure_logging, customer_message
+from chatbot import (
+    Engine,
+    GenerationConfig,
+    InvalidMessage,
+    RateLimited,
+    StoreError,
+    configure_logging,
+    customer_message,
+)
 
 
 @pytest.fixture
@@ -78,6 +86,19 @@ def test_a_reply_is_one_json_line_with_its_conversation_and_text_only_when_allow
     assert line["message_id"] == reply.message_id and line["finish_reason"] == reply.finish_reason
     assert ("My parcel 4242 is late" in out.getvalue()) is content
     assert (line.get("reply") == reply.text) is content
+
+
+def test_the_turns_kept_between_replies_are_in_the_metrics(engine: Engine) -> None:
+    conversation = engine.start("c5")
+    short = GenerationConfig(max_new_tokens=12)  # both turns fit the tiny model's window
+    question = "Where is my parcel? I ordered it two weeks ago and it is still not here."
+    engine.reply(conversation.id, question, generation=short)
+    metrics = engine.metrics.render().decode()
+    assert _value(metrics, "chatbot_scheduler_kept_tokens_total") == 0
+    assert _value(metrics, "chatbot_scheduler_kept_bytes") > 0  # the first turn, kept for the next
+    engine.reply(conversation.id, "It is order 4242.", generation=short)
+    metrics = engine.metrics.render().decode()
+    assert _value(metrics, "chatbot_scheduler_kept_tokens_total") >= 16
 
 
 def test_a_store_that_fails_is_counted_and_logged_whichever_call_met_it(
