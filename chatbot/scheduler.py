@@ -99,10 +99,9 @@ class _Kept:
         """Copy the kept positions that ``prompt`` starts with into ``slot``; how many (0: none).
 
         At least the prompt's last token is left to prefill: its logits pick the first token."""
-        entry = self.entries.get(key)
+        entry = self._drop(key)  # kept again, longer, when this reply ends
         if entry is None:
             return 0
-        self._drop(key)  # kept again, longer, when this reply ends
         tokens, saved = entry
         n = min(len(tokens), len(prompt) - 1)
         same = tokens[:n] == prompt[:n]
@@ -113,10 +112,11 @@ class _Kept:
             buffer[slot, :, :shared] = kept[:, :shared]
         return shared
 
-    def _drop(self, key: str) -> None:
+    def _drop(self, key: str) -> tuple[np.ndarray, list[np.ndarray]] | None:
         entry = self.entries.pop(key, None)
         if entry is not None:
             self.nbytes -= sum(kept.nbytes for kept in entry[1])
+        return entry
 
 
 class _GrowingRows:
