@@ -415,7 +415,8 @@ class Engine:
         """Text deltas of the reply, never splitting a character, stripped at both ends."""
         decoder = IncrementalDecoder(self.folder.tokenizer)
         trim = _Trim()
-        for token in self.generator.generate(prompt.token_ids, generation, key=conversation_id):
+        ids, shared = prompt.token_ids, prompt.system_tokens
+        for token in self.generator.generate(ids, generation, key=conversation_id, shared=shared):
             tokens.add(token)
             if token.id in self.generator.stop_token_ids:
                 break

@@ -45,13 +45,20 @@ class Generator(Protocol):
     stop_token_ids: tuple[int, ...]
 
     def generate(
-        self, prompt_ids: Sequence[int], config: GenerationConfig, *, key: str | None = None
+        self,
+        prompt_ids: Sequence[int],
+        config: GenerationConfig,
+        *,
+        key: str | None = None,
+        shared: int = 0,
     ) -> Iterator[Token]:
         """Yield new tokens; the last one is a stop token, unless ``max_new_tokens`` ran out first.
 
         ``key`` names the conversation: a generator may keep the keys and values of its last
         reply and compute only what is new in its next prompt (the earlier turns are the same
-        tokens); one that keeps nothing ignores it.
+        tokens). ``shared`` says how many leading tokens are the same for other conversations
+        (the system prompt's turn), which a generator may compute once for all of them. One that
+        keeps nothing ignores both.
         """
         ...
 
@@ -174,9 +181,15 @@ class OnnxGenerator:
         return ort.OrtValue.ortvalue_from_numpy(array, self.device, 0)
 
     def generate(
-        self, prompt_ids: Sequence[int], config: GenerationConfig, *, key: str | None = None
+        self,
+        prompt_ids: Sequence[int],
+        config: GenerationConfig,
+        *,
+        key: str | None = None,
+        shared: int = 0,
     ) -> Iterator[Token]:
-        """Yield the reply's tokens one by one (see :class:`Generator`; nothing is kept by ``key``)."""
+        """Yield the reply's tokens one by one (see :class:`Generator`; nothing is kept: ``key`` and
+        ``shared`` are ignored)."""
         binding = self.session.io_binding()  # per call: concurrent replies never share one
         empty = np.zeros((1, self.spec.n_head, 0, self.spec.head_dim), dtype=self._cache_dtype)
         past = [self._ortvalue(empty)] * len(self._past_names)

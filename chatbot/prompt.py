@@ -9,7 +9,7 @@ alone is refused with :class:`MessageTooLong`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from chatbot.errors import ChatbotError, MessageTooLong
 from chatbot.folder import ModelFolder
@@ -23,6 +23,9 @@ class Prompt:
     text: str
     token_ids: tuple[int, ...]
     dropped_turns: int  # whole turns of history left out to fit the window
+    # the leading tokens that are the system prompt's turn, the same in every conversation with
+    # this system prompt (0 without one, or when the template does not write it first, alone)
+    system_tokens: int = 0
 
 
 def turn_starts(history: Sequence[Message]) -> list[int]:
@@ -69,7 +72,17 @@ def build_prompt(
             high = mid
         else:
             low = mid + 1
-    return smallest if high == last else render(high)
+    prompt = smallest if high == last else render(high)
+    return replace(prompt, system_tokens=_system_tokens(folder, system_prompt, prompt.token_ids))
+
+
+def _system_tokens(folder: ModelFolder, system_prompt: str | None, token_ids: Sequence[int]) -> int:
+    """How many of ``token_ids`` are the system prompt's turn rendered alone (0 if they are not)."""
+    if system_prompt is None:
+        return 0
+    system = [{"role": "system", "content": system_prompt}]
+    head = folder.encode(folder.template.render(system, add_generation_prompt=False))
+    return len(head) if len(head) < len(token_ids) and tuple(token_ids[: len(head)]) == tuple(head) else 0
 
 
 def _too_long(folder: ModelFolder, alone: Prompt, window: int, system_prompt: str | None) -> MessageTooLong:

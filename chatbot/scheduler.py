@@ -18,9 +18,14 @@ batch, which is where the aggregate speed comes from on a CPU as on a GPU.
 On the CPU a conversation's keys and values are kept when its reply ends (:class:`_Kept`, up to
 ``kept_bytes`` in all, the least recently used dropped first). Its next prompt, which starts with
 the same tokens (the earlier turns, then the new message), is prefilled from where they part, so
-the first token of a later turn costs the new message, not the whole conversation. A reply that
-reused kept keys and values is the reply computed from scratch up to float rounding: the kept
-positions were computed one token at a time, not as one prompt.
+the first token of a later turn costs the new message, not the whole conversation. The system
+prompt's turn (the ``shared`` tokens a caller names: the engine names the system prompt's) is
+also kept on its own, under its tokens, the first time a prompt starting with it is prefilled:
+every conversation that starts with the same system prompt takes it from there, so its first
+turn too costs only the customer's message. Only those tokens are shared between conversations,
+never what a customer wrote. A reply that reused kept keys and values is the reply computed from
+scratch up to float rounding: the kept positions were computed one token at a time, or in
+another prompt, not as one prompt.
 
 Where the rows live depends on the device: on the CPU a :class:`~chatbot.fused.KVCache` that
 grows with the replies in progress, a leaving reply's row filled by the last one
@@ -64,7 +69,8 @@ class _Reply:
     slot: int = -1  # its row in the cache
     key: str | None = None  # its conversation (what its keys and values are kept under)
     generated: list[int] = field(default_factory=list)  # the tokens handed out
-    reused: int = 0  # prompt tokens whose keys and values were kept from the last turn
+    shared: int = 0  # leading prompt tokens other conversations may share (the system prompt's turn)
+    reused: int = 0  # prompt tokens whose keys and values were kept (the last turn, a shared prefix)
 
     def cached_tokens(self) -> np.ndarray:
         """The tokens whose keys and values are in the cache (the last one handed out is not yet)."""
@@ -72,19 +78,22 @@ class _Reply:
 
 
 class _Kept:
-    """Conversations' keys and values between turns (CPU), least recently used first out.
+    """Keys and values kept between turns (CPU), least recently used first out.
 
-    An entry is the tokens a finished reply left in the cache (its prompt and reply) and a copy
-    of their keys and values. The conversation's next prompt takes it back: the positions where
-    the tokens agree are copied into its slot and only the rest is prefilled.
+    An entry is a run of tokens and a copy of their keys and values: under a conversation's id,
+    what its last reply left in the cache (its prompt and reply), which its next prompt takes
+    back; under the bytes of its tokens, a system prompt's turn, which any prompt starting with
+    those tokens copies. The positions where the tokens agree are copied into the prompt's slot
+    and only the rest is prefilled.
     """
 
     def __init__(self, budget: int) -> None:
         self.budget = budget
-        self.entries: OrderedDict[str, tuple[np.ndarray, list[np.ndarray]]] = OrderedDict()
+        self.entries: OrderedDict[str | bytes, tuple[np.ndarray, list[np.ndarray]]] = OrderedDict()
         self.nbytes = 0
 
-    def keep(self, key: str, tokens: np.ndarray, cache: KVCache, slot: int) -> None:
+    def keep(self, key: str | bytes, tokens: np.ndarray, cache: KVCache, slot: int) -> None:
+        """Copy the first ``len(tokens)`` positions of ``slot`` under ``key`` (if they fit the budget)."""
         self._drop(key)
         length = len(tokens)
         size = length * sum(buffer[slot, :, :1].nbytes for buffer in cache.buffers)
@@ -95,24 +104,39 @@ class _Kept:
         self.entries[key] = (tokens, [buffer[slot, :, :length].copy() for buffer in cache.buffers])
         self.nbytes += size
 
-    def restore(self, key: str, prompt: np.ndarray, cache: KVCache, slot: int) -> int:
+    def restore(self, key: str | None, prompt: np.ndarray, cache: KVCache, slot: int, shared: int = 0) -> int:
         """Copy the kept positions that ``prompt`` starts with into ``slot``; how many (0: none).
 
-        At least the prompt's last token is left to prefill: its logits pick the first token."""
-        entry = self._drop(key)  # kept again, longer, when this reply ends
-        if entry is None:
-            return 0
-        tokens, saved = entry
-        n = min(len(tokens), len(prompt) - 1)
-        same = tokens[:n] == prompt[:n]
-        shared = n if bool(same.all()) else int(np.argmin(same))
-        if shared < MIN_KEPT:
+        The conversation's own entry (``key``) is taken out: it is kept again, longer, when this
+        reply ends. A shared entry for ``prompt[:shared]`` is copied and stays. The longer of
+        the two is used. At least the prompt's last token is left to prefill: its logits pick
+        the first token."""
+        own = self._drop(key) if key is not None else None
+        best: tuple[int, list[np.ndarray]] = (0, [])
+        if own is not None:
+            tokens = own[0]
+            n = min(len(tokens), len(prompt) - 1)
+            same = tokens[:n] == prompt[:n]
+            best = (n if bool(same.all()) else int(np.argmin(same))), own[1]
+        shared = min(shared, len(prompt) - 1)
+        if shared > best[0] and (entry := self.shared(prompt[:shared])) is not None:
+            best = shared, entry[1]
+        length, saved = best
+        if length < MIN_KEPT:
             return 0
         for buffer, kept in zip(cache.buffers, saved, strict=True):
-            buffer[slot, :, :shared] = kept[:, :shared]
-        return shared
+            buffer[slot, :, :length] = kept[:, :length]
+        return length
 
-    def _drop(self, key: str) -> tuple[np.ndarray, list[np.ndarray]] | None:
+    def shared(self, tokens: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]] | None:
+        """The entry kept for exactly ``tokens`` (now the most recently used), if any."""
+        key = tokens.tobytes()
+        entry = self.entries.get(key)
+        if entry is not None:
+            self.entries.move_to_end(key)
+        return entry
+
+    def _drop(self, key: str | bytes) -> tuple[np.ndarray, list[np.ndarray]] | None:
         entry = self.entries.pop(key, None)
         if entry is not None:
             self.nbytes -= sum(kept.nbytes for kept in entry[1])
@@ -133,10 +157,14 @@ class _GrowingRows:
 
     def prefill(self, reply: _Reply) -> StepResult:
         self.cache.reserve(reply.slot + 1, len(reply.prompt) + reply.budget)
-        if reply.key is not None:
-            reply.reused = self.kept.restore(reply.key, np.asarray(reply.prompt), self.cache, reply.slot)
+        prompt = np.asarray(reply.prompt, dtype=np.int64)
+        reply.reused = self.kept.restore(reply.key, prompt, self.cache, reply.slot, reply.shared)
         start = reply.reused
-        return self.session.step(self.cache, reply.slot, [reply.prompt[start:]], [start])
+        result = self.session.step(self.cache, reply.slot, [reply.prompt[start:]], [start])
+        head = prompt[: min(reply.shared, len(prompt) - 1)]
+        if len(head) >= MIN_KEPT and self.kept.shared(head) is None:  # the first prompt with it
+            self.kept.keep(head.tobytes(), head, self.cache, reply.slot)
+        return result
 
     def decode(self, active: list[_Reply]) -> StepResult:
         ids = np.array([[reply.last] for reply in active], dtype=np.int64)
@@ -242,15 +270,22 @@ class BatchingGenerator:
         return self._rows.kept.nbytes if isinstance(self._rows, _GrowingRows) else 0
 
     def generate(
-        self, prompt_ids: Sequence[int], config: GenerationConfig, *, key: str | None = None
+        self,
+        prompt_ids: Sequence[int],
+        config: GenerationConfig,
+        *,
+        key: str | None = None,
+        shared: int = 0,
     ) -> Iterator[Token]:
         """Yield the reply's tokens; the last one is a stop token unless the budget ran out.
 
         With a ``key`` (the conversation) the keys and values of its last reply are reused for
-        what this prompt shares with it (CPU), and this reply's are kept for the next."""
+        what this prompt shares with it (CPU), and this reply's are kept for the next. The first
+        ``shared`` tokens (the system prompt's turn) are computed once for every prompt that
+        starts with them (CPU)."""
         budget = reply_budget(len(prompt_ids), config, self.spec.n_positions)
         sampler = Sampler(config, vocab_size=self.spec.vocab_size, prompt_ids=prompt_ids)
-        return self._tokens(_Reply(list(prompt_ids), budget, sampler, key=key))
+        return self._tokens(_Reply(list(prompt_ids), budget, sampler, key=key, shared=shared))
 
     def _tokens(self, reply: _Reply) -> Iterator[Token]:
         with self._wake:

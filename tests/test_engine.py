@@ -290,6 +290,21 @@ def test_a_conversations_later_turns_reuse_the_keys_and_values_of_its_earlier_on
     assert generator.reused_tokens < 2 * first.prompt_tokens
 
 
+def test_conversations_share_the_system_prompts_keys_and_values_and_nothing_a_customer_wrote(tiny_model_dir):
+    system = "You are the support agent of a parcel shop. Answer politely, in one or two sentences."
+    config = EngineConfig(generation=SHORT, system_prompt=system)
+    with Engine.from_folder(tiny_model_dir, config=config) as engine:
+        generator = engine.generator
+        assert isinstance(generator, BatchingGenerator)
+        engine.reply(engine.start().id, LONG_QUESTION)
+        assert generator.reused_tokens == 0
+        engine.reply(engine.start().id, LONG_QUESTION)  # the same words in another conversation
+        turn = engine.folder.template.render(
+            [{"role": "system", "content": system}], add_generation_prompt=False
+        )
+        assert generator.reused_tokens == len(engine.folder.encode(turn))  # the system's turn only
+
+
 @pytest.mark.parametrize(("value", "reused"), [("0", False), ("0.5", True)])
 def test_the_memory_kept_between_turns_comes_from_the_environment(tiny_model_dir, monkeypatch, value, reused):
     monkeypatch.setenv("CHATBOT_PREFIX_CACHE_MB", value)

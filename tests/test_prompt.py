@@ -77,3 +77,14 @@ def test_the_system_prompt_is_never_dropped(folder):
 def test_a_reply_budget_as_big_as_the_window_is_a_configuration_error(folder):
     with pytest.raises(ChatbotError, match="max_new_tokens"):
         build_prompt(folder, chat(1), system_prompt=None, max_new_tokens=folder.spec.n_positions)
+
+
+def test_the_prompt_says_how_many_of_its_tokens_are_the_system_prompts_turn(folder):
+    system = "You are the shop's agent. Answer in one sentence."
+    prompt = build_prompt(folder, chat(2, words=1), system_prompt=system, max_new_tokens=32)
+    head = folder.encode(
+        folder.template.render([{"role": "system", "content": system}], add_generation_prompt=False)
+    )
+    assert prompt.system_tokens == len(head) > 0
+    assert list(prompt.token_ids[: len(head)]) == head  # every conversation with it starts so
+    assert build_prompt(folder, chat(2, words=1), system_prompt=None, max_new_tokens=32).system_tokens == 0

@@ -258,3 +258,69 @@ def test_conversations_in_many_threads_each_reuse_only_their_own_turns(folder: M
     fresh = _generator(folder)
     assert answers == [_turn(fresh, prompt, None) for prompt in seconds]
     assert kept.reused_tokens >= sum(len(p) + len(r) - 1 for p, r in pairs)
+
+
+def _with_system(folder: ModelFolder, system: str, text: str) -> tuple[list[int], int]:
+    """A first turn's prompt with a system prompt, and how many of its tokens are the system's."""
+    head = folder.encode(
+        folder.template.render([{"role": "system", "content": system}], add_generation_prompt=False)
+    )
+    turn = [{"role": "system", "content": system}, {"role": "user", "content": text}]
+    prompt = folder.encode(folder.template.render(turn))
+    assert prompt[: len(head)] == head
+    return prompt, len(head)
+
+
+SYSTEM = "You are the support agent of a parcel shop. Answer politely, in one or two sentences."
+
+
+def test_conversations_with_the_same_system_prompt_compute_it_once(folder: ModelFolder) -> None:
+    kept = _generator(folder, kept_bytes=64 << 20)
+    fresh = _generator(folder)
+    first, shared = _with_system(folder, SYSTEM, "where is parcel 12?")
+    assert shared >= 16  # MIN_KEPT: shorter system prompts are prefilled with the rest
+    assert _turn_shared(kept, first, "c1", shared) == _turn(fresh, first, None)
+    assert kept.reused_tokens == 0  # the first prompt with it computed it
+    other, _ = _with_system(folder, SYSTEM, "can I return a broken kettle?")
+    # another conversation: the system prompt's turn came from the first, the rest was prefilled
+    assert _turn_shared(kept, other, "c2", shared) == _turn(fresh, other, None)
+    assert kept.reused_tokens == shared
+    # a conversation's own earlier turns, longer than the system prompt, still win
+    reply = _turn(fresh, first, None)
+    second = _next_prompt(folder, first, reply, "it is order 4242")
+    before = kept.reused_tokens
+    assert _turn_shared(kept, second, "c1", shared) == _turn(fresh, second, None)
+    assert kept.reused_tokens - before >= len(first) + len(reply) - 1
+    # another system prompt shares nothing; without ``shared`` nothing crosses conversations
+    changed, changed_shared = _with_system(folder, SYSTEM.replace("parcel", "flower"), "where is parcel 12?")
+    before = kept.reused_tokens
+    _turn_shared(kept, changed, "c3", changed_shared)
+    _turn(kept, other, "c4")
+    assert kept.reused_tokens == before
+
+
+def test_many_conversations_starting_at_once_with_one_system_prompt_match_their_replies_alone(
+    folder: ModelFolder,
+) -> None:
+    kept = _generator(folder, kept_bytes=64 << 20)
+    prompts, shared = zip(
+        *(_with_system(folder, SYSTEM, f"where is parcel {i * 37}?") for i in range(6)), strict=True
+    )
+    streams = at_once(
+        kept, list(prompts), [GREEDY] * 6, keys=[f"c{i}" for i in range(6)], shared=list(shared)
+    )
+    fresh = _generator(folder)
+    assert [[t.id for t in r] for r in streams] == [_turn(fresh, p, None) for p in prompts]
+    assert kept.reused_tokens >= shared[0]  # at least the later ones took it from the first
+
+
+def test_the_system_prompts_turn_is_kept_within_the_same_memory_bound(folder: ModelFolder) -> None:
+    prompt, shared = _with_system(folder, SYSTEM, "where is parcel 12?")
+    none = _generator(folder, kept_bytes=0)
+    _turn_shared(none, prompt, "c1", shared)
+    _turn_shared(none, prompt, "c2", shared)
+    assert none.reused_tokens == 0 and none.kept_bytes() == 0
+
+
+def _turn_shared(generator: BatchingGenerator, prompt: list[int], key: str | None, shared: int) -> list[int]:
+    return [t.id for t in generator.generate(prompt, GREEDY, key=key, shared=shared)]

@@ -30,7 +30,12 @@ class TransformersGenerator:
         self._torch = torch
 
     def generate(
-        self, prompt_ids: Sequence[int], config: GenerationConfig, *, key: str | None = None
+        self,
+        prompt_ids: Sequence[int],
+        config: GenerationConfig,
+        *,
+        key: str | None = None,
+        shared: int = 0,
     ) -> Iterator[Token]:
         torch = self._torch
         past = None
