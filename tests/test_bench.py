@@ -63,6 +63,12 @@ def test_bench_writes_both_tables_and_the_json_with_ratios(measured: tuple[str, 
     assert follow_up["prompt_tokens"] == 16 + 6 + 32 and follow_up["kept_tokens"] == 16 + 6 - 1
     assert follow_up["first_token_ms"] > 0 and follow_up["scratch_first_token_ms"] > 0
     assert f"A conversation's second turn ({16 + 6 + 32} tokens: the first prompt" in stdout
+    # new conversations whose system prompt is the 16-token prompt, then 32 tokens of their
+    # own: the system prompt's keys and values come from the conversations before them
+    shared = results["ours"]["shared_system"]
+    assert shared["prompt_tokens"] == 16 + 32 and shared["system_tokens"] == shared["kept_tokens"] == 16
+    assert shared["first_token_ms"] > 0 and shared["scratch_first_token_ms"] > 0
+    assert "A new conversation's first turn (48 tokens: a 16-token system prompt" in stdout
 
 
 def test_the_fast_graphs_perplexity_is_measured_on_held_out_data(

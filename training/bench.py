@@ -20,7 +20,10 @@ folder when missing) through the scheduler with its CUDA graphs.
 For each: time to first token (the prompt's forward pass and the first pick), decode
 milliseconds per token at batch 1 (the rest of the reply, divided by its tokens), aggregate
 tokens/s for each N of ``concurrency``, and the process's peak resident memory after that side
-ran (the sides run one after the other in one process, so the figure is cumulative). Everybody
+ran (the sides run one after the other in one process, so the figure is cumulative). Ours also:
+the first token of a conversation's second turn with its first turn kept, and of a new
+conversation whose system prompt earlier ones started with, each against the same prompt from
+scratch (the CPU scheduler keeps both; see :mod:`chatbot.scheduler`). Everybody
 generates greedily and exactly ``new_tokens`` tokens: stop tokens are ignored. The results are
 printed as markdown tables with ratios against each peer (> 1× means ours is faster), and written
 as ``bench.md`` and ``bench.json``.
@@ -114,6 +117,8 @@ class Side:
     tokens_per_s: dict[int, float] = field(default_factory=dict)
     # ours only: the first token of a conversation's second turn, with its first turn kept
     follow_up: dict[str, Any] = field(default_factory=dict)
+    # ours only: the first token of a new conversation whose system prompt others had before
+    shared_system: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -420,39 +425,67 @@ def _measure_ours(folder: ModelFolder, prompt: list[int], options: BenchOptions,
             side.tokens_per_s[n] = _median_rate(partial(_threaded, generator, prompt, config, n), options)
         side.peak_rss_mib = _peak_rss_mib()
         # last: its longer prompts grow the cache, which the figures above must not pay for
-        progress("ours: the second turn of a conversation")
-        side.follow_up = _follow_up(generator, folder, prompt, config, options)
+        progress("ours: a conversation's second turn, and new ones with the same system prompt")
+        side.follow_up, side.shared_system = _kept_turns(generator, folder, prompt, config, options)
     return side
 
 
-def _follow_up(
+def _kept_turns(
     generator: Generator,
     folder: ModelFolder,
     prompt: list[int],
     config: GenerationConfig,
     options: BenchOptions,
-) -> dict[str, Any]:
-    """The first token of a second turn (the first prompt, its reply, then ``FOLLOW_UP_TOKENS``
-    new tokens) with the first turn's keys and values kept, and from scratch (medians)."""
-    kept, scratch = [], []
-    second: list[int] = []
-    reused = 0
-    spec = folder.spec
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """First tokens with keys and values kept, and from scratch (medians):
+
+    * a second turn (the first prompt, its reply, then ``FOLLOW_UP_TOKENS`` new tokens) with the
+      first turn kept;
+    * new conversations whose system prompt is ``prompt``, followed by ``FOLLOW_UP_TOKENS``
+      tokens of their own, with the system prompt kept from the conversations before them.
+    """
     rng = np.random.default_rng(options.seed + 1)
+    spec = folder.spec
+    window = spec.n_positions - 1
     new = [int(i) for i in rng.integers(0, spec.vocab_size, FOLLOW_UP_TOKENS)]
-    for run in range(options.runs + 1):  # the first is a warm-up
-        key = f"bench-follow-up-{run}"
+
+    def second_turn(key: str) -> tuple[list[int], int]:
         reply = [token.id for token in generator.generate(prompt, config, key=key)]
-        second = [*prompt, *reply, *new][: spec.n_positions - 1]
+        return [*prompt, *reply, *new][:window], 0
+
+    def first_turn(key: str) -> tuple[list[int], int]:
+        message = [int(i) for i in rng.integers(0, spec.vocab_size, FOLLOW_UP_TOKENS)]
+        return [*prompt, *message][:window], len(prompt)
+
+    follow_up = _kept_against_scratch(generator, config, options, "bench-follow-up", second_turn)
+    shared = _kept_against_scratch(generator, config, options, "bench-system", first_turn)
+    return follow_up, {**shared, "system_tokens": len(prompt)}
+
+
+def _kept_against_scratch(
+    generator: Generator,
+    config: GenerationConfig,
+    options: BenchOptions,
+    name: str,
+    make: Callable[[str], tuple[list[int], int]],
+) -> dict[str, Any]:
+    """Median first-token times of ``make(key)``'s prompt (and its shared leading tokens) under
+    the conversation ``key`` and from scratch; the first of ``options.runs + 1`` is a warm-up."""
+    kept, scratch = [], []
+    prompt: list[int] = []
+    reused = 0
+    for run in range(options.runs + 1):
+        key = f"{name}-{run}"
+        prompt, shared = make(key)
         before = getattr(generator, "reused_tokens", 0)
-        with_kept = _first_token_s(generator, generator.generate(second, config, key=key))
+        with_kept = _first_token_s(generator, generator.generate(prompt, config, key=key, shared=shared))
         reused = getattr(generator, "reused_tokens", 0) - before
-        from_scratch = _first_token_s(generator, generator.generate(second, config))
+        from_scratch = _first_token_s(generator, generator.generate(prompt, config))
         if run:
             kept.append(with_kept)
             scratch.append(from_scratch)
     return {
-        "prompt_tokens": len(second),
+        "prompt_tokens": len(prompt),
         "kept_tokens": reused,
         "first_token_ms": statistics.median(kept) * 1e3,
         "scratch_first_token_ms": statistics.median(scratch) * 1e3,
@@ -732,6 +765,8 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         _follow_up_line(results["ours"].get("follow_up") or {}),
         "",
+        _shared_system_line(results["ours"].get("shared_system") or {}),
+        "",
         _quality_line(results.get("quality")),
         "",
     ]
@@ -752,6 +787,23 @@ def _follow_up_line(follow_up: dict[str, Any]) -> str:
         f"reply and {FOLLOW_UP_TOKENS} new tokens): first token in {kept:.2f} ms with the first turn's "
         f"keys and values kept ({follow_up['kept_tokens']} tokens not prefilled), {scratch:.2f} ms "
         f"from scratch ({scratch / kept:.2f}×)."
+    )
+
+
+def _shared_system_line(shared: dict[str, Any]) -> str:
+    if not shared:
+        return "A new conversation with a system prompt others had: not measured."
+    kept, scratch = shared["first_token_ms"], shared["scratch_first_token_ms"]
+    what = (
+        f"A new conversation's first turn ({shared['prompt_tokens']} tokens: a "
+        f"{shared['system_tokens']}-token system prompt, the bench's prompt, that earlier conversations "
+        f"started with, and {FOLLOW_UP_TOKENS} tokens of its own): first token in {kept:.2f} ms"
+    )
+    if not shared["kept_tokens"]:
+        return f"{what}; nothing is shared between conversations on this path (the CPU scheduler shares it)."
+    return (
+        f"{what} with the system prompt's keys and values kept ({shared['kept_tokens']} tokens not "
+        f"prefilled), {scratch:.2f} ms from scratch ({scratch / kept:.2f}×)."
     )
 
 
