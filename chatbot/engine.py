@@ -48,7 +48,8 @@ class EngineConfig:
     """How the engine answers. Every field has a default that suits a first run."""
 
     generation: GenerationConfig = field(default_factory=GenerationConfig)  # reply settings
-    system_prompt: str | None = None  # used for conversations started without their own
+    # for conversations started without their own; None: the one the model was trained with, if any
+    system_prompt: str | None = None
     max_message_chars: int = 4000  # longer user messages are refused, not cut
     handover_below: float | None = -2.5  # mean token log-prob under which a person takes over
     # limits (None = off): messages a minute per conversation and per client (what a channel
@@ -112,6 +113,10 @@ class Engine:
         self.store = store
         self.generator: Generator = generator or OnnxGenerator(folder)
         self.config = config or EngineConfig()
+        # what conversations started without their own get: the configured one, else the model's
+        self.system_prompt = (
+            self.config.system_prompt if self.config.system_prompt is not None else folder.system_prompt
+        )
         self.metrics = Metrics()
         limits = self.config
         self._conversation_rate = (
@@ -172,7 +177,7 @@ class Engine:
         with self._store_failures(conversation_id):
             return self.store.open_conversation(
                 conversation_id,
-                system_prompt=system_prompt if system_prompt is not None else self.config.system_prompt,
+                system_prompt=system_prompt if system_prompt is not None else self.system_prompt,
                 metadata=dict(metadata or {}),
             )
 

@@ -107,6 +107,13 @@ class ModelFolder:
     def name(self) -> str:
         return str(self.card.get("name") or self.path.name)
 
+    @property
+    def system_prompt(self) -> str | None:
+        """The system prompt the model was trained with (``chatbot train --system-prompt``), if any:
+        conversations without their own get it, as the training conversations did."""
+        value = (self.card.get("training") or {}).get("system_prompt")
+        return value if isinstance(value, str) else None
+
     def _read_json(self, name: str) -> dict[str, Any]:
         file = self.path / name
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -265,6 +266,23 @@ def test_the_engine_serves_the_int8_graph_through_the_scheduler_on_the_cpu_here(
     assert isinstance(engine.generator, BatchingGenerator)
     assert engine.generator.device == "cpu"
     assert engine.generator.session.path == engine.folder.variant_path("cpu-int8")
+
+
+def test_conversations_get_the_system_prompt_the_model_was_trained_with_unless_told_otherwise(
+    tiny_model_dir, tmp_path
+):
+    from training.card import set_card_entry
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    set_card_entry(folder, ["training", "system_prompt"], "You answer for the shop.")
+    with Engine.from_folder(folder) as engine:
+        assert engine.start().system_prompt == "You answer for the shop."
+        assert engine.start(system_prompt="Be brief.").system_prompt == "Be brief."
+    with Engine.from_folder(folder, config=EngineConfig(system_prompt="Be kind.")) as engine:
+        assert engine.start().system_prompt == "Be kind."
+    with Engine.from_folder(tiny_model_dir) as engine:  # trained without one
+        assert engine.start().system_prompt is None
 
 
 def test_the_reference_export_serves_when_asked_for(tiny_model_dir):

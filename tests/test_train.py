@@ -26,6 +26,7 @@ from training.sample import write_sample
 DATA = Path(__file__).parent / "data" / "transcripts"
 FORMATS = [DATA / "chats.jsonl", DATA / "helpdesk.csv", DATA / "transcripts.txt"]
 FAST = ["--from-scratch", "tiny", "--batch-size", "8", "--eval-replies", "8"]
+SYSTEM = "You answer for the shop."
 
 
 def chatbot(
@@ -55,7 +56,10 @@ def sample(work: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def first_run(work: Path, sample: Path) -> subprocess.CompletedProcess[str]:
-    result = chatbot("train", "--data", sample, *FORMATS, "--out", "models", "--epochs", "2", *FAST, cwd=work)
+    result = chatbot(
+        "train", "--data", sample, *FORMATS, "--out", "models", "--epochs", "2", *FAST,
+        "--system-prompt", SYSTEM, cwd=work,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return result
 
@@ -86,6 +90,7 @@ def test_the_card_records_data_training_metrics_and_versions(work: Path, first_r
     assert data["redacted"]["email"] > 0 and data["redacted"]["phone"] > 0  # the sample had PII in it
     assert data["conversations"]["validation"] > 0 and len(data["fingerprint"]) == 16
     assert card["training"]["steps"] > 0 and card["training"]["processes"] == 1
+    assert card["training"]["system_prompt"] == SYSTEM
     assert card["metrics"]["validation_loss"] > 0
     assert {"rouge_l", "bleu"} <= set(json.dumps(card["metrics"]["evaluation"]).replace('"', " ").split())
     assert card["onnx"]["reference"]["parity"]["max_abs_diff"] < 1e-3
@@ -108,6 +113,7 @@ def test_the_trained_model_serves_and_stops_at_the_end_of_its_turn(work: Path, f
         conversation = engine.start()
         reply = engine.reply(conversation.id, "hello")
     assert reply.text and "<|" not in reply.text
+    assert conversation.system_prompt == SYSTEM  # served as it was trained
 
 
 def test_retraining_from_the_current_version_then_rolling_back(work: Path, first_run) -> None:
@@ -122,6 +128,8 @@ def test_retraining_from_the_current_version_then_rolling_back(work: Path, first
     assert current is not None and current.version == "v2"
     card = json.loads((current.path / "card.json").read_text())
     assert card["base_model"] == "models/current"
+    assert card["training"]["system_prompt"] == SYSTEM  # the base's, carried over
+    assert f"system prompt: {SYSTEM!r}, as models/current was trained" in result.stderr
     rollback = chatbot("models", "rollback", "--root", "models", cwd=work)
     assert rollback.returncode == 0, rollback.stderr
     current = models.current()

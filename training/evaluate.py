@@ -393,7 +393,7 @@ def evaluate_files(
         train=train,
         max_replies=max_replies,
         max_new_tokens=max_new_tokens,
-        system_prompt=system_prompt,
+        system_prompt=system_prompt if system_prompt is not None else folder.system_prompt,
         device=device,
         progress=say,
     )

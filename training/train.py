@@ -26,12 +26,12 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from chatbot import paths
-from chatbot.errors import ChatbotError
+from chatbot.errors import ChatbotError, ModelFolderError
 from chatbot.folder import ModelFolder
 from chatbot.template import DEFAULT_CHAT_TEMPLATE, END_OF_TEXT, END_OF_TURN
 from training.card import new_card, set_card_entry, update_card, write_card
@@ -117,6 +117,7 @@ def train(options: TrainOptions, *, progress: Progress | None = None) -> TrainRe
     """Run one training (see the module docstring); return the new version's folder."""
     say = progress or _stderr
     _check_options(options)
+    options = _with_base_system_prompt(options, say)
     started = time.monotonic()
     conversations = load_conversations(
         options.data, strict=options.strict, csv_columns=options.csv_columns, format=options.format
@@ -447,9 +448,25 @@ def _card(run: _Run, trainer: Trainer) -> dict[str, Any]:
         "processes": trainer.args.world_size,
         "device": str(trainer.args.device),
         "precision": "bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "fp32",
+        # prepended to conversations without one; serving and `chatbot eval` default to it
+        "system_prompt": options.system_prompt,
     }
     card["metrics"] = summarize(state.log_history, best_metric=state.best_metric)
     return card
+
+
+def _with_base_system_prompt(options: TrainOptions, say: Progress) -> TrainOptions:
+    """Without ``--system-prompt``, a base model folder's own (the one it was trained with)."""
+    if options.system_prompt is not None or options.base is None or not Path(options.base).is_dir():
+        return options
+    try:
+        system_prompt = ModelFolder(options.base).system_prompt
+    except ModelFolderError:
+        return options  # not one of ours: transformers reads it, or says what is wrong
+    if system_prompt is None:
+        return options
+    say(f"system prompt: {system_prompt!r}, as {options.base} was trained (--system-prompt to change it)")
+    return replace(options, system_prompt=system_prompt)
 
 
 def _best_step(checkpoint: str | None) -> int | None:
