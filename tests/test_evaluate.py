@@ -329,6 +329,14 @@ def test_missing_card_files_mean_no_baseline_and_a_note(model_copy):
     assert "/nowhere/train.jsonl" in result.to_markdown()
 
 
+def test_the_model_is_evaluated_with_the_system_prompt_it_was_trained_with(model_copy):
+    update_card(model_copy, {"training": {"system_prompt": "You answer for the shop."}})
+    result = evaluate_files(model_copy, [CHATS], max_new_tokens=4, max_replies=2)
+    assert result.settings["system_prompt"] == "You answer for the shop."
+    told = evaluate_files(model_copy, [CHATS], max_new_tokens=4, max_replies=2, system_prompt="Be brief.")
+    assert told.settings["system_prompt"] == "Be brief."
+
+
 def chatbot(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "chatbot", *args],
