@@ -77,31 +77,57 @@ class _Reply:
         return np.array((self.prompt + self.generated)[: self.length], dtype=np.int64)
 
 
+@dataclass(eq=False)
+class _Entry:
+    """Kept keys and values: ``tokens``, and a copy of the positions from ``start`` on (the
+    ones before are the shared entry of ``tokens[:start]``: a conversation's system prompt)."""
+
+    tokens: np.ndarray
+    start: int
+    saved: list[np.ndarray]  # one (heads, len(tokens) - start, head_dim) array per cache buffer
+
+    @property
+    def nbytes(self) -> int:
+        return sum(kept.nbytes for kept in self.saved)
+
+    def copy_into(self, cache: KVCache, slot: int, end: int) -> None:
+        """Write positions ``start..end`` into ``slot`` of ``cache``."""
+        for buffer, kept in zip(cache.buffers, self.saved, strict=True):
+            buffer[slot, :, self.start : end] = kept[:, : end - self.start]
+
+
 class _Kept:
     """Keys and values kept between turns (CPU), least recently used first out.
 
-    An entry is a run of tokens and a copy of their keys and values: under a conversation's id,
-    what its last reply left in the cache (its prompt and reply), which its next prompt takes
-    back; under the bytes of its tokens, a system prompt's turn, which any prompt starting with
-    those tokens copies. The positions where the tokens agree are copied into the prompt's slot
-    and only the rest is prefilled.
+    Under a conversation's id: what its last reply left in the cache (its prompt and reply),
+    which its next prompt takes back. Under the bytes of its tokens: a system prompt's turn,
+    which any prompt starting with those tokens copies; a conversation's own entry then holds
+    only the positions after it, so a long system prompt is held once, not once per
+    conversation. The positions where the tokens agree are copied into the prompt's slot and
+    only the rest is prefilled.
     """
 
     def __init__(self, budget: int) -> None:
         self.budget = budget
-        self.entries: OrderedDict[str | bytes, tuple[np.ndarray, list[np.ndarray]]] = OrderedDict()
+        self.entries: OrderedDict[str | bytes, _Entry] = OrderedDict()
         self.nbytes = 0
 
-    def keep(self, key: str | bytes, tokens: np.ndarray, cache: KVCache, slot: int) -> None:
-        """Copy the first ``len(tokens)`` positions of ``slot`` under ``key`` (if they fit the budget)."""
+    def keep(self, key: str | bytes, tokens: np.ndarray, cache: KVCache, slot: int, head: int = 0) -> None:
+        """Copy the first ``len(tokens)`` positions of ``slot`` under ``key`` (if they fit the
+        budget); when the first ``head`` tokens are kept as a shared entry, only the rest."""
         self._drop(key)
+        start = 0
+        if head >= MIN_KEPT and (shared := tokens[:head].tobytes()) in self.entries:
+            self.entries.move_to_end(shared)  # used: last to go
+            start = head
         length = len(tokens)
-        size = length * sum(buffer[slot, :, :1].nbytes for buffer in cache.buffers)
+        size = (length - start) * sum(buffer[slot, :, :1].nbytes for buffer in cache.buffers)
         if length < MIN_KEPT or size > self.budget:
             return
         while self.entries and self.nbytes + size > self.budget:
             self._drop(next(iter(self.entries)))
-        self.entries[key] = (tokens, [buffer[slot, :, :length].copy() for buffer in cache.buffers])
+        saved = [buffer[slot, :, start:length].copy() for buffer in cache.buffers]
+        self.entries[key] = _Entry(tokens, start, saved)
         self.nbytes += size
 
     def restore(self, key: str | None, prompt: np.ndarray, cache: KVCache, slot: int, shared: int = 0) -> int:
@@ -112,23 +138,27 @@ class _Kept:
         the two is used. At least the prompt's last token is left to prefill: its logits pick
         the first token."""
         own = self._drop(key) if key is not None else None
-        best: tuple[int, list[np.ndarray]] = (0, [])
-        if own is not None:
-            tokens = own[0]
-            n = min(len(tokens), len(prompt) - 1)
-            same = tokens[:n] == prompt[:n]
-            best = (n if bool(same.all()) else int(np.argmin(same))), own[1]
         shared = min(shared, len(prompt) - 1)
-        if shared > best[0] and (entry := self.shared(prompt[:shared])) is not None:
-            best = shared, entry[1]
-        length, saved = best
-        if length < MIN_KEPT:
+        head = self.shared(prompt[:shared]) if shared >= MIN_KEPT else None
+        agreed = 0
+        if own is not None:
+            n = min(len(own.tokens), len(prompt) - 1)
+            same = own.tokens[:n] == prompt[:n]
+            agreed = n if bool(same.all()) else int(np.argmin(same))
+            # an entry that holds only what follows its system prompt needs that prompt's entry
+            if own.start and not (head is not None and own.start == shared and agreed >= shared):
+                agreed = 0
+        if head is not None and shared >= agreed:
+            head.copy_into(cache, slot, shared)
+            return shared
+        if own is None or agreed < MIN_KEPT:
             return 0
-        for buffer, kept in zip(cache.buffers, saved, strict=True):
-            buffer[slot, :, :length] = kept[:, :length]
-        return length
+        if own.start and head is not None:
+            head.copy_into(cache, slot, own.start)
+        own.copy_into(cache, slot, agreed)
+        return agreed
 
-    def shared(self, tokens: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]] | None:
+    def shared(self, tokens: np.ndarray) -> _Entry | None:
         """The entry kept for exactly ``tokens`` (now the most recently used), if any."""
         key = tokens.tobytes()
         entry = self.entries.get(key)
@@ -136,10 +166,10 @@ class _Kept:
             self.entries.move_to_end(key)
         return entry
 
-    def _drop(self, key: str | bytes) -> tuple[np.ndarray, list[np.ndarray]] | None:
+    def _drop(self, key: str | bytes) -> _Entry | None:
         entry = self.entries.pop(key, None)
         if entry is not None:
-            self.nbytes -= sum(kept.nbytes for kept in entry[1])
+            self.nbytes -= entry.nbytes
         return entry
 
 
@@ -173,7 +203,8 @@ class _GrowingRows:
 
     def remove(self, active: list[_Reply], reply: _Reply) -> None:
         if reply.key is not None:
-            self.kept.keep(reply.key, reply.cached_tokens(), self.cache, reply.slot)
+            head = min(reply.shared, len(reply.prompt) - 1)
+            self.kept.keep(reply.key, reply.cached_tokens(), self.cache, reply.slot, head)
         last = len(active) - 1
         if reply.slot != last:
             moved = active[last]

@@ -314,6 +314,34 @@ def test_many_conversations_starting_at_once_with_one_system_prompt_match_their_
     assert kept.reused_tokens >= shared[0]  # at least the later ones took it from the first
 
 
+def test_a_system_prompt_is_held_once_and_conversations_keep_only_what_follows_it(
+    folder: ModelFolder,
+) -> None:
+    generator = _generator(folder, kept_bytes=64 << 20)
+    fresh = _generator(folder)
+    kept = generator._rows.kept  # type: ignore[union-attr]
+    per_position = sum(buffer[0, :, :1].nbytes for buffer in generator._rows.cache.buffers)  # type: ignore[union-attr]
+    prompts, shared = zip(
+        *(_with_system(folder, SYSTEM, f"where is parcel {i}?") for i in range(3)), strict=True
+    )
+    replies = [_turn_shared(generator, prompt, f"c{i}", shared[0]) for i, prompt in enumerate(prompts)]
+    entries = [kept.entries[f"c{i}"] for i in range(3)]
+    assert all(entry.start == shared[0] for entry in entries)  # the system turn is not copied again
+    positions = shared[0] + sum(len(entry.tokens) - shared[0] for entry in entries)
+    assert kept.nbytes == positions * per_position
+    # the next turn puts the system turn and the conversation's own positions back together
+    second = _next_prompt(folder, prompts[0], replies[0], "it is order 4242")
+    before = generator.reused_tokens
+    assert _turn_shared(generator, second, "c0", shared[0]) == _turn(fresh, second, None)
+    assert generator.reused_tokens - before >= len(prompts[0]) + len(replies[0]) - 1
+    # without the system turn's entry, what follows it is no use: prefilled whole, still right
+    kept._drop(np.array(prompts[1][: shared[1]], dtype=np.int64).tobytes())
+    second = _next_prompt(folder, prompts[1], replies[1], "it is order 4243")
+    before = generator.reused_tokens
+    assert _turn_shared(generator, second, "c1", shared[1]) == _turn(fresh, second, None)
+    assert generator.reused_tokens == before
+
+
 def test_the_system_prompts_turn_is_kept_within_the_same_memory_bound(folder: ModelFolder) -> None:
     prompt, shared = _with_system(folder, SYSTEM, "where is parcel 12?")
     none = _generator(folder, kept_bytes=0)
