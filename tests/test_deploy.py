@@ -146,3 +146,11 @@ def test_compose_wires_what_exists() -> None:
             assert (DEPLOY / build["context"] / build["dockerfile"]).is_file()
     nginx = (DEPLOY / "nginx" / "nginx.conf").read_text()
     assert all(f"server {name}:{PORTS['web']}" in nginx for name in ("web-1", "web-2"))
+
+
+def test_deploy_readme_names_every_file_and_folder_in_deploy() -> None:
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    for path in sorted(DEPLOY.iterdir()):
+        if path.name != "README.md" and not path.name.startswith("."):
+            name = path.name + ("/" if path.is_dir() else "")
+            assert f"`{name}`" in readme, f"deploy/README.md does not say what {name} is"
