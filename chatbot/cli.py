@@ -425,9 +425,21 @@ def _versions(args: argparse.Namespace) -> ModelVersions:
     return ModelVersions(root=args.root or default_root())
 
 
+# what `chatbot models list` shows of a version's card, when it has them: the figures that
+# compare versions (a label each); a card with none of them shows its first four numbers
+LISTED_METRICS = {
+    "validation_loss": "validation_loss",
+    "validation_perplexity": "perplexity",
+    "evaluation.scores.model.rouge_l": "rouge_l",
+    "evaluation.scores.model.bleu": "bleu",
+}
+
+
 def _describe(info: VersionInfo) -> str:
     """One line of `chatbot models list`: marker, version, name, creation time, a few metrics."""
-    metrics = " ".join(f"{key}={value:.4g}" for key, value in list(info.metrics.items())[:4])
+    numbers = info.metrics
+    chosen = [(label, numbers[key]) for key, label in LISTED_METRICS.items() if key in numbers]
+    metrics = " ".join(f"{key}={value:.4g}" for key, value in chosen or list(numbers.items())[:4])
     detail = info.problem or f"{info.name:<20} {info.created_at:<25} {metrics}".rstrip()
     return f"{'*' if info.current else ' '} {info.version:<5} {detail}"
 

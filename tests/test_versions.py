@@ -215,6 +215,21 @@ def test_the_models_commands(make_model, tmp_path):
     assert "Traceback" not in used.stderr + again.stderr
 
 
+def test_the_list_shows_the_figures_that_compare_versions(make_model, tmp_path):
+    evaluation = {"settings": {"max_new_tokens": 64}, "scores": {"model": {"rouge_l": 0.6758, "bleu": 54.69}}}
+    metrics = {
+        "train_loss": 0.16,
+        "validation_loss": 0.4427,
+        "validation_perplexity": 1.557,
+        "evaluation": evaluation,
+    }
+    assert chatbot("models", "add", str(make_model("a", metrics)), cwd=tmp_path).returncode == 0
+    assert chatbot("models", "add", str(make_model("b", {"eval_loss": 1.25})), cwd=tmp_path).returncode == 0
+    lines = chatbot("models", "list", cwd=tmp_path).stdout.splitlines()
+    assert lines[0].endswith("validation_loss=0.4427 perplexity=1.557 rouge_l=0.6758 bleu=54.69")
+    assert lines[1].endswith("eval_loss=1.25")  # a card without them: its own numbers
+
+
 def test_chat_on_a_versions_root_named_by_the_environment(make_model, tmp_path):
     root = tmp_path / "elsewhere"
     env = {"CHATBOT_MODELS": str(root)}
