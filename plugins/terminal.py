@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from typing import TextIO
 
 from chatbot import Channel, ChatbotError, Engine
@@ -45,6 +46,8 @@ class TerminalChannel(Channel):
         conversation = self.engine.start(getattr(self.options, "conversation", None))
         interactive = self.stdin.isatty()
         self._say(f"chatting with {self.engine.folder.name} (conversation {conversation.id})")
+        if conversation.system_prompt:
+            self._say(f"system prompt: {textwrap.shorten(conversation.system_prompt, 200)}")
         self._say(HELP)
         for message in conversation.messages:
             self._say(f"{'you' if message.role == 'user' else 'bot'}> {message.content}")

@@ -48,10 +48,13 @@ def test_chat_holds_a_conversation_and_keeps_it_in_the_store(tiny_model_dir, tmp
         "cli-1",
         "--max-new-tokens",
         "8",
+        "--system-prompt",
+        "You answer for the shop.",
         stdin="Hello, where is my order?\nIt is 12345 😀\n/history\n/quit\n",
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("bot> ") == 2
+    assert "system prompt: You answer for the shop." in result.stdout
     assert "conversation cli-1" in result.stdout
     assert "user: It is 12345 😀" in result.stdout
     with SQLStore.sqlite(store) as reopened:
