@@ -69,7 +69,7 @@ class _Reply:
     slot: int = -1  # its row in the cache
     key: str | None = None  # its conversation (what its keys and values are kept under)
     generated: list[int] = field(default_factory=list)  # the tokens handed out
-    shared: int = 0  # leading prompt tokens other conversations may share (the system prompt's turn)
+    shared: int = 0  # leading prompt tokens other conversations may share (system prompt), < len(prompt)
     reused: int = 0  # prompt tokens whose keys and values were kept (the last turn, a shared prefix)
 
     def cached_tokens(self) -> np.ndarray:
@@ -136,9 +136,8 @@ class _Kept:
         The conversation's own entry (``key``) is taken out: it is kept again, longer, when this
         reply ends. A shared entry for ``prompt[:shared]`` is copied and stays. The longer of
         the two is used. At least the prompt's last token is left to prefill: its logits pick
-        the first token."""
+        the first token (``shared`` is less than the prompt's length)."""
         own = self._drop(key) if key is not None else None
-        shared = min(shared, len(prompt) - 1)
         head = self.shared(prompt[:shared]) if shared >= MIN_KEPT else None
         agreed = 0
         if own is not None:
@@ -191,7 +190,7 @@ class _GrowingRows:
         reply.reused = self.kept.restore(reply.key, prompt, self.cache, reply.slot, reply.shared)
         start = reply.reused
         result = self.session.step(self.cache, reply.slot, [reply.prompt[start:]], [start])
-        head = prompt[: min(reply.shared, len(prompt) - 1)]
+        head = prompt[: reply.shared]
         if len(head) >= MIN_KEPT and self.kept.shared(head) is None:  # the first prompt with it
             self.kept.keep(head.tobytes(), head, self.cache, reply.slot)
         return result
@@ -203,8 +202,7 @@ class _GrowingRows:
 
     def remove(self, active: list[_Reply], reply: _Reply) -> None:
         if reply.key is not None:
-            head = min(reply.shared, len(reply.prompt) - 1)
-            self.kept.keep(reply.key, reply.cached_tokens(), self.cache, reply.slot, head)
+            self.kept.keep(reply.key, reply.cached_tokens(), self.cache, reply.slot, reply.shared)
         last = len(active) - 1
         if reply.slot != last:
             moved = active[last]
@@ -316,6 +314,8 @@ class BatchingGenerator:
         starts with them (CPU)."""
         budget = reply_budget(len(prompt_ids), config, self.spec.n_positions)
         sampler = Sampler(config, vocab_size=self.spec.vocab_size, prompt_ids=prompt_ids)
+        # at least the prompt's last token is prefilled: its logits pick the first token
+        shared = max(0, min(shared, len(prompt_ids) - 1))
         return self._tokens(_Reply(list(prompt_ids), budget, sampler, key=key, shared=shared))
 
     def _tokens(self, reply: _Reply) -> Iterator[Token]:
