@@ -48,6 +48,12 @@ class ModelSpec:
     vocab_size: int
 
 
+def trained_system_prompt(card: dict[str, Any]) -> str | None:
+    """The system prompt a model card records its training with (``training.system_prompt``), if any."""
+    value = (card.get("training") or {}).get("system_prompt")
+    return value if isinstance(value, str) else None
+
+
 class ModelFolder:
     """A validated model folder.
 
@@ -111,8 +117,7 @@ class ModelFolder:
     def system_prompt(self) -> str | None:
         """The system prompt the model was trained with (``chatbot train --system-prompt``), if any:
         conversations without their own get it, as the training conversations did."""
-        value = (self.card.get("training") or {}).get("system_prompt")
-        return value if isinstance(value, str) else None
+        return trained_system_prompt(self.card)
 
     def _read_json(self, name: str) -> dict[str, Any]:
         file = self.path / name

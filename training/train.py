@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any
 
 from chatbot import paths
 from chatbot.errors import ChatbotError, ModelFolderError
-from chatbot.folder import ModelFolder
+from chatbot.folder import ModelFolder, trained_system_prompt
 from chatbot.template import DEFAULT_CHAT_TEMPLATE, END_OF_TEXT, END_OF_TURN
-from training.card import new_card, set_card_entry, update_card, write_card
+from training.card import new_card, read_card, set_card_entry, update_card, write_card
 from training.dataset import DatasetReport, Datasets, build_datasets, pad_batch, split_ids
 from training.prepare import Conversations, example_questions, load_conversations
 from training.readers import CsvColumns, Transcript
@@ -459,8 +459,8 @@ def _with_base_system_prompt(options: TrainOptions, say: Progress) -> TrainOptio
     """Without ``--system-prompt``, a base model folder's own (the one it was trained with)."""
     if options.system_prompt is not None or options.base is None or not Path(options.base).is_dir():
         return options
-    try:
-        system_prompt = ModelFolder(options.base).system_prompt
+    try:  # the card alone: transformers loads the rest
+        system_prompt = trained_system_prompt(read_card(options.base))
     except ModelFolderError:
         return options  # not one of ours: transformers reads it, or says what is wrong
     if system_prompt is None:
