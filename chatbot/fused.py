@@ -158,6 +158,7 @@ class FusedSession:
             hint="build the variant again with `chatbot export MODEL_DIR`",
             log_severity=3,
         )
+        self.device = "cuda" if CUDA in self.session.get_providers() else "cpu"  # what it really runs on
         self.path = path
         self.spec = spec
         self._past = past_names(spec.n_layer)

@@ -1,18 +1,21 @@
 """Generation with ONNX Runtime: the KV cache of each step feeds the next, tensors stay on the device.
 
-One :class:`Generator` interface; :class:`OnnxGenerator` is the product. It drives the optimum
-export (``onnx/model.onnx``, a decoder with past key values) through I/O binding: the
-``present.*`` outputs of one step are bound as the ``past_key_values.*`` inputs of the next
-without a copy, on the GPU when ``CUDAExecutionProvider`` is available and on the CPU otherwise.
-Only the last position's logits come back to the host to pick the next token.
+One :class:`Generator` interface; :class:`OnnxGenerator` is the product. It drives the reference
+export (``onnx/model.onnx``, a decoder with past key values, written by training.portable or by
+optimum) through I/O binding: the ``present.*`` outputs of one step are bound as the
+``past_key_values.*`` inputs of the next without a copy, on the GPU when ``CUDAExecutionProvider``
+is available and on the CPU otherwise. Only the last position's logits come back to the host to
+pick the next token.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Protocol
 
@@ -115,9 +118,40 @@ def open_session(
     if threads:
         options.intra_op_num_threads = threads
     try:
-        return ort.InferenceSession(str(path), options, providers=list(providers))
+        with warnings.catch_warnings():
+            # a provider this build lacks is only a warning to ONNX Runtime; _check_cuda says it plainly
+            warnings.filterwarnings("ignore", message="Specified provider", category=UserWarning)
+            session = ort.InferenceSession(str(path), options, providers=list(providers))
     except Exception as error:  # ORT raises Fail, InvalidProtobuf, InvalidGraph... from pybind
         raise ModelFolderError(f"{path} cannot be loaded by ONNX Runtime: {error}", hint=hint) from error
+    _check_cuda(session, providers, path)
+    return session
+
+
+def _check_cuda(
+    session: ort.InferenceSession, asked: Sequence[str | tuple[str, dict[str, str]]], path: Path
+) -> None:
+    """:class:`ChatbotError` when CUDA was asked for and the session runs without it.
+
+    ONNX Runtime opens a CPU session when its CUDA provider cannot load (a CPU-only build, a
+    CUDA or cuDNN it cannot find or that does not match its build) and only logs why; serving
+    would then go on with the wrong buffers and fail later with an unrelated error.
+    """
+    wanted = [p if isinstance(p, str) else p[0] for p in asked]
+    if CUDA not in wanted or CUDA in session.get_providers():
+        return
+    try:
+        build = f"onnxruntime-gpu {metadata.version('onnxruntime-gpu')}"
+    except metadata.PackageNotFoundError:
+        build = f"onnxruntime {ort.__version__}, a build without CUDA,"
+    raise ChatbotError(
+        f"CUDA was asked for, but ONNX Runtime could not load its CUDA provider and opened {path.name} "
+        f"with {', '.join(session.get_providers())} only ({build} is installed)",
+        hint="install the GPU build with `make install-gpu` (onnxruntime-gpu 1.31 needs CUDA 13 and cuDNN 9, "
+        "as in deploy/Dockerfile.serve-gpu; outside that image call onnxruntime.preload_dlls() or put "
+        "site-packages/nvidia/*/lib on LD_LIBRARY_PATH; ONNX Runtime's log above says what failed), "
+        "or serve on the CPU with --device cpu",
+    )
 
 
 def cache_dtype(session: ort.InferenceSession, past_name: str) -> type[np.generic]:

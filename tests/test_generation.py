@@ -147,3 +147,23 @@ def test_asking_for_cuda_without_it_says_what_to_install():
         pytest.skip("this machine has CUDA")
     with pytest.raises(ChatbotError, match=r"chatbot\[gpu\]"):
         choose_providers("cuda")
+
+
+def test_a_cuda_session_that_fell_back_to_the_cpu_is_said_plainly(folder):
+    """ONNX Runtime opens a CPU session when its CUDA provider cannot load, and only logs why; the
+    engine checks the session's real providers (here: a CPU build asked for CUDA directly)."""
+    import onnxruntime as ort
+
+    from chatbot.errors import ChatbotError
+    from chatbot.fused import FusedSession
+    from chatbot.generation import CPU, CUDA, open_session
+
+    if CUDA in ort.get_available_providers():
+        pytest.skip("this onnxruntime has a CUDA provider: tests/test_cuda.py covers the GPU")
+    with pytest.raises(ChatbotError, match="could not load its CUDA provider") as caught:
+        open_session(folder.onnx_path, providers=[CUDA, CPU], hint="")
+    message = str(caught.value)
+    assert "CPUExecutionProvider only" in message and f"onnxruntime {ort.__version__}" in message
+    assert "make install-gpu" in message and "--device cpu" in message and "CUDA 13" in message
+    with pytest.raises(ChatbotError, match="could not load its CUDA provider"):
+        FusedSession(folder.variant_path("cpu-int8"), folder.spec, providers=[CUDA, CPU], cuda_graphs=True)
