@@ -14,16 +14,53 @@ CHROMIUM ?= /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get -y -q
 
-.PHONY: install test lint demo browser postgres install-gpu clean
+# One resolved set of versions (`make lock` writes it): the venvs below and the images in deploy/
+# install through it, so what the tests run is what users install.
+LOCK := constraints.txt
+# optimum-onnx 0.1 needs transformers<4.58: `chatbot[optimum]` lives in an environment of its own.
+OPTIMUM_LOCK := constraints-optimum.txt
+OPTIMUM_VENV ?= .venv-optimum
+# onnxruntime-gpu 1.31 is a CUDA 13 build, as deploy/Dockerfile.serve-gpu's base image
+ONNXRUNTIME_GPU ?= onnxruntime-gpu==1.31.1
 
-$(BIN)/.installed: pyproject.toml Makefile
+.PHONY: install test lint demo browser postgres optimum install-gpu lock clean
+
+$(BIN)/.installed: pyproject.toml Makefile $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
-	$(PIP) install "$(TORCH)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
-	$(PIP) install -e ".[dev]"
+	$(PIP) install -c $(LOCK) "$(TORCH)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
+	$(PIP) install -c $(LOCK) -e ".[dev]"
 	touch $@
 
 install: $(BIN)/.installed
+
+$(OPTIMUM_VENV)/bin/.installed: pyproject.toml Makefile $(OPTIMUM_LOCK)
+	$(PYTHON) -m venv $(OPTIMUM_VENV)
+	$(OPTIMUM_VENV)/bin/python -m pip --quiet --disable-pip-version-check install -c $(OPTIMUM_LOCK) \
+	  "$(TORCH)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
+	$(OPTIMUM_VENV)/bin/python -m pip --quiet --disable-pip-version-check install -c $(OPTIMUM_LOCK) -e ".[optimum]"
+	touch $@
+
+# optimum's exporter and ORTModelForCausalLM beside transformers 4.57 (README, "optimum")
+optimum: $(OPTIMUM_VENV)/bin/.installed
+
+# Rewrites both locks with the newest releases pyproject.toml's ranges admit (README, "Dependencies").
+lock:
+	rm -rf .lock
+	$(PYTHON) -m venv .lock/main
+	.lock/main/bin/python -m pip --quiet --disable-pip-version-check install "$(TORCH)" \
+	  $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
+	.lock/main/bin/python -m pip --quiet --disable-pip-version-check install -e ".[dev]"
+	$(PYTHON) -m venv .lock/optimum
+	.lock/optimum/bin/python -m pip --quiet --disable-pip-version-check install "$(TORCH)" \
+	  $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
+	.lock/optimum/bin/python -m pip --quiet --disable-pip-version-check install -e ".[optimum]"
+	{ echo "# Written by \`make lock\` ($$($(PYTHON) --version), $$(uname -m)): do not edit."; \
+	  .lock/main/bin/python -m pip freeze --exclude-editable | sed -e 's/+cpu$$//'; \
+	  echo "$(ONNXRUNTIME_GPU)"; } > $(LOCK)
+	{ echo "# Written by \`make lock\` ($$($(PYTHON) --version), $$(uname -m)): do not edit."; \
+	  .lock/optimum/bin/python -m pip freeze --exclude-editable | sed -e 's/+cpu$$//'; } > $(OPTIMUM_LOCK)
+	rm -rf .lock
 
 lint: install
 	$(BIN)/ruff check .
@@ -46,9 +83,10 @@ NGINX ?= /usr/sbin/nginx
 $(NGINX):
 	$(APT) install nginx-light >/dev/null || ($(APT) update >/dev/null && $(APT) install nginx-light >/dev/null)
 
-test: lint browser postgres $(NGINX)
+test: lint browser postgres $(NGINX) optimum
 	CHATBOT_CHROMIUM=$(CHROMIUM) CHATBOT_BROWSER_TESTS=required CHATBOT_POSTGRES_TESTS=required \
-	  CHATBOT_NGINX=$(NGINX) CHATBOT_NGINX_TESTS=required $(BIN)/python -m pytest
+	  CHATBOT_NGINX=$(NGINX) CHATBOT_NGINX_TESTS=required \
+	  CHATBOT_OPTIMUM_PYTHON=$(OPTIMUM_VENV)/bin/python CHATBOT_OPTIMUM_TESTS=required $(BIN)/python -m pytest
 
 demo: install
 	$(BIN)/chatbot demo
@@ -56,7 +94,7 @@ demo: install
 # Serving on an NVIDIA GPU: onnxruntime-gpu replaces onnxruntime (they share a module name).
 install-gpu: install
 	$(PIP) uninstall -y onnxruntime
-	$(PIP) install --force-reinstall --no-deps "onnxruntime-gpu>=1.20"
+	$(PIP) install -c $(LOCK) --force-reinstall --no-deps onnxruntime-gpu
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(OPTIMUM_VENV) .lock build *.egg-info .pytest_cache .ruff_cache

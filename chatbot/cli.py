@@ -114,6 +114,13 @@ def build_parser(*, channel_flags: dict[str, type[Channel]] | None = None) -> ar
         help="fast graph to build from the weights: cpu-int8 (default), cpu-fp32, cuda-fp16; repeatable",
     )
     export.add_argument("--reference-only", action="store_true", help="build no fast variant")
+    export.add_argument(
+        "--exporter",
+        choices=("chatbot", "optimum"),
+        default="chatbot",
+        help="what writes onnx/model.onnx: chatbot (GPT-2 from its weights, the default) or optimum "
+        "(any architecture; needs `chatbot[optimum]` in an environment of its own)",
+    )
     export.set_defaults(run=_export)
 
     plugins = commands.add_parser("plugins", help="list the installed channels")
@@ -243,9 +250,9 @@ def _export(args: argparse.Namespace) -> int:
         from training.export import export_onnx
     except ImportError as error:
         raise ChatbotError(
-            f"`chatbot export` needs PyTorch and optimum ({error})", hint=TRAIN_EXTRA
+            f"`chatbot export` needs PyTorch and transformers ({error})", hint=TRAIN_EXTRA
         ) from error
-    parity = export_onnx(args.model_dir, tolerance=args.tolerance, progress=_progress)
+    parity = export_onnx(args.model_dir, tolerance=args.tolerance, exporter=args.exporter, progress=_progress)
     print(f"exported {args.model_dir / 'onnx' / 'model.onnx'}")
     diff, tolerance = parity["max_abs_diff"], parity["tolerance"]
     print(f"parity: max |ONNX - PyTorch| logit = {diff:.2e} (tolerance {tolerance:.0e})")

@@ -31,7 +31,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -136,7 +136,7 @@ def parse_since(text: str) -> datetime:
         raise FeedbackExportError(
             f"--since {text!r} is not a date", hint="write it as 2025-01-31 or 2025-01-31T12:00:00+00:00"
         ) from error
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 # --------------------------------------------------------------------------- records

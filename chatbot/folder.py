@@ -54,6 +54,23 @@ def trained_system_prompt(card: dict[str, Any]) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def chat_template(tokenizer_config: dict[str, Any], where: Path) -> ChatTemplate:
+    """The chat template of a folder's ``tokenizer_config.json`` (read from ``where``), with the
+    special tokens it may name; :class:`ModelFolderError` when it has none."""
+    source = tokenizer_config.get("chat_template")
+    if not isinstance(source, str) or not source.strip():
+        raise ModelFolderError(
+            f"{where} has no chat_template",
+            hint="the chat template belongs in the model folder; " + TRAIN_HINT,
+        )
+    special = {
+        key: value
+        for key in ("bos_token", "eos_token", "pad_token", "unk_token")
+        if isinstance(value := tokenizer_config.get(key), str)
+    }
+    return ChatTemplate(source, special_tokens=special)
+
+
 class ModelFolder:
     """A validated model folder.
 
@@ -156,18 +173,7 @@ class ModelFolder:
             raise ModelFolderError(f"{file} is not a valid tokenizer: {error}", hint=TRAIN_HINT) from error
 
     def _template(self) -> ChatTemplate:
-        source = self.tokenizer_config.get("chat_template")
-        if not isinstance(source, str) or not source.strip():
-            raise ModelFolderError(
-                f"{self.path / 'tokenizer_config.json'} has no chat_template",
-                hint="the chat template belongs in the model folder; " + TRAIN_HINT,
-            )
-        special = {
-            key: value
-            for key in ("bos_token", "eos_token", "pad_token", "unk_token")
-            if isinstance(value := self.tokenizer_config.get(key), str)
-        }
-        return ChatTemplate(source, special_tokens=special)
+        return chat_template(self.tokenizer_config, self.path / "tokenizer_config.json")
 
     def _stop_token_ids(self) -> tuple[int, ...]:
         """Tokens that end a reply: generation_config.json's eos ids, else <|end|> and <|endoftext|>."""

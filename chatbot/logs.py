@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import IO, Any
 
 FORMAT_VARIABLE = "CHATBOT_LOG_FORMAT"  # text (default) | json
@@ -89,11 +89,7 @@ class TextFormatter(logging.Formatter):
 
 
 def _utc(created: float) -> str:
-    return (
-        datetime.fromtimestamp(created, timezone.utc)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
+    return datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def configure(

@@ -77,10 +77,8 @@ def config_path() -> Path | None:
 
 def read_config_file(path: Path) -> dict[str, str]:
     """The file's settings; a clear error for bad TOML, an unknown key or a non-scalar value."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
+    import tomllib
+
     try:
         data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:

@@ -22,7 +22,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -147,7 +147,7 @@ class _UTCText(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError(f"store timestamps must be timezone-aware, got {value!r}")
-        return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+        return value.astimezone(UTC).isoformat(timespec="microseconds")
 
     def process_result_value(self, value: str | None, dialect: Any) -> datetime | None:
         return None if value is None else datetime.fromisoformat(value)
@@ -372,7 +372,7 @@ def _engine_or_error(url: URL, *, echo: bool, name: str) -> Engine:
 
 def _now() -> datetime:
     """The current time, timezone-aware UTC."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _encode_json(value: dict[str, Any] | None, what: str) -> str:

@@ -40,7 +40,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -369,7 +369,7 @@ class ModelVersions:
 
     def _record(self, action: str, version: str, *, previous: str | None) -> None:
         """Append one line to the history (the caller holds the lock)."""
-        when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        when = datetime.now(UTC).isoformat(timespec="seconds")
         line = json.dumps({"time": when, "action": action, "version": version, "previous": previous})
         with open(self.root / HISTORY, "a", encoding="utf-8") as history:
             history.write(line + "\n")

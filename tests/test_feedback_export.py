@@ -7,7 +7,7 @@ import os
 import stat
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -125,7 +125,7 @@ def test_only_liked_and_since_select_conversations(store_path, tmp_path):
     with SQLStore.sqlite(store_path) as store:
         options = ExportOptions(only_liked=True, keep_unfinished=True)
         liked = export_feedback_file(store, tmp_path / "liked.jsonl", options)
-        future = datetime.now(timezone.utc) + timedelta(days=1)
+        future = datetime.now(UTC) + timedelta(days=1)
         later = export_feedback_file(store, tmp_path / "later.jsonl", ExportOptions(since=future))
     assert sorted(read_back(tmp_path / "liked.jsonl")) == ["changed-mind", "liked-then-disliked", "reset"]
     assert liked.skipped == {"no liked reply": 2, "no reply left": 1, "no turns": 1}
@@ -135,7 +135,7 @@ def test_only_liked_and_since_select_conversations(store_path, tmp_path):
 
 def turn(id: int, role: Role, finish: str = "stop") -> Message:
     meta = {"finish_reason": finish} if role == "assistant" else {}
-    return Message(id, "c", id, role, f"turn {id}", datetime.now(timezone.utc), meta)
+    return Message(id, "c", id, role, f"turn {id}", datetime.now(UTC), meta)
 
 
 def test_the_cut_starts_at_every_user_turn_that_led_to_the_left_out_reply():
@@ -187,5 +187,5 @@ def test_export_errors_say_what_to_do(tmp_path):
     bad_date = chatbot("feedback", "export", "--store", str(tmp_path / "x.db"), "--since", "last tuesday")
     assert bad_date.returncode == 1 and "is not a date" in bad_date.stderr
     assert "Traceback" not in missing.stderr + bad_date.stderr
-    assert parse_since("2025-01-31") == datetime(2025, 1, 31, tzinfo=timezone.utc)
-    assert parse_since("2025-01-31T12:00Z") == datetime(2025, 1, 31, 12, tzinfo=timezone.utc)
+    assert parse_since("2025-01-31") == datetime(2025, 1, 31, tzinfo=UTC)
+    assert parse_since("2025-01-31T12:00Z") == datetime(2025, 1, 31, 12, tzinfo=UTC)

@@ -1,7 +1,9 @@
-"""`pip install .` is enough to serve: a fresh virtual environment with no torch chats with a model."""
+"""Installing as a user would, into fresh virtual environments: `pip install .` is enough to serve (no
+torch), and the training and channel extras settle beside a transformers 5 that is already there."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import venv
@@ -11,26 +13,39 @@ ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "optimum", "datasets", "accelerate")
 
 
-def test_the_serving_install_has_no_torch_and_chats(tiny_model_dir, tmp_path):
+def _source(tmp_path):
+    """A copy of the project as a user's checkout has it (no build leftovers)."""
     source = tmp_path / "src"
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
     for package in ("chatbot", "plugins", "training"):
         shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
-    env_dir = tmp_path / "venv"
-    venv.EnvBuilder(with_pip=True).create(env_dir)
-    python = env_dir / "bin" / "python"
-    install = subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(source)],
+    return source
+
+
+def _venv(path):
+    venv.EnvBuilder(with_pip=True).create(path)
+    return path / "bin" / "python"
+
+
+def _pip(python, *args, timeout=900):
+    result = subprocess.run(
+        [str(python), "-m", "pip", "--disable-pip-version-check", *args],
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=timeout,
     )
-    assert install.returncode == 0, install.stderr[-3000:]
-    listed = subprocess.run(
-        [str(python), "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True, check=True
-    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_the_serving_install_has_no_torch_and_chats(tiny_model_dir, tmp_path):
+    source = _source(tmp_path)
+    env_dir = tmp_path / "venv"
+    python = _venv(env_dir)
+    _pip(python, "install", "--quiet", str(source))
+    listed = _pip(python, "list", "--format=freeze")
     installed = {line.split("==")[0].lower() for line in listed.stdout.splitlines()}
     assert not installed & set(HEAVY), f"serving pulled in {installed & set(HEAVY)}"
     command = [str(env_dir / "bin" / "chatbot"), "chat", str(tiny_model_dir)]
@@ -43,3 +58,41 @@ def test_the_serving_install_has_no_torch_and_chats(tiny_model_dir, tmp_path):
     )
     assert chat.returncode == 0, chat.stderr
     assert "bot> " in chat.stdout
+
+
+# Caps of other projects' that move a package below what transformers 5 brought; each is checked to
+# still be there, so the exception goes when upstream lifts it. Ours move nothing.
+UPSTREAM_CAPS = {"tomlkit": "gradio"}  # gradio 6.31: tomlkit<0.15 (transformers' kernels takes 0.15)
+
+
+def test_the_extras_downgrade_nothing_beside_transformers_5(tmp_path):
+    """A team's environment that already holds the newest transformers 5 takes the training and
+    channel extras without pip moving any version it holds back (resolved, not installed)."""
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    python = _venv(tmp_path / "venv")
+    _pip(python, "install", "--quiet", "transformers>=5,<6")
+    held = {p["name"].lower(): p["version"] for p in json.loads(_pip(python, "list", "--format=json").stdout)}
+    assert held["transformers"].startswith("5.")
+    report = tmp_path / "report.json"
+    # torch as the Makefile installs it (a looser torch would be resolved as PyPI's CUDA build)
+    _pip(python, "install", "--dry-run", "--quiet", "--report", str(report),
+         f"{_source(tmp_path)}[train,web,slack]", "torch==2.13.0")  # fmt: skip
+    planned = {
+        item["metadata"]["name"].lower(): item["metadata"]
+        for item in json.loads(report.read_text())["install"]
+    }
+    assert "transformers" not in planned  # kept as it was
+    back = {
+        n: (held[n], m["version"])
+        for n, m in planned.items()
+        if n in held and Version(m["version"]) < Version(held[n])
+    }
+    for name, (had, gets) in back.items():
+        capper = UPSTREAM_CAPS.get(name)
+        assert capper is not None, f"pip would move {name} back from {had} to {gets}"
+        caps = [Requirement(r) for r in planned[capper].get("requires_dist", [])]
+        assert any(r.name.lower() == name and not r.specifier.contains(had) for r in caps), (
+            f"{capper} no longer caps {name}: remove it from UPSTREAM_CAPS"
+        )

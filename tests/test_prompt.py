@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -10,7 +10,7 @@ from chatbot import ChatbotError, MessageTooLong, ModelFolder
 from chatbot.prompt import build_prompt, turn_starts
 from chatbot.types import Message
 
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 
 
 def history(*pairs: tuple[str, str]) -> list[Message]:

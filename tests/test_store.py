@@ -10,7 +10,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import closing
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -148,7 +148,7 @@ def test_append_numbers_turns_in_order(store: SQLStore) -> None:
     assert history[1].meta == {"confidence": -0.5, "tokens": 3}
     assert history[0].meta == {}
     assert all(isinstance(m.created_at, datetime) and m.created_at.tzinfo for m in history)
-    assert history[0].created_at <= history[2].created_at <= datetime.now(timezone.utc)
+    assert history[0].created_at <= history[2].created_at <= datetime.now(UTC)
 
 
 def test_append_rejects_bad_turns(store: SQLStore) -> None:
@@ -156,7 +156,7 @@ def test_append_rejects_bad_turns(store: SQLStore) -> None:
     with pytest.raises(InvalidMessage, match="role"):
         store.append_message("c1", "robot", "hi")  # type: ignore[arg-type]
     with pytest.raises(InvalidMessage, match="JSON"):
-        store.append_message("c1", "assistant", "hi", meta={"when": datetime.now(timezone.utc)})
+        store.append_message("c1", "assistant", "hi", meta={"when": datetime.now(UTC)})
     assert store.transcript("c1") == ()
 
 

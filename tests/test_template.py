@@ -48,9 +48,9 @@ def test_engine_and_transformers_give_identical_token_ids(both, messages, genera
     folder, hf = both
     engine_text = folder.template.render(messages, add_generation_prompt=generation_prompt)
     hf_text = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
-    hf_ids = hf.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt)
-    if isinstance(hf_ids, dict):  # some transformers versions return a BatchEncoding
-        hf_ids = hf_ids["input_ids"]
+    hf_ids = hf.apply_chat_template(
+        messages, tokenize=True, add_generation_prompt=generation_prompt, return_dict=False
+    )
     assert engine_text == hf_text
     assert folder.encode(engine_text) == list(hf_ids)
 

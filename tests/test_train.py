@@ -176,7 +176,7 @@ def test_a_base_without_chat_tokens_gets_them(tmp_path: Path, sample: Path) -> N
     result = train(options, progress=lambda message: None)
     assert result.folder is not None
     saved = json.loads((result.folder / "tokenizer_config.json").read_text())
-    assert "<|end|>" in saved["chat_template"] and "<|user|>" in saved["additional_special_tokens"]
+    assert "<|end|>" in saved["chat_template"] and "<|user|>" in saved["extra_special_tokens"]
     assert json.loads((result.folder / "config.json").read_text())["vocab_size"] == len(tokenizer) + 4
 
 

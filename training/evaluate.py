@@ -55,7 +55,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,7 +81,7 @@ MODEL = "model"
 RETRIEVAL = "retrieval"
 NO_BASELINE = "No retrieval baseline:"  # how the note on a missing baseline starts
 AGENT_WEIGHT = 0.5  # weight of the agent's previous turn in the baseline's context (customer = 1)
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)  # created_at of the reference turns given to build_prompt
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # created_at of the reference turns given to build_prompt
 
 # A word: a run of letters or digits in any script; Chinese and Japanese, written without spaces,
 # count one character per word.

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from onnxruntime import InferenceSession
 
 TASK = "text-generation-with-past"
+EXPORTERS = ("chatbot", "optimum")
 ONNX_DIR = "onnx"
 ONNX_FILE = "model.onnx"
 ONNX_DATA_FILE = "model.onnx_data"
@@ -56,22 +57,29 @@ def export_onnx(
     tolerance: float = 1e-3,
     sequences: int = 4,
     decode_steps: int = 4,
-    opset: int | None = None,
+    exporter: str = "chatbot",
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Export ``model_dir`` to ``onnx/model.onnx`` after a parity check; return the parity record.
 
-    The record is ``{"max_abs_diff", "tolerance", "sequences", "decode_steps"}`` and is also
-    stored in ``card.json`` under ``onnx.reference.parity``. Raises :class:`ModelFolderError`
-    for a missing or incomplete folder and :class:`ExportError` when the exporter fails or the
-    largest logit difference exceeds ``tolerance`` (the previous export is then left as it was).
+    ``exporter`` is ``"chatbot"`` (GPT-2 written from its weights) or ``"optimum"`` (see the
+    module docstring). The record is ``{"max_abs_diff", "tolerance", "sequences",
+    "decode_steps"}`` and is also stored in ``card.json`` under ``onnx.reference.parity``.
+    Raises :class:`ModelFolderError` for a missing or incomplete folder and
+    :class:`ExportError` when the exporter fails or the largest logit difference exceeds
+    ``tolerance`` (the previous export is then left as it was).
     """
     folder = check_model_folder(model_dir)
     _check_options(tolerance=tolerance, sequences=sequences, decode_steps=decode_steps)
+    if exporter not in EXPORTERS:
+        raise ExportError(f"unknown exporter {exporter!r}", hint=f"choose one of {', '.join(EXPORTERS)}")
     say = progress or _silent
-    with _quiet_exporter(), _temporary_folder(folder) as tmp:
-        say(f"exporting {folder} to ONNX ({exporter_name()}, task {TASK})")
-        _run_exporter(folder, tmp, opset=opset)
+    with _temporary_folder(folder) as tmp:
+        say(f"exporting {folder} to ONNX ({exporter_name(exporter)})")
+        if exporter == "optimum":
+            _run_optimum(folder, tmp)
+        else:
+            _write_reference(folder, tmp)
         say(f"checking parity with PyTorch on {sequences} sequences, {decode_steps} decode steps")
         diff = measure_parity(folder, tmp / ONNX_FILE, sequences=sequences, decode_steps=decode_steps)
         _check_parity(diff, tolerance)
@@ -83,7 +91,7 @@ def export_onnx(
         "sequences": sequences,
         "decode_steps": decode_steps,
     }
-    _record(folder, _reference_entry(parity, used_opset))
+    _record(folder, _reference_entry(parity, used_opset, exporter))
     say(f"wrote {ONNX_DIR}/{ONNX_FILE} (opset {used_opset}, max abs diff {diff:.3g})")
     return parity
 
@@ -119,12 +127,44 @@ def _check_options(*, tolerance: float, sequences: int, decode_steps: int) -> No
         raise ValueError(f"decode_steps must be at least 1 (the KV cache), not {decode_steps!r}")
 
 
-def exporter_name() -> str:
-    """The exporter as recorded in the card, e.g. ``optimum-onnx 0.1.0``."""
+def exporter_name(exporter: str = "chatbot") -> str:
+    """The exporter as recorded in the card: ``chatbot.training.portable 0.1.0`` or
+    ``optimum-onnx 0.1.0``."""
+    from training.portable import BUILDER
+
+    distribution, name = ("optimum-onnx", "optimum-onnx") if exporter == "optimum" else ("chatbot", BUILDER)
     try:
-        return f"optimum-onnx {metadata.version('optimum-onnx')}"
+        return f"{name} {metadata.version(distribution)}"
     except metadata.PackageNotFoundError:
-        return "optimum-onnx (version unknown)"
+        return f"{name} (version unknown)"
+
+
+def _write_reference(folder: Path, output: Path) -> None:
+    """Write GPT-2's reference graph for ``folder`` into ``output`` (:mod:`training.portable`)."""
+    from training.graph import load_weights, read_config
+    from training.portable import build_reference, save_reference
+
+    try:
+        config = read_config(_read_json(folder / "config.json"), folder)
+    except ExportError as error:  # not GPT-2, or a GPT-2 option the writer does not know
+        raise ExportError(
+            error.message.replace("graph builder", "reference writer"),
+            hint="export it with optimum's exporter: `chatbot export --exporter optimum` "
+            'in an environment with `chatbot[optimum]` (README, "optimum")',
+        ) from error
+    save_reference(build_reference(config, load_weights(folder)), output / ONNX_FILE)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ModelFolderError(f"cannot read {path}: {error}", hint="build the folder again") from error
+    if not isinstance(data, dict):
+        raise ModelFolderError(f"{path} is not a JSON object", hint="build the folder again")
+    return data
 
 
 @contextlib.contextmanager
@@ -164,19 +204,19 @@ def _temporary_folder(folder: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _run_exporter(folder: Path, output: Path, *, opset: int | None) -> None:
+def _run_optimum(folder: Path, output: Path) -> None:
     """Run optimum's exporter on ``folder`` into ``output``; wrap its failures in ExportError."""
-    from optimum.exporters.onnx import main_export
-
     try:
-        main_export(
-            str(folder),
-            output=output,
-            task=TASK,
-            opset=opset,
-            do_validation=False,
-            local_files_only=True,
-        )
+        from optimum.exporters.onnx import main_export
+    except ImportError as error:
+        raise ExportError(
+            f"--exporter optimum needs optimum-onnx, which is not installed ({error})",
+            hint="install it in an environment of its own: `pip install 'chatbot[optimum]'` "
+            '(README, "optimum"), or export with the default exporter',
+        ) from error
+    try:
+        with _quiet_exporter():
+            main_export(str(folder), output=output, task=TASK, do_validation=False, local_files_only=True)
     except Exception as error:  # the exporter raises many unrelated types
         raise ExportError(
             f"the ONNX exporter failed on {folder}: {type(error).__name__}: {error}",
@@ -196,7 +236,7 @@ def _check_parity(diff: float, tolerance: float) -> None:
     raise ExportError(
         f"the ONNX export differs from PyTorch by up to {diff:.3g} in the logits, more than the "
         f"tolerance {tolerance:.3g}; nothing was written",
-        hint="export with a newer optimum-onnx or report the model config",
+        hint="report the model config (and the card's versions) as a bug",
     )
 
 
@@ -268,19 +308,21 @@ def _spread_lengths(count: int, *, shortest: int, longest: int) -> list[int]:
 
 
 def _chat_ids(folder: Path) -> list[int]:
-    """Token ids of :data:`PARITY_CONVERSATION` rendered with the folder's chat template."""
-    from transformers import AutoTokenizer
+    """Token ids of :data:`PARITY_CONVERSATION` rendered with the folder's chat template.
 
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    if not tokenizer.chat_template:
-        raise ModelFolderError(
-            f"{folder / 'tokenizer_config.json'} has no chat_template",
-            hint="build the folder again with `chatbot train ...`",
-        )
-    text = tokenizer.apply_chat_template(
-        list(PARITY_CONVERSATION), tokenize=False, add_generation_prompt=True
+    Rendered and encoded as the engine does (:mod:`chatbot.template` and ``tokenizers``), not by
+    transformers: the folder may come from another transformers release than this environment's
+    (``chatbot[optimum]`` runs transformers 4.57, which cannot load a tokenizer config of 5).
+    """
+    from tokenizers import Tokenizer
+
+    from chatbot.folder import chat_template
+
+    config = folder / "tokenizer_config.json"
+    text = chat_template(_read_json(config), config).render(
+        list(PARITY_CONVERSATION), add_generation_prompt=True
     )
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return Tokenizer.from_file(str(folder / "tokenizer.json")).encode(text, add_special_tokens=False).ids
 
 
 def _torch_logits(model: Any, ids: Sequence[int]) -> np.ndarray:
@@ -382,11 +424,11 @@ def _install(tmp: Path, onnx_dir: Path) -> None:
     os.replace(tmp / ONNX_FILE, onnx_dir / ONNX_FILE)
 
 
-def _reference_entry(parity: dict[str, Any], opset: int) -> dict[str, Any]:
+def _reference_entry(parity: dict[str, Any], opset: int, exporter: str) -> dict[str, Any]:
     """The ``onnx.reference`` record of the card."""
     return {
         "path": f"{ONNX_DIR}/{ONNX_FILE}",
-        "exporter": exporter_name(),
+        "exporter": exporter_name(exporter),
         "task": TASK,
         "opset": opset,
         "exported_at": utc_now(),

@@ -1,8 +1,8 @@
 """Write fast ONNX graphs for a GPT-2 model folder directly from its weights.
 
-The optimum export (``onnx/model.onnx``) stays the portable reference. The graphs built here do
-the same arithmetic with a tenth of the nodes (``../shared/CPU.md`` and ``GPU.md`` say why that
-matters), one layer being::
+The reference export (``onnx/model.onnx``, :mod:`training.portable`) stays the portable
+reference. The graphs built here do the same arithmetic in fused operators over a fixed-size
+cache (``../shared/CPU.md`` and ``GPU.md`` say why that matters), one layer being::
 
     SkipLayerNormalization ─► MatMul(+bias) ─► GroupQueryAttention ─► MatMul
       ─► SkipLayerNormalization(+bias) ─► MatMul ─► FastGelu(+bias) ─► MatMul ─► (next layer)

@@ -7,6 +7,7 @@ greedy transformers must choose the same token ids.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Iterator, Sequence
 
@@ -18,7 +19,11 @@ from chatbot.types import GenerationConfig
 
 
 class TransformersGenerator:
-    """Generation with ``GPT2LMHeadModel`` and its own KV cache (``past_key_values``), on the CPU."""
+    """Generation with ``GPT2LMHeadModel`` and its own KV cache, on the CPU.
+
+    The cache is passed and read back under the name the model's ``forward`` takes: ``cache`` in
+    current transformers 5 releases, ``past_key_values`` in the earlier ones.
+    """
 
     def __init__(self, folder: ModelFolder | str | os.PathLike[str]) -> None:
         import torch
@@ -28,6 +33,8 @@ class TransformersGenerator:
         self.model = AutoModelForCausalLM.from_pretrained(self.folder.path, dtype=torch.float32).eval()
         self.stop_token_ids = self.folder.stop_token_ids
         self._torch = torch
+        forward = inspect.signature(self.model.forward).parameters
+        self._cache = "cache" if "cache" in forward else "past_key_values"
 
     def generate(
         self,
@@ -43,8 +50,8 @@ class TransformersGenerator:
         def step(ids: Sequence[int], start: int) -> np.ndarray:
             nonlocal past
             with torch.inference_mode():
-                out = self.model(input_ids=torch.tensor([list(ids)]), past_key_values=past, use_cache=True)
-            past = out.past_key_values
+                out = self.model(input_ids=torch.tensor([list(ids)]), use_cache=True, **{self._cache: past})
+            past = out[self._cache]
             return out.logits[0, -1].float().numpy()
 
         spec = self.folder.spec

@@ -247,7 +247,7 @@ def wrap_tokenizer(tokenizer: Tokenizer, *, n_positions: int) -> PreTrainedToken
     )
 
 
-def random_model(tokenizer: PreTrainedTokenizerFast, *, seed: int, **sizes: float) -> GPT2LMHeadModel:
+def random_model(tokenizer: PreTrainedTokenizerFast, *, seed: int, **sizes: Any) -> GPT2LMHeadModel:
     """A GPT-2 with random weights for ``seed`` and the folder's generation settings.
 
     The global torch random state is restored afterwards, so building does not disturb the
@@ -256,8 +256,8 @@ def random_model(tokenizer: PreTrainedTokenizerFast, *, seed: int, **sizes: floa
     import torch
     from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel
 
-    eot = tokenizer.convert_tokens_to_ids(END_OF_TEXT)
-    end = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    eot = _token_id(tokenizer, END_OF_TEXT)
+    end = _token_id(tokenizer, END_OF_TURN)
     config = GPT2Config(
         vocab_size=len(tokenizer), bos_token_id=eot, eos_token_id=eot, pad_token_id=eot, **sizes
     )
@@ -266,6 +266,13 @@ def random_model(tokenizer: PreTrainedTokenizerFast, *, seed: int, **sizes: floa
         model = GPT2LMHeadModel(config).eval()
     model.generation_config = GenerationConfig(bos_token_id=eot, eos_token_id=[end, eot], pad_token_id=eot)
     return model
+
+
+def _token_id(tokenizer: PreTrainedTokenizerFast, token: str) -> int:
+    """The id of one special token (which the tokenizer always has)."""
+    found = tokenizer.convert_tokens_to_ids(token)
+    assert isinstance(found, int), f"{token} is not one token"
+    return found
 
 
 def _describe(model: Any) -> str:

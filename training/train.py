@@ -155,6 +155,8 @@ def _check_options(options: TrainOptions) -> None:
         raise TrainingError(f"unknown size {options.from_scratch!r}", hint=f"use one of {', '.join(SIZES)}")
     if not 0 <= options.validation < 1:
         raise TrainingError("--validation is a share of conversations: 0 <= x < 1")
+    if not 0 <= options.warmup_ratio < 1:
+        raise TrainingError("--warmup-ratio is a share of the training steps: 0 <= x < 1")
     if options.precision not in ("auto", "fp32", "bf16", "fp16"):
         raise TrainingError(f"unknown precision {options.precision!r}", hint="use auto, fp32, bf16 or fp16")
     if options.epochs <= 0 or options.batch_size < 1 or options.gradient_accumulation < 1:
@@ -293,7 +295,7 @@ def _trainer(
         gradient_accumulation_steps=options.gradient_accumulation,
         learning_rate=options.learning_rate or default_rate,
         lr_scheduler_type="cosine",
-        warmup_ratio=options.warmup_ratio,
+        warmup_steps=options.warmup_ratio,  # a float below 1 is a share of the steps
         weight_decay=options.weight_decay,
         eval_strategy="steps" if evaluating else "no",
         eval_steps=eval_steps,
@@ -305,13 +307,12 @@ def _trainer(
         greater_is_better=False if evaluating else None,
         logging_steps=max(1, steps_per_epoch // 10),
         logging_first_step=True,
-        group_by_length=True,
+        train_sampling_strategy="group_by_length",
         seed=options.seed,
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
         dataloader_pin_memory=precision != "fp32",  # pinning only helps (and only works) with a GPU
-        save_safetensors=True,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         # several processes on CPUs (torchrun, accelerate launch): gloo, and accelerate told to stay on

@@ -18,7 +18,7 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio reads it
@@ -193,7 +193,7 @@ class ChatPage:
         try:
             return self.engine.get(key)
         except UnknownConversation:
-            return Conversation(key, datetime.now(timezone.utc))
+            return Conversation(key, datetime.now(UTC))
 
     def _shown(self, conversation: Conversation) -> _Shown:
         ratings = self._ratings(conversation.id) if conversation.messages else {}
