@@ -54,13 +54,23 @@ def trained_system_prompt(card: dict[str, Any]) -> str | None:
     return value if isinstance(value, str) else None
 
 
+TEMPLATE_FILE = "chat_template.jinja"  # where transformers 5 saves a template by default
+
+
 def chat_template(tokenizer_config: dict[str, Any], where: Path) -> ChatTemplate:
-    """The chat template of a folder's ``tokenizer_config.json`` (read from ``where``), with the
-    special tokens it may name; :class:`ModelFolderError` when it has none."""
+    """The chat template of a folder's ``tokenizer_config.json`` (read from ``where``), or of the
+    ``chat_template.jinja`` beside it, with the special tokens the config names;
+    :class:`ModelFolderError` when there is none."""
     source = tokenizer_config.get("chat_template")
+    beside = where.parent / TEMPLATE_FILE
+    if not (isinstance(source, str) and source.strip()) and beside.is_file():
+        try:
+            source = beside.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise ModelFolderError(f"{beside} is not readable: {error}", hint=TRAIN_HINT) from error
     if not isinstance(source, str) or not source.strip():
         raise ModelFolderError(
-            f"{where} has no chat_template",
+            f"{where} has no chat_template (and there is no {TEMPLATE_FILE} beside it)",
             hint="the chat template belongs in the model folder; " + TRAIN_HINT,
         )
     special = {

@@ -249,3 +249,23 @@ def test_factory_caches_per_arguments(tiny_model_factory, tiny_model_dir: Path) 
     assert small == tiny_model_factory(export=False, n_positions=32)
     assert small != tiny_model_dir
     assert json.loads((small / "config.json").read_text())["n_positions"] == 32
+
+
+def test_a_template_saved_beside_the_config_is_read(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """transformers 5 saves a chat template as chat_template.jinja unless told otherwise: a folder
+    saved that way by another tool serves the same."""
+    from chatbot import ModelFolder
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "chat_template.jinja").write_text(config.pop("chat_template"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    messages = [{"role": "user", "content": "Hi"}]
+    expected = ModelFolder(tiny_model_dir).template.render(messages, add_generation_prompt=True)
+    assert ModelFolder(folder).template.render(messages, add_generation_prompt=True) == expected
+    assert AutoTokenizer.from_pretrained(folder).chat_template == DEFAULT_CHAT_TEMPLATE
+    (folder / "chat_template.jinja").unlink()
+    with pytest.raises(ModelFolderError, match="no chat_template") as caught:
+        ModelFolder(folder)
+    assert "chatbot train" in str(caught.value)
