@@ -13,9 +13,23 @@ from pathlib import Path
 import pytest
 
 from chatbot import SQLStore
-from chatbot.cli import PLANNED
 
 ROOT = Path(__file__).resolve().parents[1]
+# every command: the core's, then those training registers through the entry points
+COMMANDS = (
+    "chat",
+    "serve",
+    "plugins",
+    "models",
+    "feedback",
+    "db",
+    "config",
+    "train",
+    "export",
+    "eval",
+    "bench",
+    "demo",
+)
 
 
 def chatbot(*args: str, stdin: str = "", env: dict[str, str] | None = None, timeout: int = 180):
@@ -33,8 +47,8 @@ def test_the_console_script_is_installed():
     script = Path(sys.executable).parent / "chatbot"
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
-    for command in ("chat", "serve", "export", "plugins", "demo", "bench", *PLANNED):
-        assert command in result.stdout
+    for command in COMMANDS:
+        assert f"    {command} " in result.stdout, command
 
 
 def test_chat_holds_a_conversation_and_keeps_it_in_the_store(tiny_model_dir, tmp_path):
@@ -193,6 +207,57 @@ def test_a_third_party_channel_is_found_through_its_entry_point(tiny_model_dir, 
     )
     assert served.returncode == 0, served.stderr
     assert "echo-channel replied True" in served.stdout
+
+
+def _fake_distribution(site: Path, name: str, module: str, source: str, entry_points: str) -> dict[str, str]:
+    """An installed third-party package (its module and dist-info) on a PYTHONPATH of its own."""
+    (site / module).mkdir(parents=True)
+    (site / module / "__init__.py").write_text(textwrap.dedent(source))
+    dist = site / f"{name.replace('-', '_')}-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(textwrap.dedent(entry_points))
+    return {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+
+
+def test_a_third_party_command_registers_like_the_training_ones(tmp_path):
+    """A package registers a command under chatbot.commands; one whose plugin is broken is said on
+    standard error and left out, and every other command still works."""
+    env = _fake_distribution(
+        tmp_path / "site",
+        "hello-command",
+        "hello_command",
+        """
+        from chatbot.commands import CommandSet, progress
+
+        def register(commands: CommandSet) -> None:
+            parser = commands.add("hello", help="greet someone (a third-party command)")
+            parser.add_argument("--name", default="world")
+            parser.set_defaults(run=run)
+
+        def run(args) -> int:
+            print(f"hello {args.name}")
+            progress("said hello")
+            return 0
+
+        def broken(commands: CommandSet) -> None:
+            raise RuntimeError("this plugin is broken")
+        """,
+        """
+        [chatbot.commands]
+        hello = hello_command:register
+        broken = hello_command:broken
+        missing = hello_command_gone:register
+        """,
+    )
+    listed = chatbot("--help", env=env)
+    assert listed.returncode == 0
+    assert "greet someone (a third-party command)" in listed.stdout
+    assert all(f"    {command} " in listed.stdout for command in COMMANDS)
+    assert "the command 'broken' (hello_command:broken) could not be loaded: RuntimeError" in listed.stderr
+    assert "the command 'missing'" in listed.stderr and "Traceback" not in listed.stderr
+    ran = chatbot("hello", "--name", "Ada", env=env)
+    assert ran.returncode == 0 and ran.stdout == "hello Ada\n" and "said hello" in ran.stderr
 
 
 def test_an_unknown_channel_lists_the_known_ones(tiny_model_dir):

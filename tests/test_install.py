@@ -4,6 +4,7 @@ torch), and the training and channel extras settle beside a transformers 5 that 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import venv
@@ -58,6 +59,31 @@ def test_the_serving_install_has_no_torch_and_chats(tiny_model_dir, tmp_path):
     )
     assert chat.returncode == 0, chat.stderr
     assert "bot> " in chat.stdout
+    # the training tools' commands are listed all the same, and say what to install when run
+    chatbot = str(env_dir / "bin" / "chatbot")
+    listed = subprocess.run([chatbot, "--help"], capture_output=True, text=True, timeout=120)
+    for command in ("chat", "serve", "train", "export", "eval", "bench", "demo", "models", "feedback"):
+        assert f"    {command} " in listed.stdout, command
+    data = tmp_path / "data.jsonl"
+    data.write_text(
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+    )
+    for args in (
+        ["train", "--data", str(data), "--from-scratch", "tiny", "--out", str(tmp_path / "models")],
+        ["export", str(tiny_model_dir)],
+        ["eval", str(tiny_model_dir), str(data)],
+        ["bench", "--config", "tiny"],
+        ["demo", "--channel", "terminal"],
+    ):
+        run = subprocess.run(
+            [chatbot, *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},
+        )
+        assert run.returncode == 1, (args, run.stderr)
+        assert "pip install 'chatbot[train]'" in run.stderr and "Traceback" not in run.stderr, run.stderr
 
 
 # Caps of other projects' that move a package below what transformers 5 brought; each is checked to
