@@ -27,8 +27,9 @@ from typing import Any
 
 from chatbot.errors import Busy, ChatbotError, InvalidMessage, RateLimited, StoreError
 from chatbot.folder import ModelFolder
-from chatbot.generation import Generator, OnnxGenerator, Token, load_generator
+from chatbot.generation import Generator, OnnxGenerator, Token
 from chatbot.limits import RateLimiter, ReplySlots
+from chatbot.loader import load_generator
 from chatbot.logs import event
 from chatbot.metrics import Metrics
 from chatbot.prompt import Prompt, build_prompt
@@ -36,6 +37,7 @@ from chatbot.scheduler import BatchingGenerator
 from chatbot.store import SQLStore, Store, open_store
 from chatbot.textstream import IncrementalDecoder
 from chatbot.types import Conversation, Feedback, FinishReason, GenerationConfig, Message, Reply
+from chatbot.versions import model_folder
 
 log = logging.getLogger("chatbot.engine")
 
@@ -153,9 +155,9 @@ class Engine:
         ``store`` is a :class:`Store`, a SQLite file path or a SQLAlchemy URL; ``None`` keeps
         conversations in memory only. ``device`` is "auto" (default), "cpu" or "cuda";
         ``variant`` picks the graph ("auto" by default: the folder's fast variant for the device,
-        served through the batching scheduler; see :func:`chatbot.generation.choose_variant`).
+        served through the batching scheduler; see :func:`chatbot.loader.choose_variant`).
         """
-        folder = ModelFolder(path)
+        folder = model_folder(path)
         generator = load_generator(folder, device=device, variant=variant)
         if store is None:
             store = SQLStore.memory()

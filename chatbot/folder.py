@@ -18,7 +18,6 @@ from tokenizers import Tokenizer
 
 from chatbot.errors import ModelFolderError
 from chatbot.template import END_OF_TEXT, END_OF_TURN, ChatTemplate
-from chatbot.versions import resolve_model_path
 
 TRAIN_HINT = "create it with `chatbot train` (or `chatbot demo` for the default model)"
 EXPORT_HINT = "run `chatbot export {folder}` to write it"
@@ -88,21 +87,24 @@ class ModelFolder:
     >>> folder.spec.n_positions                   # doctest: +SKIP
     1024
 
-    ``path`` may also be a versions root (``models``, see :mod:`chatbot.versions`): the folder
-    of its current version is loaded, and ``path`` becomes that folder (``models/v3``).
+    ``path`` is the folder itself. A versions root (``models``) is resolved to its current
+    version before, by :func:`chatbot.versions.model_folder`, which every entry point that takes
+    either uses.
 
     Raises :class:`ModelFolderError` naming the missing or broken file and the command that
     makes it.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = resolve_model_path(path)
+        self.path = Path(path).expanduser()
         if not self.path.is_dir():
             raise ModelFolderError(
                 f"model folder {self.path} does not exist or is not a folder", hint=TRAIN_HINT
             )
         for name, hint in REQUIRED_FILES.items():
             if not (self.path / name).is_file():
+                if (self.path / "current").is_symlink():  # a versions root given where a folder goes
+                    hint = "it is a versions root: load it with chatbot.versions.model_folder"
                 raise ModelFolderError(
                     f"model folder {self.path} has no {name}", hint=hint.format(folder=self.path)
                 )

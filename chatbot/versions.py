@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from chatbot.errors import ModelFolderError
+from chatbot.folder import ModelFolder
 
 if sys.platform != "win32":
     import fcntl
@@ -128,6 +129,12 @@ def resolve_model_path(path: str | os.PathLike[str]) -> Path:
     if not is_versions_root(root):
         return given
     return ModelVersions(root=root).require_current().path
+
+
+def model_folder(path: str | os.PathLike[str]) -> ModelFolder:
+    """The model folder at ``path``, or the current version's when ``path`` is a versions root or
+    its ``current`` pointer (:func:`resolve_model_path`)."""
+    return ModelFolder(resolve_model_path(path))
 
 
 class ModelVersions:
@@ -402,9 +409,7 @@ def _number(name: str) -> int:
 
 def _validated(folder: str | os.PathLike[str]) -> Path:
     """``folder`` if it is a complete model folder; ModelFolderError naming what is wrong otherwise."""
-    from chatbot.folder import ModelFolder  # imported here: chatbot.folder imports this module
-
-    return ModelFolder(Path(folder).expanduser()).path
+    return ModelFolder(folder).path
 
 
 def _same_device(a: Path, b: Path) -> bool:

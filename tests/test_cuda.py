@@ -17,7 +17,8 @@ import pytest
 from together import at_once
 
 from chatbot import GenerationConfig, ModelFolder
-from chatbot.generation import CUDA, choose_variant, load_generator
+from chatbot.generation import CUDA
+from chatbot.loader import choose_variant, load_generator
 from chatbot.scheduler import BatchingGenerator
 from training.graph import build_variant
 

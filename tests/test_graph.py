@@ -16,7 +16,7 @@ import pytest
 from chatbot import GenerationConfig, ModelFolder, OnnxGenerator
 from chatbot.errors import ChatbotError, ExportError, ModelFolderError
 from chatbot.fused import FusedSession
-from chatbot.generation import choose_variant, load_generator
+from chatbot.loader import choose_variant, load_generator
 from chatbot.scheduler import BatchingGenerator
 from training.graph import build_variant, fused_logits
 
@@ -70,11 +70,11 @@ def test_the_fp32_graph_matches_the_reference_step_by_step(fp32_dir: Path) -> No
     assert set(_ops(folder.variant_path("cpu-fp32"))) >= FUSED_OPS
     parity = folder.card["onnx"]["cpu-fp32"]["parity"]
     assert parity["max_rel_diff"] < 1e-4 and parity["greedy_agreement"] == 1.0
-    from training.export import _load_session, onnx_logits
+    from training.parity import load_session, onnx_logits
 
     session = FusedSession(folder.variant_path("cpu-fp32"), folder.spec)
     ids = np.random.default_rng(1).integers(0, folder.spec.vocab_size, size=50).tolist()
-    expected = onnx_logits(_load_session(folder.onnx_path), ids, 20)[19:]
+    expected = onnx_logits(load_session(folder.onnx_path), ids, 20)[19:]
     actual = np.stack(list(fused_logits(session, ids, 20)))
     np.testing.assert_allclose(actual, expected, atol=1e-4)
 

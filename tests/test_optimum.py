@@ -19,7 +19,7 @@ import pytest
 
 from chatbot import GenerationConfig, ModelFolder, OnnxGenerator
 from training.card import read_card
-from training.export import _load_session, onnx_logits
+from training.parity import load_session, onnx_logits
 
 PROMPT = [2, 40, 41, 42, 43, 4, 3]
 
@@ -65,8 +65,8 @@ def test_optimum_exports_a_folder_trained_on_transformers_5(
     assert reference["parity"]["max_abs_diff"] <= reference["parity"]["tolerance"]
     # the exporter's graph and ours compute the same logits, step by step through the cache
     ids = np.random.default_rng(9).integers(0, ModelFolder(folder).spec.vocab_size, size=48).tolist()
-    theirs = onnx_logits(_load_session(folder / "onnx" / "model.onnx"), ids, 40)
-    np.testing.assert_allclose(theirs, onnx_logits(_load_session(ours), ids, 40), atol=1e-5)
+    theirs = onnx_logits(load_session(folder / "onnx" / "model.onnx"), ids, 40)
+    np.testing.assert_allclose(theirs, onnx_logits(load_session(ours), ids, 40), atol=1e-5)
     # and the engine serves it here
     greedy = GenerationConfig(max_new_tokens=6, temperature=0.0)
     assert [t.id for t in OnnxGenerator(ModelFolder(folder)).generate(PROMPT, greedy)]

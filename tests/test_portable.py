@@ -17,8 +17,9 @@ from transformers import GPT2LMHeadModel
 from chatbot import ModelFolder
 from chatbot.errors import ExportError
 from training.card import read_card
-from training.export import _load_session, export_onnx, onnx_logits
+from training.export import export_onnx
 from training.graph import load_weights, read_config
+from training.parity import load_session, onnx_logits
 from training.portable import DATA_FILE, OPSET, build_reference, save_reference
 
 
@@ -110,8 +111,8 @@ def test_weights_beside_the_graph_load_alike(tiny_model_dir: Path, tmp_path: Pat
     assert (tmp_path / DATA_FILE).stat().st_size > (tmp_path / "model.onnx").stat().st_size
     ids = list(range(1, 30))
     inline, beside = (
-        _load_session(tiny_model_dir / "onnx" / "model.onnx"),
-        _load_session(tmp_path / "model.onnx"),
+        load_session(tiny_model_dir / "onnx" / "model.onnx"),
+        load_session(tmp_path / "model.onnx"),
     )
     np.testing.assert_array_equal(onnx_logits(inline, ids, 20), onnx_logits(beside, ids, 20))
 

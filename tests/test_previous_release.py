@@ -15,7 +15,8 @@ import pytest
 
 from chatbot import Engine, EngineConfig, GenerationConfig, ModelFolder
 from training.card import read_card
-from training.export import _load_session, export_onnx, onnx_logits
+from training.export import export_onnx
+from training.parity import load_session, onnx_logits
 from training.sample import write_sample
 from training.train import TrainOptions, train
 
@@ -50,11 +51,11 @@ def test_it_serves(previous: Path, variant: str) -> None:
 
 def test_a_new_export_computes_what_the_old_one_did(previous: Path) -> None:
     """optimum's graph and the one written from the weights agree (and both with PyTorch)."""
-    old = _load_session(previous / "onnx" / "model.onnx")
+    old = load_session(previous / "onnx" / "model.onnx")
     ids = np.random.default_rng(5).integers(0, ModelFolder(previous).spec.vocab_size, size=40).tolist()
     before = onnx_logits(old, ids, 30)
     export_onnx(previous)
-    after = onnx_logits(_load_session(previous / "onnx" / "model.onnx"), ids, 30)
+    after = onnx_logits(load_session(previous / "onnx" / "model.onnx"), ids, 30)
     np.testing.assert_allclose(after, before, atol=1e-5)
     assert read_card(previous)["onnx"]["reference"]["exporter"].startswith("chatbot.training.portable")
 

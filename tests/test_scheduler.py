@@ -11,7 +11,7 @@ from together import at_once
 
 from chatbot import GenerationConfig, ModelFolder
 from chatbot.fused import FusedSession
-from chatbot.generation import load_generator
+from chatbot.loader import load_generator
 from chatbot.scheduler import BatchingGenerator
 from training.graph import build_variant
 

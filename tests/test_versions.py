@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from chatbot import Engine, ModelFolder, ModelFolderError
-from chatbot.versions import ModelVersionError, ModelVersions, resolve_model_path
+from chatbot.versions import ModelVersionError, ModelVersions, model_folder, resolve_model_path
 
 
 def chatbot(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, stdin: str = ""):
@@ -158,7 +158,7 @@ def test_resolving_a_versions_root_gives_the_current_version(three_versions, mak
     assert resolve_model_path(plain) == plain
     (root / "current").unlink()
     with pytest.raises(ModelFolderError, match="no current version") as error:
-        ModelFolder(root)
+        model_folder(root)
     assert "chatbot models use" in str(error.value) and "chatbot train" not in str(error.value)
 
 

@@ -57,9 +57,11 @@ import numpy as np
 from chatbot import paths
 from chatbot.errors import ChatbotError, ModelFolderError
 from chatbot.folder import ModelFolder
-from chatbot.generation import REFERENCE, Generator, choose_variant, load_generator
+from chatbot.generation import Generator
+from chatbot.loader import REFERENCE, choose_variant, load_generator
 from chatbot.paths import write_text_atomically
 from chatbot.types import GenerationConfig
+from chatbot.versions import model_folder
 
 if TYPE_CHECKING:
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
@@ -143,7 +145,7 @@ def run_bench(
     assert model_dir is not None
     if options.device == "cuda":
         _ensure_cuda_variant(Path(model_dir), progress)
-    folder = ModelFolder(model_dir)
+    folder = model_folder(model_dir)
     prompt = _prompt(folder, options)
     progress(f"prompt {len(prompt)} random tokens, {options.new_tokens} new tokens, {options.runs} runs")
     ours = _measure_ours(folder, prompt, options, progress)

@@ -67,8 +67,9 @@ from chatbot.generation import OnnxGenerator
 from chatbot.prompt import build_prompt
 from chatbot.textstream import IncrementalDecoder
 from chatbot.types import GenerationConfig, Message
+from chatbot.versions import model_folder
 from training.dataset import IGNORE, ConversationEncoder, Example, Skipped, messages_of, split_ids
-from training.export import onnx_logits
+from training.parity import onnx_logits
 from training.readers import Transcript, Turn
 
 if TYPE_CHECKING:
@@ -310,7 +311,7 @@ def evaluate_model(
     """
     _check_options(test, max_replies=max_replies, max_new_tokens=max_new_tokens)
     say = progress or _silent
-    folder = ModelFolder(model_dir)
+    folder = model_folder(model_dir)
     generator = OnnxGenerator(folder, device=device)
     say(f"perplexity of {folder.name} on {len(test)} conversations ({generator.device})")
     ppl = _served_perplexity(folder, generator, test, system_prompt)
@@ -382,7 +383,7 @@ def evaluate_files(
     from training.prepare import load_conversations
 
     say = progress or _silent
-    folder = ModelFolder(model_dir)  # a missing or broken folder fails first, with its hint
+    folder = model_folder(model_dir)  # a missing or broken folder fails first, with its hint
     require_packages()
     test = load_conversations(data)
     say(f"test data: {test.summary()}")

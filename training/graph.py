@@ -44,6 +44,15 @@ from chatbot.errors import ExportError, ModelFolderError
 from chatbot.folder import GRAPH_FORMAT
 from chatbot.fused import FixedSlots, FusedSession, past_names, present_names
 from training.card import set_card_entry, utc_now
+from training.parity import (
+    MAX_PARITY_LENGTH,
+    PARITY_SEED,
+    check_model_folder,
+    load_session,
+    onnx_logits,
+    parity_sequences,
+    temporary_folder,
+)
 
 if TYPE_CHECKING:
     import onnx
@@ -402,7 +411,6 @@ def build_variant(
     logit difference relative to the largest reference logit is within the precision's
     tolerance (and, for fp32, every greedy token is the same). Returns the card entry.
     """
-    from training.export import _temporary_folder, check_model_folder
 
     folder = check_model_folder(model_dir)
     precision = _precision(variant)
@@ -415,11 +423,13 @@ def build_variant(
     config = read_config(json.loads((folder / "config.json").read_text(encoding="utf-8")), folder)
     say(f"writing the fused {precision.name} graph ({variant}) from {folder / 'model.safetensors'}")
     model = build_graph(config, load_weights(folder), precision.name)
-    with _temporary_folder(folder) as tmp:
+    with temporary_folder(folder) as tmp:
         path = tmp / "model.onnx"
         _save(model, path)
         say(f"checking {variant} against the reference on {sequences} sequences, {decode_steps} decode steps")
-        parity = measure_parity(folder, path, precision, sequences=sequences, decode_steps=decode_steps)
+        parity = measure_variant_parity(
+            folder, path, precision, sequences=sequences, decode_steps=decode_steps
+        )
         _check(parity, precision, variant)
         target = folder / "onnx" / variant
         if target.exists():
@@ -462,19 +472,18 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
     onnx.save(model, str(path), save_as_external_data=large, location=path.name + ".data")
 
 
-def measure_parity(
+def measure_variant_parity(
     folder: Path, path: Path, precision: Precision, *, sequences: int, decode_steps: int
 ) -> dict[str, Any]:
     """Compare the graph at ``path`` with the folder's reference export, position by position."""
     from chatbot.folder import ModelFolder
-    from training.export import MAX_PARITY_LENGTH, PARITY_SEED, _load_session, _parity_sequences, onnx_logits
 
     spec = ModelFolder(folder).spec
     fused = FusedSession(path, spec, providers=_providers(precision))
-    reference = _load_session(folder / "onnx" / "model.onnx")
+    reference = load_session(folder / "onnx" / "model.onnx")
     limit = min(spec.n_positions, MAX_PARITY_LENGTH)
     worst_abs, worst_rel, same, compared = 0.0, 0.0, 0, 0
-    for ids in _parity_sequences(folder, sequences, decode_steps, limit, spec.vocab_size, PARITY_SEED):
+    for ids in parity_sequences(folder, sequences, decode_steps, limit, spec.vocab_size, PARITY_SEED):
         prefill = max(1, len(ids) - decode_steps)
         expected = onnx_logits(reference, ids, prefill)[prefill - 1 :]  # the positions the graph scores
         actual = np.stack(list(fused_logits(fused, ids, prefill)))

@@ -16,6 +16,7 @@ import numpy as np
 from chatbot.folder import ModelFolder
 from chatbot.generation import Token, decode
 from chatbot.types import GenerationConfig
+from chatbot.versions import model_folder
 
 
 class TransformersGenerator:
@@ -29,7 +30,7 @@ class TransformersGenerator:
         import torch
         from transformers import AutoModelForCausalLM
 
-        self.folder = folder if isinstance(folder, ModelFolder) else ModelFolder(folder)
+        self.folder = folder if isinstance(folder, ModelFolder) else model_folder(folder)
         self.model = AutoModelForCausalLM.from_pretrained(self.folder.path, dtype=torch.float32).eval()
         self.stop_token_ids = self.folder.stop_token_ids
         self._torch = torch

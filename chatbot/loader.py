@@ -1,0 +1,101 @@
+"""Which generator serves a model folder: the choice of graph (variant) and what drives it.
+
+Above the generators themselves: :class:`~chatbot.generation.OnnxGenerator` on the reference
+export, and the fused graphs (:mod:`chatbot.fused`) behind the batching scheduler
+(:mod:`chatbot.scheduler`). The engine asks :func:`load_generator` for one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from chatbot.errors import ChatbotError, ModelFolderError
+from chatbot.folder import ModelFolder
+from chatbot.fused import FusedSession
+from chatbot.generation import CUDA, Generator, OnnxGenerator, choose_providers
+from chatbot.scheduler import BatchingGenerator
+
+log = logging.getLogger(__name__)
+
+REFERENCE = "reference"
+# what "auto" serves on each device when the folder has it
+AUTO_VARIANTS = {"cpu": "cpu-int8", "cuda": "cuda-fp16"}
+DEFAULT_PREFIX_CACHE_MB = 256
+
+
+def choose_variant(folder: ModelFolder, device: str, variant: str | None = None) -> str:
+    """The graph to serve on ``device``: ``variant``, else ``$CHATBOT_VARIANT``, else "auto".
+
+    "auto" is the fast variant built for the device (``cpu-int8`` on a CPU, ``cuda-fp16`` on a
+    GPU) when the folder has it, and the reference export otherwise; "reference" always serves
+    ``onnx/model.onnx``.
+    """
+    wanted = variant or os.environ.get("CHATBOT_VARIANT") or "auto"
+    if wanted == "auto":
+        fast = AUTO_VARIANTS.get(device)
+        if fast is None or fast not in folder.variants:
+            return REFERENCE
+        if not folder.variant_is_current(fast):  # keep serving, slower, and say how to fix it
+            log.warning(
+                "%s's %s graph was built by an older chatbot; serving the reference export. "
+                "Rebuild it with `chatbot export %s --variant %s`",
+                folder.path,
+                fast,
+                folder.path,
+                fast,
+            )
+            return REFERENCE
+        return fast
+    if wanted != REFERENCE and wanted not in folder.variants:
+        built = ", ".join([REFERENCE, *folder.variants])
+        raise ModelFolderError(
+            f"model folder {folder.path} has no {wanted!r} variant (it has: {built})",
+            hint=f"build it with `chatbot export {folder.path} --variant {wanted}`, or choose another",
+        )
+    if wanted != REFERENCE and not folder.variant_is_current(wanted):
+        raise ModelFolderError(
+            f"the {wanted!r} graph of {folder.path} was built by an older chatbot",
+            hint=f"build it again with `chatbot export {folder.path} --variant {wanted}`",
+        )
+    if wanted != REFERENCE and not wanted.startswith(device):
+        raise ChatbotError(
+            f"the {wanted!r} variant does not run on the {device} device",
+            hint=f"choose a {device} variant, or --variant reference",
+        )
+    return wanted
+
+
+def load_generator(
+    folder: ModelFolder, *, device: str | None = None, variant: str | None = None, max_batch: int = 32
+) -> Generator:
+    """The generator that serves ``folder``: the fused variant for the device behind the batching
+    scheduler when there is one (see :func:`choose_variant`), the reference export otherwise."""
+    providers = choose_providers(device)
+    on = "cuda" if providers[0] == CUDA else "cpu"
+    chosen = choose_variant(folder, on, variant)
+    if chosen == REFERENCE:
+        return OnnxGenerator(folder, device=device)
+    cuda_graphs = os.environ.get("CHATBOT_CUDA_GRAPHS", "1") != "0"
+    session = FusedSession(
+        folder.variant_path(chosen), folder.spec, providers=providers, cuda_graphs=cuda_graphs
+    )
+    return BatchingGenerator(
+        session, stop_token_ids=folder.stop_token_ids, max_batch=max_batch, kept_bytes=kept_bytes()
+    )
+
+
+def kept_bytes() -> int:
+    """``$CHATBOT_PREFIX_CACHE_MB`` (default 256) in bytes: the memory the CPU scheduler may keep
+    for conversations' keys and values between their turns (0 keeps nothing)."""
+    value = os.environ.get("CHATBOT_PREFIX_CACHE_MB", "").strip() or str(DEFAULT_PREFIX_CACHE_MB)
+    try:
+        megabytes = float(value)
+    except ValueError:
+        megabytes = -1.0
+    if not megabytes >= 0:
+        raise ChatbotError(
+            f"CHATBOT_PREFIX_CACHE_MB={value!r} is not a size in megabytes",
+            hint="set it to a number such as 256, or 0 to keep nothing between turns",
+        )
+    return int(megabytes * 2**20)
