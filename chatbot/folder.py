@@ -16,6 +16,7 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
+from chatbot.card import read_card
 from chatbot.errors import ModelFolderError
 from chatbot.template import END_OF_TEXT, END_OF_TURN, ChatTemplate
 
@@ -111,7 +112,7 @@ class ModelFolder:
         # Read everything once, up front, so a broken file fails at start-up, not mid-reply.
         self.config = self._read_json("config.json")
         self.tokenizer_config = self._read_json("tokenizer_config.json")
-        self.card = self._read_json("card.json")
+        self.card = read_card(self.path)
         self.spec = self._spec()
         self.tokenizer = self._tokenizer()
         self.template = self._template()

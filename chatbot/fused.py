@@ -18,7 +18,7 @@ Two ways to step it:
   in progress (the CPU: memory is what limits it);
 * :class:`FixedSlots`: buffers allocated once on the session's device at their final size, with
   the decode step feeding itself (its ``next_*`` outputs are the next step's inputs) and replayed
-  from a CUDA graph per batch size on a GPU (``../shared/GPU.md``).
+  from a CUDA graph per batch size on a GPU (README, "Fast graphs" and "Speed").
 """
 
 from __future__ import annotations

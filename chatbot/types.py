@@ -6,9 +6,13 @@ or share them freely.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
+
+# A callback that says what long work is doing, one line at a time (training, export, bench)
+Progress = Callable[[str], None]
 
 Role = Literal["system", "user", "assistant"]
 ROLES: tuple[Role, ...] = ("system", "user", "assistant")

@@ -44,6 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from chatbot.card import card_path, read_card
 from chatbot.errors import ModelFolderError
 from chatbot.folder import ModelFolder
 
@@ -427,15 +428,12 @@ def _fsync_dir(path: Path) -> None:
 
 def _read_card(path: Path) -> tuple[dict[str, Any], str | None]:
     """A version's card and, when it cannot be read, why."""
-    try:
-        card = json.loads((path / "card.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not card_path(path).is_file():
         return {}, "no card.json (incomplete folder)"
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        return {}, f"card.json is not readable JSON: {error}"
-    if not isinstance(card, dict):
-        return {}, "card.json is not a JSON object"
-    return card, None
+    try:
+        return read_card(path), None
+    except ModelFolderError as error:
+        return {}, error.message
 
 
 def _flat_numbers(value: object, prefix: str = "") -> dict[str, float]:

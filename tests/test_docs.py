@@ -58,3 +58,11 @@ def test_every_channel_flag_and_slack_variable_is_in_the_readme():
     code = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "plugins" / "slack").glob("*.py"))
     for variable in set(re.findall(r"\bSLACK_[A-Z_]+\b", code)):
         assert f"`{variable}`" in README, f"{variable} is read by the Slack channel but not documented"
+
+
+def test_the_code_points_only_at_what_the_repository_holds():
+    """Docstrings and comments name README sections, never notes outside the repository."""
+    outside = "../" + "shared/"  # spelt in two so that this file does not name it
+    for package in ("chatbot", "plugins", "training", "tests"):
+        for path in (ROOT / package).rglob("*.py"):
+            assert outside not in path.read_text(encoding="utf-8"), path

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from chatbot.card import read_card
 from chatbot.errors import ModelFolderError
 from chatbot.folder import ModelFolder
 from chatbot.generation import OnnxGenerator
 from chatbot.types import GenerationConfig
-from training.card import read_card, update_card
+from training.card import update_card
 from training.dataset import ConversationEncoder, Example, messages_of, split_ids
 from training.evaluate import (
     EvaluationError,

@@ -13,6 +13,7 @@ from jinja2.exceptions import TemplateError
 from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from chatbot.card import read_card
 from chatbot.errors import ExportError, ModelFolderError
 from chatbot.template import (
     DEFAULT_CHAT_TEMPLATE,
@@ -21,7 +22,7 @@ from chatbot.template import (
     SPECIAL_TOKENS,
     ChatTemplate,
 )
-from training.card import read_card, update_card, write_card
+from training.card import update_card, write_card
 from training.export import export_onnx
 from training.tiny import build_tiny_model
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from chatbot import GenerationConfig, ModelFolder, OnnxGenerator
-from training.card import read_card
+from chatbot.card import read_card
 from training.parity import load_session, onnx_logits
 
 PROMPT = [2, 40, 41, 42, 43, 4, 3]

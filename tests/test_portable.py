@@ -15,8 +15,8 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from chatbot import ModelFolder
+from chatbot.card import read_card
 from chatbot.errors import ExportError
-from training.card import read_card
 from training.export import export_onnx
 from training.graph import load_weights, read_config
 from training.parity import load_session, onnx_logits

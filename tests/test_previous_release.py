@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from chatbot import Engine, EngineConfig, GenerationConfig, ModelFolder
-from training.card import read_card
+from chatbot.card import read_card
 from training.export import export_onnx
 from training.parity import load_session, onnx_logits
 from training.sample import write_sample

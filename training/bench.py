@@ -60,13 +60,12 @@ from chatbot.folder import ModelFolder
 from chatbot.generation import Generator
 from chatbot.loader import REFERENCE, choose_variant, load_generator
 from chatbot.paths import write_text_atomically
-from chatbot.types import GenerationConfig
+from chatbot.types import GenerationConfig, Progress
 from chatbot.versions import model_folder
 
 if TYPE_CHECKING:
-    from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
+    pass
 
-Progress = Callable[[str], None]
 
 BENCH_EXTRA = "pip install 'chatbot[bench]'"
 CT2_QUANTIZATION = "int8"
@@ -322,7 +321,7 @@ def _build_bench_model(name: str, folder: Path, progress: Progress) -> None:
     """Build the folder in a staging folder beside it, then move it into place."""
     from training.card import set_card_entry
     from training.export import export_onnx
-    from training.tiny import move_into_place
+    from training.tiny import move_into_place, write_random_folder
 
     config = _config(name)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -331,7 +330,18 @@ def _build_bench_model(name: str, folder: Path, progress: Progress) -> None:
         progress(
             f"writing random weights ({config.n_layer} layers × {config.n_embd}, {config.vocab_size} tokens)"
         )
-        _write_random_folder(staging, name, config)
+        sizes = {"n_layer": config.n_layer, "n_embd": config.n_embd, "n_head": config.n_head}
+        write_random_folder(
+            staging,
+            seed=0,
+            vocab_size=config.tokenizer_vocab,
+            corpus=None,
+            name=f"bench-{name}",
+            sizes={**sizes, "n_positions": config.n_positions},
+            model_vocab=config.vocab_size,
+            shape=name,
+            description=f"{config.description}, for `chatbot bench --config {name}`; replies are gibberish.",
+        )
         progress("exporting to ONNX with a parity check against PyTorch")
         export_onnx(staging, sequences=config.parity_sequences, progress=progress)
         _build_fast_variants(staging, progress)
@@ -339,32 +349,6 @@ def _build_bench_model(name: str, folder: Path, progress: Progress) -> None:
         move_into_place(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _write_random_folder(folder: Path, name: str, config: BenchConfig) -> None:
-    """Tokenizer, random weights with the config's full vocabulary, and card."""
-    from training.card import new_card, write_card
-    from training.tiny import DEFAULT_CORPUS, train_tokenizer, wrap_tokenizer
-
-    tokenizer = wrap_tokenizer(
-        train_tokenizer(DEFAULT_CORPUS, vocab_size=config.tokenizer_vocab), n_positions=config.n_positions
-    )
-    tokenizer.save_pretrained(folder, save_jinja_files=False)
-    model = _random_model(tokenizer, config)
-    model.save_pretrained(folder, safe_serialization=True)
-    card = new_card(name=f"bench-{name}", base_model=f"random GPT-2 ({name} shape, seed 0)")
-    card["description"] = f"{config.description}, for `chatbot bench --config {name}`; replies are gibberish."
-    write_card(folder, card)
-
-
-def _random_model(tokenizer: PreTrainedTokenizerFast, config: BenchConfig) -> GPT2LMHeadModel:
-    """training.tiny's random GPT-2, its embedding (and tied LM head) grown to the config's vocabulary."""
-    from training.tiny import random_model
-
-    sizes = {"n_layer": config.n_layer, "n_embd": config.n_embd, "n_head": config.n_head}
-    model = random_model(tokenizer, seed=0, n_positions=config.n_positions, **sizes)
-    model.resize_token_embeddings(config.vocab_size, mean_resizing=False)
-    return model
 
 
 def _build_fast_variants(path: Path, progress: Progress) -> None:

@@ -6,7 +6,8 @@ The card is a small JSON object that travels with the model folder::
      "versions": {"python": ..., "torch": ..., ...},
      "onnx": {"reference": {"path": "onnx/model.onnx", ..., "parity": {...}}}}
 
-Later tools add more keys; every update here keeps the keys it does not know about.
+Later tools add more keys; every update here keeps the keys it does not know about. This module
+writes cards; :func:`chatbot.card.read_card` is the one reader.
 Writes are atomic (a temporary file in the same folder, then :func:`os.replace`), so a reader
 never sees half a card.
 """
@@ -22,11 +23,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from chatbot.errors import ModelFolderError
+from chatbot.card import CARD_FORMAT, card_path, read_card
 from chatbot.paths import write_text_atomically
 
-CARD_FILE = "card.json"
-CARD_FORMAT = 1
 CARD_MODE = 0o644
 
 # Distribution names whose versions are recorded, keyed as they appear in the card.
@@ -75,44 +74,6 @@ def new_card(*, name: str, base_model: str, description: str = "") -> dict[str, 
         "description": description,
         "versions": library_versions(),
     }
-
-
-def card_path(model_dir: str | os.PathLike[str]) -> Path:
-    """Where the card of ``model_dir`` lives."""
-    return Path(model_dir) / CARD_FILE
-
-
-def read_card(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The card of ``model_dir``.
-
-    Raises :class:`ModelFolderError` when the card is missing, is not JSON, or comes from a
-    newer card format than this code understands.
-    """
-    path = card_path(model_dir)
-    try:
-        card = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as error:
-        raise ModelFolderError(
-            f"{path} is missing", hint="build the folder again with `chatbot train ...`"
-        ) from error
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ModelFolderError(
-            f"{path} is not valid JSON: {error}", hint="fix or delete the file and re-export"
-        ) from error
-    _check_format(card, path)
-    return card
-
-
-def _check_format(card: Any, path: Path) -> None:
-    """Refuse a card that is not an object or uses a format newer than :data:`CARD_FORMAT`."""
-    if not isinstance(card, dict):
-        raise ModelFolderError(f"{path} is not a JSON object", hint="fix or delete the file")
-    version = card.get("format")
-    if not isinstance(version, int) or version > CARD_FORMAT:
-        raise ModelFolderError(
-            f"{path} has card format {version!r}; this version reads format {CARD_FORMAT}",
-            hint="upgrade the chatbot package",
-        )
 
 
 def write_card(model_dir: str | os.PathLike[str], card: Mapping[str, Any]) -> Path:

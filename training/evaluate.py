@@ -66,7 +66,7 @@ from chatbot.folder import ModelFolder
 from chatbot.generation import OnnxGenerator
 from chatbot.prompt import build_prompt
 from chatbot.textstream import IncrementalDecoder
-from chatbot.types import GenerationConfig, Message
+from chatbot.types import GenerationConfig, Message, Progress
 from chatbot.versions import model_folder
 from training.dataset import IGNORE, ConversationEncoder, Example, Skipped, messages_of, split_ids
 from training.parity import onnx_logits
@@ -76,7 +76,6 @@ if TYPE_CHECKING:
     from onnxruntime import InferenceSession
     from transformers import PreTrainedTokenizerBase
 
-Progress = Callable[[str], None]
 
 MODEL = "model"
 RETRIEVAL = "retrieval"

@@ -17,13 +17,15 @@ import contextlib
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from chatbot.card import CARD_FILE
 from chatbot.errors import ExportError
-from training.card import CARD_FILE, new_card, set_card_entry, utc_now, write_card
+from chatbot.types import Progress
+from training.card import new_card, set_card_entry, utc_now, write_card
 from training.parity import check_model_folder, measure_parity, read_json, temporary_folder
 
 TASK = "text-generation-with-past"
@@ -32,7 +34,6 @@ ONNX_DIR = "onnx"
 ONNX_FILE = "model.onnx"
 ONNX_DATA_FILE = "model.onnx_data"
 VARIANT = "reference"
-Progress = Callable[[str], None]
 
 
 def export_onnx(

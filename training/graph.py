@@ -2,7 +2,7 @@
 
 The reference export (``onnx/model.onnx``, :mod:`training.portable`) stays the portable
 reference. The graphs built here do the same arithmetic in fused operators over a fixed-size
-cache (``../shared/CPU.md`` and ``GPU.md`` say why that matters), one layer being::
+cache (README, "Fast graphs" and "Speed", says why that matters), one layer being::
 
     SkipLayerNormalization ─► MatMul(+bias) ─► GroupQueryAttention ─► MatMul
       ─► SkipLayerNormalization(+bias) ─► MatMul ─► FastGelu(+bias) ─► MatMul ─► (next layer)
@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +43,7 @@ import numpy as np
 from chatbot.errors import ExportError, ModelFolderError
 from chatbot.folder import GRAPH_FORMAT
 from chatbot.fused import FixedSlots, FusedSession, past_names, present_names
+from chatbot.types import Progress
 from training.card import set_card_entry, utc_now
 from training.parity import (
     MAX_PARITY_LENGTH,
@@ -57,7 +58,6 @@ from training.parity import (
 if TYPE_CHECKING:
     import onnx
 
-Progress = Callable[[str], None]
 OPSET = 17
 INT8_OPSET = 21
 MS_DOMAIN = "com.microsoft"

@@ -139,7 +139,7 @@ def build_tiny_model(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-build-", dir=out.parent))
     try:
-        _write_folder(
+        write_random_folder(
             staging,
             seed=seed,
             vocab_size=vocab_size,
@@ -186,7 +186,7 @@ def move_into_place(staging: Path, out: Path) -> None:
     os.replace(staging, out)
 
 
-def _write_folder(
+def write_random_folder(
     folder: Path,
     *,
     seed: int,
@@ -194,17 +194,27 @@ def _write_folder(
     corpus: Iterable[str] | None,
     name: str,
     sizes: dict[str, int],
+    model_vocab: int | None = None,
+    shape: str = "tiny",
+    description: str | None = None,
 ) -> None:
-    """Write tokenizer, random weights, generation settings and card into ``folder``."""
+    """Write tokenizer, random weights, generation settings and card into ``folder``.
+
+    The tokenizer has ``vocab_size`` tokens, trained on ``corpus``; ``model_vocab`` grows the
+    embedding (and the tied LM head) past it, to a real model's size (``chatbot bench``'s shapes).
+    """
     tokenizer = wrap_tokenizer(
         train_tokenizer(DEFAULT_CORPUS if corpus is None else corpus, vocab_size=vocab_size),
         n_positions=sizes["n_positions"],
     )
     tokenizer.save_pretrained(folder, save_jinja_files=False)
     model = random_model(tokenizer, seed=seed, **sizes)
+    if model_vocab is not None:
+        model.resize_token_embeddings(model_vocab, mean_resizing=False)
     model.save_pretrained(folder, safe_serialization=True)
-    base_model = f"random GPT-2 (tiny config, seed {seed})"
-    write_card(folder, new_card(name=name, base_model=base_model, description=_describe(model)))
+    base_model = f"random GPT-2 ({shape} config, seed {seed})"
+    card = new_card(name=name, base_model=base_model, description=description or _describe(model))
+    write_card(folder, card)
 
 
 def train_tokenizer(corpus: Iterable[str], *, vocab_size: int = 512) -> Tokenizer:

@@ -25,16 +25,18 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from chatbot import paths
+from chatbot.card import read_card
 from chatbot.errors import ChatbotError, ModelFolderError
 from chatbot.folder import ModelFolder, trained_system_prompt
 from chatbot.template import DEFAULT_CHAT_TEMPLATE, END_OF_TEXT, END_OF_TURN
-from training.card import new_card, read_card, set_card_entry, update_card, write_card
+from chatbot.types import Progress
+from training.card import new_card, set_card_entry, update_card, write_card
 from training.dataset import DatasetReport, Datasets, build_datasets, pad_batch, split_ids
 from training.prepare import Conversations, example_questions, load_conversations
 from training.readers import CsvColumns, Transcript
@@ -44,7 +46,6 @@ from training.tiny import ROLE_TOKENS, random_model, train_tokenizer, wrap_token
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
 
-Progress = Callable[[str], None]
 WORK_DIR = ".train"  # inside the versions root: checkpoints of the run in progress
 
 
