@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from chatbot import paths
+from chatbot import settings
 from chatbot.channels import Channel, available_channels, find_channel
 from chatbot.commands import (
     CommandSet,
@@ -28,7 +28,7 @@ from chatbot.feedback import ExportOptions, export_feedback, export_feedback_fil
 from chatbot.logs import configure as configure_logging
 from chatbot.settings import apply_config_file
 from chatbot.store import display_name, open_store
-from chatbot.versions import ModelVersions, VersionInfo, default_root, no_versions_error
+from chatbot.versions import ModelVersions, VersionInfo, no_versions_error
 
 RESTART_NOTE = "a running server keeps the version it started with: restart it to serve this one"
 # The channel whose flags a command takes when no --channel says: `chat` is the terminal, and
@@ -131,7 +131,7 @@ def _config(args: argparse.Namespace) -> int:
     from chatbot.settings import config_path, describe
 
     flags = {"--store": args.store, "--device": args.device, "--variant": args.variant, "--root": args.root}
-    rows = describe(flags)
+    rows = describe(flags, show_store=display_name)
     width = max(len(name) for name, _, _ in rows)
     used = config_path()
     print(f"config file: {used if used else 'none (set $CHATBOT_CONFIG or create ./chatbot.toml)'}")
@@ -161,7 +161,7 @@ def _add_db_commands(commands: CommandSet) -> None:
 def _db_upgrade(args: argparse.Namespace) -> int:
     from chatbot.store import upgrade_store
 
-    location = args.store or paths.default_store()
+    location = args.store or settings.store_location()
     before, after = upgrade_store(location)
     shown = display_name(location)
     if before == after:
@@ -174,7 +174,7 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 def _db_status(args: argparse.Namespace) -> int:
     from chatbot.store import schema_head, store_revision
 
-    location = _existing_store(args.store or paths.default_store())
+    location = _existing_store(args.store or settings.store_location())
     current, head = store_revision(location), schema_head()
     state = "up to date" if current == head else "behind: run `chatbot db upgrade`"
     print(f"{display_name(location)}: schema revision {current or '(empty)'}, newest {head} ({state})")
@@ -225,7 +225,7 @@ def _add_feedback_commands(commands: CommandSet) -> None:
 
 
 def _versions(args: argparse.Namespace) -> ModelVersions:
-    return ModelVersions(root=args.root or default_root())
+    return ModelVersions(root=args.root or settings.models_root())
 
 
 # what `chatbot models list` shows of a version's card, when it has them: the figures that
@@ -291,7 +291,7 @@ def _feedback_export(args: argparse.Namespace) -> int:
         since=None if args.since is None else parse_since(args.since),
         keep_unfinished=args.keep_unfinished,
     )
-    with open_store(_existing_store(args.store or paths.default_store())) as store:
+    with open_store(_existing_store(args.store or settings.store_location())) as store:
         if args.out is None:
             report = export_feedback(store, sys.stdout, options)
         else:

@@ -28,7 +28,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from chatbot import paths
+from chatbot import settings
 from chatbot.channels import Channel, find_channel
 from chatbot.engine import Engine, EngineConfig
 from chatbot.errors import ChatbotError
@@ -161,7 +161,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
 def serve(args: argparse.Namespace) -> int:
     """Serve ``args.model_dir`` on ``args.channel`` until the channel stops; its exit code."""
     channel = find_channel(args.channel).load()
-    store = args.store or paths.default_store()
+    store = args.store or settings.store_location()
     with Engine.from_folder(
         args.model_dir,
         store=store,

@@ -23,13 +23,13 @@ Two ways to step it:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from chatbot import settings
 from chatbot.errors import ModelFolderError
 from chatbot.folder import ModelSpec
 from chatbot.generation import CPU, CUDA, cache_dtype, open_session
@@ -147,7 +147,7 @@ class FusedSession:
         self.cuda_graphs = cuda_graphs and self.device == "cuda"
         if self.device == "cuda":
             # cuDNN's attention kernel beats XQA for GPT-2's heads (GPU.md: 5-13 %); read at session creation
-            os.environ.setdefault("ORT_ENABLE_XQA", "0")
+            settings.prefer_cudnn_attention()
         chosen: list[str | tuple[str, dict[str, str]]] = list(providers)
         if self.cuda_graphs:
             chosen[0] = (CUDA, {"enable_cuda_graph": "1"})

@@ -11,7 +11,6 @@ pick the next token.
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Protocol
 import numpy as np
 import onnxruntime as ort
 
+from chatbot import settings
 from chatbot.errors import ChatbotError, ModelFolderError
 from chatbot.folder import ModelFolder
 from chatbot.sampling import Sampler, log_softmax
@@ -162,7 +162,7 @@ def cache_dtype(session: ort.InferenceSession, past_name: str) -> type[np.generi
 
 def choose_providers(device: str | None = None) -> list[str]:
     """Execution providers for ``device`` ("auto", "cpu", "cuda"; default ``$CHATBOT_DEVICE`` or auto)."""
-    device = (device or os.environ.get("CHATBOT_DEVICE") or "auto").lower()
+    device = (device or settings.device()).lower()
     if device not in DEVICES:
         raise ChatbotError(f"unknown device {device!r}", hint=f"use one of {', '.join(DEVICES)}")
     available = ort.get_available_providers()

@@ -8,8 +8,8 @@ export, and the fused graphs (:mod:`chatbot.fused`) behind the batching schedule
 from __future__ import annotations
 
 import logging
-import os
 
+from chatbot import settings
 from chatbot.errors import ChatbotError, ModelFolderError
 from chatbot.folder import ModelFolder
 from chatbot.fused import FusedSession
@@ -21,7 +21,6 @@ log = logging.getLogger(__name__)
 REFERENCE = "reference"
 # what "auto" serves on each device when the folder has it
 AUTO_VARIANTS = {"cpu": "cpu-int8", "cuda": "cuda-fp16"}
-DEFAULT_PREFIX_CACHE_MB = 256
 
 
 def choose_variant(folder: ModelFolder, device: str, variant: str | None = None) -> str:
@@ -31,7 +30,7 @@ def choose_variant(folder: ModelFolder, device: str, variant: str | None = None)
     GPU) when the folder has it, and the reference export otherwise; "reference" always serves
     ``onnx/model.onnx``.
     """
-    wanted = variant or os.environ.get("CHATBOT_VARIANT") or "auto"
+    wanted = variant or settings.variant()
     if wanted == "auto":
         fast = AUTO_VARIANTS.get(device)
         if fast is None or fast not in folder.variants:
@@ -76,26 +75,13 @@ def load_generator(
     chosen = choose_variant(folder, on, variant)
     if chosen == REFERENCE:
         return OnnxGenerator(folder, device=device)
-    cuda_graphs = os.environ.get("CHATBOT_CUDA_GRAPHS", "1") != "0"
+    cuda_graphs = settings.cuda_graphs()
     session = FusedSession(
         folder.variant_path(chosen), folder.spec, providers=providers, cuda_graphs=cuda_graphs
     )
     return BatchingGenerator(
-        session, stop_token_ids=folder.stop_token_ids, max_batch=max_batch, kept_bytes=kept_bytes()
+        session,
+        stop_token_ids=folder.stop_token_ids,
+        max_batch=max_batch,
+        kept_bytes=settings.prefix_cache_bytes(),
     )
-
-
-def kept_bytes() -> int:
-    """``$CHATBOT_PREFIX_CACHE_MB`` (default 256) in bytes: the memory the CPU scheduler may keep
-    for conversations' keys and values between their turns (0 keeps nothing)."""
-    value = os.environ.get("CHATBOT_PREFIX_CACHE_MB", "").strip() or str(DEFAULT_PREFIX_CACHE_MB)
-    try:
-        megabytes = float(value)
-    except ValueError:
-        megabytes = -1.0
-    if not megabytes >= 0:
-        raise ChatbotError(
-            f"CHATBOT_PREFIX_CACHE_MB={value!r} is not a size in megabytes",
-            hint="set it to a number such as 256, or 0 to keep nothing between turns",
-        )
-    return int(megabytes * 2**20)

@@ -13,20 +13,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import IO, Any
 
-FORMAT_VARIABLE = "CHATBOT_LOG_FORMAT"  # text (default) | json
-CONTENT_VARIABLE = "CHATBOT_LOG_CONTENT"  # 1: message text in the log lines
+from chatbot import settings
+
 _HANDLER_NAME = "chatbot"
 
 
 def content_logged() -> bool:
     """Whether message text may be logged (``CHATBOT_LOG_CONTENT=1``)."""
-    return os.environ.get(CONTENT_VARIABLE) == "1"
+    return settings.log_content()
 
 
 def event(
@@ -100,11 +99,7 @@ def configure(
 ) -> logging.Handler:
     """One handler on the root logger (replacing the one an earlier call installed): chatbot's
     loggers at ``chatbot_level``, everybody else's at warnings; text or JSON by ``$CHATBOT_LOG_FORMAT``."""
-    wanted = os.environ.get(FORMAT_VARIABLE, "text").lower()
-    if wanted not in ("text", "json"):
-        from chatbot.errors import ChatbotError
-
-        raise ChatbotError(f"{FORMAT_VARIABLE}={wanted!r} is not a log format", hint="use text or json")
+    wanted = settings.log_format()
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(JsonFormatter() if wanted == "json" else TextFormatter())

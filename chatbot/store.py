@@ -55,6 +55,7 @@ from sqlalchemy.engine import URL, CursorResult, make_url
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 
+from chatbot import settings
 from chatbot.errors import InvalidMessage, StoreError, UnknownConversation, UnknownMessage
 from chatbot.types import ROLES, Conversation, Feedback, Message, Role
 
@@ -562,7 +563,7 @@ class SQLStore:
         """Open the store at ``url``, applying the schema revisions it lacks unless ``upgrade`` is
         False (default: True, or ``$CHATBOT_STORE_UPGRADE`` = 0 for False)."""
         if upgrade is None:
-            upgrade = os.environ.get(UPGRADE_VARIABLE, "1") != "0"
+            upgrade = settings.store_upgrade()
         parsed = _parse_url(url)
         self._name = _display_name(parsed)
         self._closed = False

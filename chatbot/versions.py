@@ -57,7 +57,6 @@ __all__ = [
     "ModelVersionError",
     "ModelVersions",
     "VersionInfo",
-    "default_root",
     "is_versions_root",
     "no_versions_error",
     "resolve_model_path",
@@ -105,11 +104,6 @@ class VersionInfo:
     def metrics(self) -> dict[str, float]:
         """The card's numeric metrics, nested keys joined with dots (``eval.loss``)."""
         return _flat_numbers(self.card.get("metrics"))
-
-
-def default_root() -> Path:
-    """``$CHATBOT_MODELS``, else ``models`` in the current directory."""
-    return Path(os.environ.get("CHATBOT_MODELS") or "models")
 
 
 def is_versions_root(path: str | os.PathLike[str]) -> bool:

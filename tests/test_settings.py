@@ -85,3 +85,15 @@ def test_the_config_file_reaches_the_commands_and_a_bad_one_is_named(tmp_path: P
 def test_the_readme_lists_exactly_the_settings_of_the_code() -> None:
     listed = set(re.findall(r"^\| `((?:CHATBOT|SLACK|XDG)_[A-Z_]+)` \|", README, re.M))
     assert listed == {s.variable for s in SETTINGS}
+
+
+def test_the_environment_is_read_in_one_place():
+    """chatbot.settings reads every setting; the rest of the engine and training ask it or take values."""
+    root = Path(__file__).resolve().parents[1]
+    readers = [
+        path.relative_to(root).as_posix()
+        for package in ("chatbot", "training")
+        for path in (root / package).rglob("*.py")
+        if ("os.environ" in (text := path.read_text(encoding="utf-8")) or "os.getenv" in text)
+    ]
+    assert readers == ["chatbot/settings.py"]

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from chatbot import paths
+from chatbot import settings
 from chatbot.errors import ChatbotError, ModelFolderError
 from chatbot.folder import ModelFolder
 from chatbot.generation import Generator
@@ -277,7 +277,7 @@ def _ratios(ours: Side, peer: Side) -> dict[str, Any]:
 
 def bench_model_dir(name: str) -> Path:
     """Where the named config's folder lives: ``~/.cache/chatbot/bench/NAME``."""
-    return paths.cache_home() / "bench" / name
+    return settings.cache_home() / "bench" / name
 
 
 def ensure_bench_model(name: str, *, progress: Progress = print) -> Path:

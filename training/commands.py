@@ -13,7 +13,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from chatbot import paths
+from chatbot import settings
 from chatbot.commands import (
     TRAIN_EXTRA,
     CommandSet,
@@ -23,7 +23,7 @@ from chatbot.commands import (
 )
 from chatbot.errors import ChatbotError
 from chatbot.generation import DEVICES
-from chatbot.versions import ModelVersions, default_root
+from chatbot.versions import ModelVersions
 from training.bench import BenchOptions
 from training.readers import CsvColumns
 from training.train import SIZES, TrainOptions
@@ -135,7 +135,7 @@ def _train(args: argparse.Namespace) -> int:
 
     options = TrainOptions(
         data=tuple(args.data),
-        out=args.out or default_root(),
+        out=args.out or settings.models_root(),
         base=args.base,
         from_scratch=args.from_scratch,
         epochs=args.epochs,
@@ -392,7 +392,7 @@ def demo(commands: CommandSet) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    root = paths.cache_home() / "demo"
+    root = settings.cache_home() / "demo"
     current = None if args.rebuild else ModelVersions(root=root).current()
     if current is None:
         _require_torch("training the demo model")
@@ -405,7 +405,7 @@ def _demo(args: argparse.Namespace) -> int:
         f"the default model ({folder}) was trained on a synthetic shop's support chats: ask about "
         "orders, deliveries, returns, refunds, payments or your account. Train your own with `chatbot train`."
     )
-    args.model_dir, args.store, args.device = folder, paths.default_store(), None
+    args.model_dir, args.store, args.device = folder, settings.store_location(), None
     if getattr(args, "description", None) == "":  # the web page says what this model knows
         args.description = DEMO_DESCRIPTION
     return serve(args)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from chatbot import paths
+from chatbot import settings
 from chatbot.versions import ModelVersions
 from training.sample import write_sample
 from training.train import TrainOptions, train
@@ -41,7 +41,7 @@ DEMO_RECIPE = DemoRecipe()
 
 def demo_root() -> Path:
     """Where the default model's versions live: ``~/.cache/chatbot/demo``."""
-    return paths.cache_home() / "demo"
+    return settings.cache_home() / "demo"
 
 
 def ensure_demo_model(

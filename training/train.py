@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from chatbot import paths
+from chatbot import settings
 from chatbot.card import read_card
 from chatbot.errors import ChatbotError, ModelFolderError
 from chatbot.folder import ModelFolder, trained_system_prompt
@@ -254,7 +254,7 @@ def _datasets(
             validation=options.validation,
             seed=options.seed,
             system_prompt=options.system_prompt,
-            cache_dir=paths.cache_home() / "datasets",
+            cache_dir=settings.cache_home() / "datasets",
         )
     finally:
         if not quiet:
@@ -281,7 +281,7 @@ def _trainer(
     from training.progress import TrainingProgress
 
     evaluating = data.validation is not None
-    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    processes = settings.launcher_processes()
     on_cpus = _cpu_processes(processes)
     per_step = options.batch_size * options.gradient_accumulation * processes
     steps_per_epoch = max(1, math.ceil(len(data.train) / per_step))
