@@ -2,7 +2,7 @@
 
 Each conversation in the store becomes one JSON Lines record per *epoch* (the turns between two
 resets; a reset starts the history over, so what follows was not conditioned on what came
-before), in the chat format ``training.readers`` reads::
+before), in the chat format ``training.transcripts.readers`` reads::
 
     {"id": "customer-42", "messages": [{"role": "system", "content": ...},
                                        {"role": "user", "content": ...},

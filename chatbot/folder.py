@@ -32,7 +32,7 @@ REQUIRED_FILES = {
     "card.json": EXPORT_HINT,
 }
 
-# The fused graphs' interface (training.graph writes it into each variant's card entry):
+# The fused graphs' interface (training.export.fused_graph writes it into each variant's card entry):
 # 1 = logits and next_token; 2 = also next_logprob, next_position_ids and next_seqlens_k.
 GRAPH_FORMAT = 2
 
@@ -123,7 +123,8 @@ class ModelFolder:
         return self.path / "onnx" / "model.onnx"
 
     def variant_path(self, variant: str) -> Path:
-        """``onnx/<variant>/model.onnx``, a fast graph written from the weights (see training.graph)."""
+        """``onnx/<variant>/model.onnx``, a fast graph written from the weights
+        (training.export.fused_graph)."""
         return self.path / "onnx" / variant / "model.onnx"
 
     @property

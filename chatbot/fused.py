@@ -1,4 +1,4 @@
-"""Running the fused graphs that ``training.graph`` writes (``onnx/<variant>/model.onnx``).
+"""Running the fused graphs that ``training.export.fused_graph`` writes (``onnx/<variant>/model.onnx``).
 
 A fused graph takes ``input_ids`` and ``position_ids`` (batch, sequence), ``seqlens_k`` (the
 total length - 1 of each row, int32), ``total_sequence_length`` (int32 scalar) and a KV cache of

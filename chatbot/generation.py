@@ -1,7 +1,7 @@
 """Generation with ONNX Runtime: the KV cache of each step feeds the next, tensors stay on the device.
 
 One :class:`Generator` interface; :class:`OnnxGenerator` is the product. It drives the reference
-export (``onnx/model.onnx``, a decoder with past key values, written by training.portable or by
+export (``onnx/model.onnx``, a decoder with past key values, written by training.export.standard_graph or by
 optimum) through I/O binding: the ``present.*`` outputs of one step are bound as the
 ``past_key_values.*`` inputs of the next without a copy, on the GPU when ``CUDAExecutionProvider``
 is available and on the CPU otherwise. Only the last position's logits come back to the host to

@@ -87,8 +87,8 @@ def test_without_data_the_quality_is_what_training_recorded_or_why_not(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     from chatbot import ModelFolder
-    from training.bench import BenchOptions, _quality
     from training.card import set_card_entry
+    from training.evaluation.bench import BenchOptions, _quality
 
     folder = tmp_path / "model"
     shutil.copytree(tiny_model_dir, folder)
@@ -147,7 +147,7 @@ def test_a_config_folder_is_built_once_then_reused_and_rebuilt_when_incomplete(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from chatbot import ModelFolder
-    from training.bench import CONFIGS, ensure_bench_model
+    from training.evaluation.bench import CONFIGS, ensure_bench_model
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     said: list[str] = []

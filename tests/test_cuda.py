@@ -20,7 +20,7 @@ from chatbot import GenerationConfig, ModelFolder
 from chatbot.generation import CUDA
 from chatbot.loader import choose_variant, load_generator
 from chatbot.scheduler import BatchingGenerator
-from training.graph import build_variant
+from training.export.fused_graph import build_variant
 
 pytestmark = pytest.mark.skipif(
     CUDA not in ort.get_available_providers(), reason="needs onnxruntime-gpu and an NVIDIA GPU"

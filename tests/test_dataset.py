@@ -8,9 +8,9 @@ import pytest
 
 from chatbot.folder import ModelFolder
 from chatbot.template import END_OF_TURN
-from training.dataset import IGNORE, ConversationEncoder, Example, Skipped, build_datasets, split_ids
-from training.prepare import example_questions
-from training.readers import Transcript, Turn
+from training.dataset.examples import IGNORE, ConversationEncoder, Example, Skipped, build_datasets, split_ids
+from training.transcripts.prepare import example_questions
+from training.transcripts.readers import Transcript, Turn
 
 TURNS = (
     Turn("user", "Hi, where is my order?"),

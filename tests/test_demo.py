@@ -10,7 +10,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from training.demo import DemoRecipe, ensure_demo_model
+from training.demo.model import DemoRecipe, ensure_demo_model
 
 TINY = DemoRecipe(conversations=120, size="tiny", epochs=1, batch_size=8, eval_replies=4)
 

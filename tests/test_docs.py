@@ -66,3 +66,31 @@ def test_the_code_points_only_at_what_the_repository_holds():
     for package in ("chatbot", "plugins", "training", "tests"):
         for path in (ROOT / package).rglob("*.py"):
             assert outside not in path.read_text(encoding="utf-8"), path
+
+
+def _layout_section() -> str:
+    return README[README.index("## Layout and layers") :]
+
+
+def test_the_layout_section_names_every_folder_of_training():
+    section = _layout_section()
+    for folder in sorted(p for p in (ROOT / "training").iterdir() if (p / "__init__.py").is_file()):
+        assert f"`training/{folder.name}/`" in section, (
+            f"README's layout does not say what training/{folder.name} is"
+        )
+    for module in ("card.py", "commands.py", "pytest_plugin.py"):
+        assert f"`training/{module}`" in section
+
+
+def test_the_layout_section_draws_the_engines_layers_as_the_contract_holds_them():
+    import tomllib
+
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    layers = next(
+        c["layers"] for c in contracts if c["type"] == "layers" and c.get("containers") == ["chatbot"]
+    )
+    drawn = _layout_section().split("```")[3].strip().splitlines()
+    assert ["__main__", *drawn] == layers, "README's layers and pyproject.toml's layers contract differ"
+    modules = {p.stem for p in (ROOT / "chatbot").glob("*.py")} - {"__init__", "__main__"}
+    in_layers = {name.strip() for row in layers for name in row.split("|")}
+    assert modules <= in_layers, f"not in a layer: {sorted(modules - in_layers)}"

@@ -1,4 +1,5 @@
-"""`chatbot eval` and training.evaluate on the tiny model: real transcript files, the real ONNX graph.
+"""`chatbot eval` and training.evaluation.evaluate on the tiny model: real transcript files, the real
+ONNX graph.
 
 The tiny model's replies are gibberish; these tests check the mechanics (perplexity equals the
 PyTorch loss, the metrics, the baseline, the report and the command), not the quality.
@@ -22,8 +23,8 @@ from chatbot.folder import ModelFolder
 from chatbot.generation import OnnxGenerator
 from chatbot.types import GenerationConfig
 from training.card import update_card
-from training.dataset import ConversationEncoder, Example, messages_of, split_ids
-from training.evaluate import (
+from training.dataset.examples import ConversationEncoder, Example, messages_of, split_ids
+from training.evaluation.evaluate import (
     EvaluationError,
     ReplyCase,
     RetrievalBaseline,
@@ -37,7 +38,7 @@ from training.evaluate import (
     spread,
     words,
 )
-from training.readers import Transcript, Turn
+from training.transcripts.readers import Transcript, Turn
 
 ROOT = Path(__file__).resolve().parents[1]
 TRANSCRIPTS = ROOT / "tests" / "data" / "transcripts"

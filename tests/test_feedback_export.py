@@ -15,7 +15,7 @@ import pytest
 from chatbot import Engine, EngineConfig, GenerationConfig, SQLStore
 from chatbot.feedback import ExportOptions, cut, export_feedback_file, parse_since
 from chatbot.types import Message, Role
-from training.readers import read_transcripts
+from training.transcripts.readers import read_transcripts
 
 SYSTEM = "You are the support agent of Example Shop."
 

@@ -34,7 +34,7 @@ def onnx(folder) -> OnnxGenerator:
 
 @pytest.fixture(scope="module")
 def reference(folder):
-    from training.reference import TransformersGenerator
+    from training.evaluation.reference import TransformersGenerator
 
     return TransformersGenerator(folder)
 

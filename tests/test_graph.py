@@ -1,4 +1,5 @@
-"""The fused graph builder (training.graph) on real tiny models, run by ONNX Runtime's CPU provider."""
+"""The fused graph builder (training.export.fused_graph) on real tiny models, run by ONNX Runtime's
+CPU provider."""
 
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ from chatbot.errors import ChatbotError, ExportError, ModelFolderError
 from chatbot.fused import FusedSession
 from chatbot.loader import choose_variant, load_generator
 from chatbot.scheduler import BatchingGenerator
-from training.graph import build_variant, fused_logits
+from training.export.fused_graph import build_variant, fused_logits
 
-FUSED_OPS = {"LayerNormalization", "GroupQueryAttention", "FastGelu"}  # CPU graphs (see training.graph)
+# the CPU graphs' fused operators (training.export.fused_graph)
+FUSED_OPS = {"LayerNormalization", "GroupQueryAttention", "FastGelu"}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,7 @@ def test_the_int8_graph_is_fused_and_recorded_in_the_card(tiny_model_dir: Path) 
     ops = _ops(folder.variant_path("cpu-int8"))
     n_layer, n_embd = folder.spec.n_layer, folder.spec.n_head * folder.spec.head_dim
     assert ops["GroupQueryAttention"] == n_layer and ops["FastGelu"] == n_layer
-    # on the CPU a plain Add and LayerNormalization beat SkipLayerNormalization (training.graph)
+    # on the CPU a plain Add and LayerNormalization beat SkipLayerNormalization (training.export.fused_graph)
     assert ops["LayerNormalization"] == 2 * n_layer + 1 and ops["SkipLayerNormalization"] == 0
     assert ops["MatMulIntegerToFloat"] == 4 * n_layer + 1  # the LM head too
     # rows are quantised alone: one block per row, the block being the whole row
@@ -70,7 +72,7 @@ def test_the_fp32_graph_matches_the_reference_step_by_step(fp32_dir: Path) -> No
     assert set(_ops(folder.variant_path("cpu-fp32"))) >= FUSED_OPS
     parity = folder.card["onnx"]["cpu-fp32"]["parity"]
     assert parity["max_rel_diff"] < 1e-4 and parity["greedy_agreement"] == 1.0
-    from training.parity import load_session, onnx_logits
+    from training.export.parity import load_session, onnx_logits
 
     session = FusedSession(folder.variant_path("cpu-fp32"), folder.spec)
     ids = np.random.default_rng(1).integers(0, folder.spec.vocab_size, size=50).tolist()

@@ -23,8 +23,8 @@ from chatbot.template import (
     ChatTemplate,
 )
 from training.card import update_card, write_card
-from training.export import export_onnx
-from training.tiny import build_tiny_model
+from training.export.reference import export_onnx
+from training.fitting.tiny import build_tiny_model
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Hi"}],

@@ -19,7 +19,7 @@ import pytest
 
 from chatbot import GenerationConfig, ModelFolder, OnnxGenerator
 from chatbot.card import read_card
-from training.parity import load_session, onnx_logits
+from training.export.parity import load_session, onnx_logits
 
 PROMPT = [2, 40, 41, 42, 43, 4, 3]
 

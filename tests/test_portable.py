@@ -1,4 +1,5 @@
-"""The portable reference graph (training.portable): standard operators, checked against transformers."""
+"""The portable reference graph (training.export.standard_graph): standard operators, checked
+against transformers."""
 
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ from transformers import GPT2LMHeadModel
 from chatbot import ModelFolder
 from chatbot.card import read_card
 from chatbot.errors import ExportError
-from training.export import export_onnx
-from training.graph import load_weights, read_config
-from training.parity import load_session, onnx_logits
-from training.portable import DATA_FILE, OPSET, build_reference, save_reference
+from training.export.fused_graph import load_weights, read_config
+from training.export.parity import load_session, onnx_logits
+from training.export.reference import export_onnx
+from training.export.standard_graph import DATA_FILE, OPSET, build_reference, save_reference
 
 
 def _reference(folder: Path) -> onnx.ModelProto:

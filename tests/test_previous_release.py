@@ -1,6 +1,6 @@
 """A model folder written by the previous release still loads, serves and retrains.
 
-``tests/data/previous-release`` was built by ``training.tiny.build_tiny_model`` at commit 12d44c7
+``tests/data/previous-release`` was built by ``training.fitting.tiny.build_tiny_model`` at commit 12d44c7
 (the last before transformers 5): transformers 4.57.6, tokenizers 0.22.2, and its reference graph
 exported by optimum-onnx 0.1.0 (opset 18). It is kept as it was written; tests work on copies.
 """
@@ -15,10 +15,10 @@ import pytest
 
 from chatbot import Engine, EngineConfig, GenerationConfig, ModelFolder
 from chatbot.card import read_card
-from training.export import export_onnx
-from training.parity import load_session, onnx_logits
-from training.sample import write_sample
-from training.train import TrainOptions, train
+from training.demo.corpus import write_sample
+from training.export.parity import load_session, onnx_logits
+from training.export.reference import export_onnx
+from training.fitting.train import TrainOptions, train
 
 PREVIOUS = Path(__file__).parent / "data" / "previous-release"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from chatbot.errors import ChatbotError
-from training.readers import (
+from training.transcripts.readers import (
     CsvColumns,
     ReadReport,
     Rejection,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from chatbot.errors import ChatbotError
-from training.redact import (
+from training.transcripts.redact import (
     KINDS,
     PLACEHOLDERS,
     Finding,

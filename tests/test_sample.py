@@ -15,9 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from training.readers import read_transcripts
-from training.redact import find_pii
-from training.sample import (
+from training.demo.corpus import (
     CATALOGUE,
     INTENT_TABLE,
     INTENTS,
@@ -26,6 +24,8 @@ from training.sample import (
     summary,
     write_sample,
 )
+from training.transcripts.readers import read_transcripts
+from training.transcripts.redact import find_pii
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -294,7 +294,11 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path):
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "training.sample", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "training.demo.corpus", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 

@@ -13,7 +13,7 @@ from chatbot import GenerationConfig, ModelFolder
 from chatbot.fused import FusedSession
 from chatbot.loader import load_generator
 from chatbot.scheduler import BatchingGenerator
-from training.graph import build_variant
+from training.export.fused_graph import build_variant
 
 GREEDY = GenerationConfig(max_new_tokens=40)
 

@@ -21,7 +21,7 @@ from served import free_port
 
 from chatbot.engine import Engine
 from chatbot.versions import ModelVersions
-from training.sample import write_sample
+from training.demo.corpus import write_sample
 
 DATA = Path(__file__).parent / "data" / "transcripts"
 FORMATS = [DATA / "chats.jsonl", DATA / "helpdesk.csv", DATA / "transcripts.txt"]
@@ -154,7 +154,7 @@ def test_a_base_without_chat_tokens_gets_them(tmp_path: Path, sample: Path) -> N
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-    from training.train import TrainOptions, train
+    from training.fitting.train import TrainOptions, train
 
     raw = Tokenizer(models.BPE())
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -24,9 +24,9 @@ from chatbot.commands import (
 from chatbot.errors import ChatbotError
 from chatbot.generation import DEVICES
 from chatbot.versions import ModelVersions
-from training.bench import BenchOptions
-from training.readers import CsvColumns
-from training.train import SIZES, TrainOptions
+from training.evaluation.bench import BenchOptions
+from training.fitting.train import SIZES, TrainOptions
+from training.transcripts.readers import CsvColumns
 
 DEMO_CHANNEL = "web"
 DEMO_DESCRIPTION = (
@@ -131,7 +131,7 @@ def _add_reading_options(parser: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     _require_torch("`chatbot train`")
-    from training.train import train as run_training
+    from training.fitting.train import train as run_training
 
     options = TrainOptions(
         data=tuple(args.data),
@@ -200,8 +200,8 @@ def export(commands: CommandSet) -> None:
 
 def _export(args: argparse.Namespace) -> int:
     _require_torch("`chatbot export` (its parity check runs the model in PyTorch)")
-    from training.export import export_onnx
-    from training.graph import DEFAULT_VARIANTS, build_variants
+    from training.export.fused_graph import DEFAULT_VARIANTS, build_variants
+    from training.export.reference import export_onnx
 
     parity = export_onnx(args.model_dir, tolerance=args.tolerance, exporter=args.exporter, progress=progress)
     print(f"exported {args.model_dir / 'onnx' / 'model.onnx'}")
@@ -262,7 +262,7 @@ def evaluate(commands: CommandSet) -> None:
 
 def _eval(args: argparse.Namespace) -> int:
     try:
-        from training.evaluate import evaluate_files, write_reports
+        from training.evaluation.evaluate import evaluate_files, write_reports
 
         result = evaluate_files(  # checks the model folder before the slow imports
             args.model_dir,
@@ -346,7 +346,7 @@ def _bench(args: argparse.Namespace) -> int:
             hint="e.g. `chatbot bench models` or `chatbot bench --config gpt2`",
         )
     _require_torch("`chatbot bench` (transformers is its peer)")
-    from training.bench import markdown, run_bench
+    from training.evaluation.bench import markdown, run_bench
 
     try:
         concurrency = tuple(int(n) for n in args.concurrency.split(","))
@@ -396,7 +396,7 @@ def _demo(args: argparse.Namespace) -> int:
     current = None if args.rebuild else ModelVersions(root=root).current()
     if current is None:
         _require_torch("training the demo model")
-        from training.demo import ensure_demo_model
+        from training.demo.model import ensure_demo_model
 
         folder = ensure_demo_model(rebuild=args.rebuild, root=root, progress=progress)
     else:

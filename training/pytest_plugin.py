@@ -35,7 +35,7 @@ TinyModelFactory = Callable[..., Path]
 def tiny_model_factory(tmp_path_factory: pytest.TempPathFactory) -> TinyModelFactory:
     """A callable ``(**build_kwargs) -> Path`` building tiny model folders, one per distinct kwargs.
 
-    The keyword arguments are those of :func:`training.tiny.build_tiny_model` except
+    The keyword arguments are those of :func:`training.fitting.tiny.build_tiny_model` except
     ``out_dir``; asking twice for the same arguments returns the same folder.
     """
     built: dict[str, Path] = {}
@@ -47,7 +47,7 @@ def tiny_model_factory(tmp_path_factory: pytest.TempPathFactory) -> TinyModelFac
             build_kwargs["corpus"] = tuple(build_kwargs["corpus"])
         key = repr(sorted(build_kwargs.items()))
         if key not in built:
-            from training.tiny import build_tiny_model
+            from training.fitting.tiny import build_tiny_model
 
             folder = tmp_path_factory.mktemp("tiny-model")
             built[key] = build_tiny_model(folder, **build_kwargs)

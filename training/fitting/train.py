@@ -1,8 +1,8 @@
 """``chatbot train``: fine-tune GPT-2 on support transcripts and add the result as a new version.
 
-One run goes: read and redact the transcripts (:mod:`training.prepare`) → tokenizer and model
+One run goes: read and redact the transcripts (:mod:`training.transcripts.prepare`) → tokenizer and model
 (a base model from a hub name or a folder, or a small one from scratch with a tokenizer trained
-on the data) → examples (:mod:`training.dataset`) → transformers ``Trainer`` (cosine schedule
+on the data) → examples (:mod:`training.dataset.examples`) → transformers ``Trainer`` (cosine schedule
 with warm-up, weight decay, evaluation, early stopping, best model kept, checkpoints to resume
 from) → the best model saved, exported to ONNX with the parity check, evaluated, described in
 ``card.json``, ``report.md`` and ``loss.png`` → added to the versions root as the current one.
@@ -12,7 +12,7 @@ GPUs): every process trains, only the first writes the model folder.
 
 Example::
 
-    from training.train import TrainOptions, train
+    from training.fitting.train import TrainOptions, train
     result = train(TrainOptions(data=("transcripts/",), out="models", from_scratch="small"))
     print(result.folder, result.metrics)
 """
@@ -37,11 +37,11 @@ from chatbot.folder import ModelFolder, trained_system_prompt
 from chatbot.template import DEFAULT_CHAT_TEMPLATE, END_OF_TEXT, END_OF_TURN
 from chatbot.types import Progress
 from training.card import new_card, set_card_entry, update_card, write_card
-from training.dataset import DatasetReport, Datasets, build_datasets, pad_batch, split_ids
-from training.prepare import Conversations, example_questions, load_conversations
-from training.readers import CsvColumns, Transcript
-from training.report import REPORT_FILE, summarize, write_report
-from training.tiny import ROLE_TOKENS, random_model, train_tokenizer, wrap_tokenizer
+from training.dataset.examples import DatasetReport, Datasets, build_datasets, pad_batch, split_ids
+from training.fitting.report import REPORT_FILE, summarize, write_report
+from training.fitting.tiny import ROLE_TOKENS, random_model, train_tokenizer, wrap_tokenizer
+from training.transcripts.prepare import Conversations, example_questions, load_conversations
+from training.transcripts.readers import CsvColumns, Transcript
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
@@ -278,7 +278,7 @@ def _trainer(
     from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from training.progress import TrainingProgress
+    from training.fitting.progress import TrainingProgress
 
     evaluating = data.validation is not None
     processes = settings.launcher_processes()
@@ -390,8 +390,8 @@ class _Run:
 def _finish(run: _Run, trainer: Trainer, tokenizer: PreTrainedTokenizerBase, say: Progress) -> TrainResult:
     """Save the best model into a staging folder, export, evaluate, describe, then install it."""
     from chatbot.versions import ModelVersions
-    from training.export import export_onnx
-    from training.graph import build_variants
+    from training.export.fused_graph import build_variants
+    from training.export.reference import export_onnx
 
     versions = ModelVersions(root=run.options.out)
     staging = versions.staging_dir()
@@ -483,7 +483,7 @@ def _evaluate(run: _Run, folder: Path, say: Progress) -> str:
     validation = [t for t in run.conversations.transcripts if t.id in run.validation_ids]
     if not validation or run.options.eval_replies <= 0:
         return "Not evaluated: " + ("no validation conversations." if not validation else "--eval-replies 0.")
-    from training.evaluate import evaluate_model
+    from training.evaluation.evaluate import evaluate_model
 
     training = [t for t in run.conversations.transcripts if t.id in run.train_ids]
     clock = time.monotonic()
@@ -512,7 +512,7 @@ def _variant_perplexity(
     say: Progress,
 ) -> str:
     """Perplexity of a fast variant on the validation conversations, recorded in its card entry."""
-    from training.evaluate import variant_perplexity
+    from training.evaluation.evaluate import variant_perplexity
 
     say(f"perplexity of the {variant} graph on the validation conversations")
     value = variant_perplexity(model, variant, validation, system_prompt=run.options.system_prompt).value

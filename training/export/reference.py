@@ -26,7 +26,7 @@ from chatbot.card import CARD_FILE
 from chatbot.errors import ExportError
 from chatbot.types import Progress
 from training.card import new_card, set_card_entry, utc_now, write_card
-from training.parity import check_model_folder, measure_parity, read_json, temporary_folder
+from training.export.parity import check_model_folder, measure_parity, read_json, temporary_folder
 
 TASK = "text-generation-with-past"
 EXPORTERS = ("chatbot", "optimum")
@@ -98,7 +98,7 @@ def _check_options(*, tolerance: float, sequences: int, decode_steps: int) -> No
 def exporter_name(exporter: str = "chatbot") -> str:
     """The exporter as recorded in the card: ``chatbot.training.portable 0.1.0`` or
     ``optimum-onnx 0.1.0``."""
-    from training.portable import BUILDER
+    from training.export.standard_graph import BUILDER
 
     distribution, name = ("optimum-onnx", "optimum-onnx") if exporter == "optimum" else ("chatbot", BUILDER)
     try:
@@ -108,9 +108,9 @@ def exporter_name(exporter: str = "chatbot") -> str:
 
 
 def _write_reference(folder: Path, output: Path) -> None:
-    """Write GPT-2's reference graph for ``folder`` into ``output`` (:mod:`training.portable`)."""
-    from training.graph import load_weights, read_config
-    from training.portable import build_reference, save_reference
+    """Write GPT-2's reference graph for ``folder`` into ``output`` (training.export.standard_graph)."""
+    from training.export.fused_graph import load_weights, read_config
+    from training.export.standard_graph import build_reference, save_reference
 
     try:
         config = read_config(read_json(folder / "config.json"), folder)

@@ -2,7 +2,7 @@
 
 It writes the bundled sample corpus: ``chatbot demo`` trains its default model on it, and tests use
 it as realistic input. Each record is one conversation in the JSON Lines chat format that
-:func:`training.readers.read_transcripts` reads, with the intent as an extra key::
+:func:`training.transcripts.readers.read_transcripts` reads, with the intent as an extra key::
 
     {"id": "sample-0-00000", "intent": "order_status",
      "messages": [{"role": "user", "content": "has my order #48213 shipped yet?"},
@@ -10,14 +10,14 @@ it as realistic input. Each record is one conversation in the JSON Lines chat fo
 
 Example::
 
-    from training.sample import INTENTS, generate_conversations, write_sample
+    from training.demo.corpus import INTENTS, generate_conversations, write_sample
 
     train = generate_conversations(2000, seed=0)
     held_out = generate_conversations(300, seed=1)  # another seed: held-out data, same distribution
     assert {c["intent"] for c in train} == set(INTENTS)
     path = write_sample("sample.jsonl", n=2000, seed=0)
 
-or ``python -m training.sample sample.jsonl --conversations 2000 --seed 0``.
+or ``python -m training.demo.corpus sample.jsonl --conversations 2000 --seed 0``.
 
 How the corpus is built, so a tiny GPT-2 can learn it and beats nearest-neighbour retrieval:
 
@@ -1810,9 +1810,9 @@ def _add_pii(rng: random.Random, messages: list[Message]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m training.sample OUT.jsonl``: write a sample corpus; 0 done, 1 error, 2 usage."""
+    """``python -m training.demo.corpus OUT.jsonl``: write a sample corpus; 0 done, 1 error, 2 usage."""
     parser = argparse.ArgumentParser(
-        prog="python -m training.sample",
+        prog="python -m training.demo.corpus",
         description=f"Write a synthetic support corpus of {SHOP} (a fictional shop) as JSON Lines.",
         epilog="Held-out data: the same command with another --seed.",
     )

@@ -14,7 +14,7 @@ customer turn and reply that cannot fit even alone are reported, never silently 
 
 Example::
 
-    from training.dataset import build_datasets
+    from training.dataset.examples import build_datasets
     data = build_datasets(transcripts, tokenizer, max_length=256, validation=0.1, seed=0)
     data.train, data.validation  # datasets.Dataset with input_ids / labels
     print(data.report.summary())
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from datasets import Dataset
     from transformers import PreTrainedTokenizerBase
 
-    from training.readers import Transcript
+    from training.transcripts.readers import Transcript
 
 IGNORE = -100  # the label PyTorch's cross entropy skips
 CACHE_FORMAT = 1  # bump when the encoding below changes, so old caches are not reused

@@ -130,7 +130,7 @@ def build_tiny_model(
 
     The tokenizer is trained on ``corpus`` (default: :data:`DEFAULT_CORPUS`), the GPT-2 weights
     are random for ``seed``; with ``export`` the folder also gets ``onnx/model.onnx`` (see
-    :func:`training.export.export_onnx`). The folder is built next to ``out_dir`` and moved into
+    :func:`training.export.reference.export_onnx`). The folder is built next to ``out_dir`` and moved into
     place at the end, so a failed build leaves ``out_dir`` as it was. ``out_dir`` may be missing,
     empty, or an earlier model folder (which is replaced); a folder holding other files is refused.
     """
@@ -153,8 +153,8 @@ def build_tiny_model(
             },
         )
         if export:
-            from training.export import export_onnx
-            from training.graph import build_variants
+            from training.export.fused_graph import build_variants
+            from training.export.reference import export_onnx
 
             export_onnx(staging)
             build_variants(staging)  # cpu-int8: what the engine serves on a CPU

@@ -243,8 +243,8 @@ def _quality(
 def _measured_quality(
     folder: ModelFolder, variant: str, options: BenchOptions, progress: Progress
 ) -> dict[str, Any]:
-    from training.evaluate import reference_perplexity, variant_perplexity
-    from training.prepare import load_conversations
+    from training.evaluation.evaluate import reference_perplexity, variant_perplexity
+    from training.transcripts.prepare import load_conversations
 
     data = load_conversations(options.data)
     progress(f"quality: perplexity of the reference export and of {variant} on {data.summary()}")
@@ -320,8 +320,8 @@ def _is_complete(folder: Path, name: str, config: BenchConfig) -> bool:
 def _build_bench_model(name: str, folder: Path, progress: Progress) -> None:
     """Build the folder in a staging folder beside it, then move it into place."""
     from training.card import set_card_entry
-    from training.export import export_onnx
-    from training.tiny import move_into_place, write_random_folder
+    from training.export.reference import export_onnx
+    from training.fitting.tiny import move_into_place, write_random_folder
 
     config = _config(name)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -353,14 +353,14 @@ def _build_bench_model(name: str, folder: Path, progress: Progress) -> None:
 
 def _build_fast_variants(path: Path, progress: Progress) -> None:
     """Build the engine's fast variants (cpu-int8) of the exported folder at ``path``."""
-    from training.graph import build_variants
+    from training.export.fused_graph import build_variants
 
     build_variants(path, progress=progress)
 
 
 def _ensure_cuda_variant(path: Path, progress: Progress) -> None:
     """Build the folder's cuda-fp16 graph (checked on the GPU) unless it has one."""
-    from training.graph import build_variant
+    from training.export.fused_graph import build_variant
 
     if "cuda-fp16" not in ModelFolder(path).variants:
         progress(f"building the cuda-fp16 graph of {path}; once, later runs reuse it")

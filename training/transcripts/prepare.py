@@ -1,12 +1,12 @@
 """Reading and cleaning transcripts the one way both training and evaluation do it.
 
-:func:`load_conversations` reads every input (see :mod:`training.readers`) and redacts
-personal data from every turn (see :mod:`training.redact`) before anything else sees the text,
+:func:`load_conversations` reads every input (see :mod:`training.transcripts.readers`) and redacts
+personal data from every turn (see :mod:`training.transcripts.redact`) before anything else sees the text,
 so a model is trained and evaluated on the same placeholders (``<EMAIL>``, ``<PHONE>``, ...).
 
 Example::
 
-    from training.prepare import load_conversations
+    from training.transcripts.prepare import load_conversations
     data = load_conversations(["transcripts/"])
     print(data.summary())
     data.transcripts  # redacted Transcript records
@@ -20,8 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from training.readers import CsvColumns, ReadReport, Transcript, Turn, read_transcripts
-from training.redact import KINDS, PLACEHOLDERS, Redactor
+from training.transcripts.readers import CsvColumns, ReadReport, Transcript, Turn, read_transcripts
+from training.transcripts.redact import KINDS, PLACEHOLDERS, Redactor
 
 
 @dataclass
@@ -58,7 +58,7 @@ def load_conversations(
 ) -> Conversations:
     """Read ``inputs`` and redact every turn (unless ``redact`` is false).
 
-    The reading options are those of :func:`training.readers.read_transcripts`.
+    The reading options are those of :func:`training.transcripts.readers.read_transcripts`.
     """
     transcripts, report = read_transcripts(inputs, strict=strict, csv_columns=csv_columns, format=format)
     redactor = Redactor()

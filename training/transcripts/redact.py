@@ -19,7 +19,7 @@ Decisions worth knowing:
   looks like a national number (``0`` then 9-10 digits); a number right after an id word
   ("order", "ticket", "invoice", "#"...) is an id, never a phone or a card.
 
-``python -m training.redact EVAL_FILE`` prints precision and recall on a labelled JSONL file.
+``python -m training.transcripts.redact EVAL_FILE`` prints precision and recall on a labelled JSONL file.
 """
 
 from __future__ import annotations
@@ -519,10 +519,11 @@ def format_evaluation(result: dict[str, dict[str, float]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m training.redact EVAL_FILE``: print the evaluation table; 0 done, 1 error, 2 usage."""
+    """``python -m training.transcripts.redact EVAL_FILE``: print the evaluation table; 0 done,
+    1 error, 2 usage."""
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1:
-        print("usage: python -m training.redact EVAL_FILE", file=sys.stderr)
+        print("usage: python -m training.transcripts.redact EVAL_FILE", file=sys.stderr)
         return 2
     try:
         print(format_evaluation(evaluate(args[0])))

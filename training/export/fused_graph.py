@@ -1,6 +1,6 @@
 """Write fast ONNX graphs for a GPT-2 model folder directly from its weights.
 
-The reference export (``onnx/model.onnx``, :mod:`training.portable`) stays the portable
+The reference export (``onnx/model.onnx``, :mod:`training.export.standard_graph`) stays the portable
 reference. The graphs built here do the same arithmetic in fused operators over a fixed-size
 cache (README, "Fast graphs" and "Speed", says why that matters), one layer being::
 
@@ -45,7 +45,7 @@ from chatbot.folder import GRAPH_FORMAT
 from chatbot.fused import FixedSlots, FusedSession, past_names, present_names
 from chatbot.types import Progress
 from training.card import set_card_entry, utc_now
-from training.parity import (
+from training.export.parity import (
     MAX_PARITY_LENGTH,
     PARITY_SEED,
     check_model_folder,
@@ -404,7 +404,7 @@ def build_variant(
 ) -> dict[str, Any]:
     """Write ``onnx/<variant>/model.onnx`` for ``model_dir`` once it agrees with the reference.
 
-    The reference export (``onnx/model.onnx``, see :func:`training.export.export_onnx`) must
+    The reference export (``onnx/model.onnx``, see :func:`training.export.reference.export_onnx`) must
     exist. The variant is compared with it on ``sequences`` sequences (a rendered chat and
     random ids): a prefill, then ``decode_steps`` single-token steps through the cache. It is
     installed, and recorded in ``card.json`` under ``onnx.<variant>``, only when the largest

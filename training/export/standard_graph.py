@@ -3,8 +3,8 @@
 ``onnx/model.onnx`` is what any ONNX runtime can run, and the graph every fast variant is
 checked against. It used to come from optimum's exporter, which held transformers below 4.58
 (optimum-onnx 0.1.0, its only release); writing it ourselves, as the fast graphs already are
-(:mod:`training.graph`), needs neither an exporter nor a tracer and works with any transformers.
-:func:`training.export.export_onnx` checks it against PyTorch before it is installed.
+(:mod:`training.export.fused_graph`), needs neither an exporter nor a tracer and works with any transformers.
+:func:`training.export.reference.export_onnx` checks it against PyTorch before it is installed.
 
 Its inputs and outputs are those of the exporter's decoder with past key values, so folders
 exported either way serve alike::
@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from chatbot.fused import past_names, present_names
-from training.graph import Gpt2Config, _GraphWriter
+from training.export.fused_graph import Gpt2Config, _GraphWriter
 
 if TYPE_CHECKING:
     import onnx

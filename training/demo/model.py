@@ -1,12 +1,12 @@
 """The default model of ``chatbot demo``: trained once, offline, from the bundled sample.
 
-The first ``chatbot demo`` writes the synthetic shop corpus (:mod:`training.sample`), trains a
+The first ``chatbot demo`` writes the synthetic shop corpus (:mod:`training.demo.corpus`), trains a
 small GPT-2 from scratch on it with ``chatbot train``'s own pipeline and keeps the result as a
 versions root in the user's cache folder; later starts find it there and take seconds.
 
 Example::
 
-    from training.demo import ensure_demo_model
+    from training.demo.model import ensure_demo_model
     folder = ensure_demo_model()  # trains on the first call only
 """
 
@@ -19,8 +19,8 @@ from pathlib import Path
 
 from chatbot import settings
 from chatbot.versions import ModelVersions
-from training.sample import write_sample
-from training.train import TrainOptions, train
+from training.demo.corpus import write_sample
+from training.fitting.train import TrainOptions, train
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class DemoRecipe:
 
     conversations: int = 2000  # sample conversations written and trained on
     seed: int = 0  # for the sample, the split and the weights
-    size: str = "small"  # from training.train.SIZES
+    size: str = "small"  # from training.fitting.train.SIZES
     epochs: float = 8.0
     batch_size: int = 32
     learning_rate: float = 3e-3

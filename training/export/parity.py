@@ -3,8 +3,9 @@
 :func:`measure_parity` compares the folder's PyTorch model with an ONNX graph of the exporter's
 interface (a decoder with past key values), position by position: a prefill, then one token at a
 time through the cache. The sequences (:func:`parity_sequences`) are one rendered chat and random
-token ids. :mod:`training.export` checks the reference export with it; :mod:`training.graph`
-checks the fast variants against that export with :func:`onnx_logits` and the same sequences.
+token ids. :mod:`training.export.reference` checks the reference export with it;
+:mod:`training.export.fused_graph` checks the fast variants against that export with
+:func:`onnx_logits` and the same sequences.
 
 torch, transformers and onnxruntime are imported inside the functions, never at module import.
 """

@@ -4,7 +4,7 @@
 by ONNX Runtime, exactly as ``chatbot serve`` runs it.
 
 - **Perplexity on the agent's tokens.** Each test conversation is encoded the way training
-  encodes it (:class:`training.dataset.ConversationEncoder`: the folder's chat template, labels on
+  encodes it (:class:`training.dataset.examples.ConversationEncoder`: the folder's chat template, labels on
   the assistant replies and their ``<|end|>``), the graph scores every position in one pass, and
   the mean negative log-likelihood of the labelled tokens (each predicted from the tokens before
   it, as a causal LM's loss shifts its labels) is exponentiated. It is the validation loss of the
@@ -30,8 +30,8 @@ counts each Chinese or Japanese character as a word.
 
 Example::
 
-    from training.evaluate import evaluate_model
-    from training.prepare import load_conversations
+    from training.evaluation.evaluate import evaluate_model
+    from training.transcripts.prepare import load_conversations
 
     test = load_conversations(["held-out/"]).transcripts
     train = load_conversations(["transcripts/"]).transcripts
@@ -68,9 +68,9 @@ from chatbot.prompt import build_prompt
 from chatbot.textstream import IncrementalDecoder
 from chatbot.types import GenerationConfig, Message, Progress
 from chatbot.versions import model_folder
-from training.dataset import IGNORE, ConversationEncoder, Example, Skipped, messages_of, split_ids
-from training.parity import onnx_logits
-from training.readers import Transcript, Turn
+from training.dataset.examples import IGNORE, ConversationEncoder, Example, Skipped, messages_of, split_ids
+from training.export.parity import onnx_logits
+from training.transcripts.readers import Transcript, Turn
 
 if TYPE_CHECKING:
     from onnxruntime import InferenceSession
@@ -372,14 +372,14 @@ def evaluate_files(
     """:func:`evaluate_model` on transcript files, read and redacted as training reads them.
 
     ``data`` and ``train_data`` are files, folders or glob patterns
-    (:func:`training.prepare.load_conversations`). Without ``train_data`` the baseline indexes
+    (:func:`training.transcripts.prepare.load_conversations`). Without ``train_data`` the baseline indexes
     the training data the model's card records (``card["data"]["files"]``, paths as recorded;
     only the training split when the card records ``validation_share`` and ``seed``, as
     ``chatbot train`` does) when every one of those files still exists; otherwise it runs
     without the baseline and says so. The model folder is checked first, then the packages
     (:func:`require_packages` raises ImportError), then the data is read.
     """
-    from training.prepare import load_conversations
+    from training.transcripts.prepare import load_conversations
 
     say = progress or _silent
     folder = model_folder(model_dir)  # a missing or broken folder fails first, with its hint
@@ -406,7 +406,7 @@ def _training_data(
     folder: ModelFolder, train_data: Sequence[str | os.PathLike[str]] | None, say: Progress
 ) -> tuple[list[Transcript] | None, str | None]:
     """The baseline's training conversations, or ``None`` and the reason there are none."""
-    from training.prepare import load_conversations
+    from training.transcripts.prepare import load_conversations
 
     if train_data:
         given = load_conversations(train_data)
@@ -494,7 +494,7 @@ def measure_perplexity(
 ) -> Perplexity:
     """Perplexity of the ONNX graph in ``session`` on the agent tokens of ``transcripts``.
 
-    The conversations are encoded by :class:`~training.dataset.ConversationEncoder` with
+    The conversations are encoded by :class:`~training.dataset.examples.ConversationEncoder` with
     ``max_length`` (the model's window); each window is scored in one forward pass. ``session``
     may also be a function from token ids to their logits (length, vocab), e.g. a fused variant
     stepped through its cache (:func:`variant_perplexity`).
@@ -552,7 +552,7 @@ def variant_perplexity(
     through its KV cache: the fused graph scores the last position only, as it does when serving."""
     from chatbot.fused import FusedSession
     from chatbot.generation import choose_providers
-    from training.graph import fused_logits
+    from training.export.fused_graph import fused_logits
 
     session = FusedSession(folder.variant_path(variant), folder.spec, providers=choose_providers(device))
 
