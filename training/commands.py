@@ -9,6 +9,7 @@ listed in ``chatbot --help``, and running one says what to install.
 from __future__ import annotations
 
 import argparse
+import inspect
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -224,6 +225,9 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def evaluate(commands: CommandSet) -> None:
+    from training.evaluation.evaluate import evaluate_files
+
+    defaults = {name: p.default for name, p in inspect.signature(evaluate_files).parameters.items()}
     parser = commands.add(
         "eval",
         help="measure a model on held-out transcripts, next to a retrieval baseline",
@@ -247,7 +251,10 @@ def evaluate(commands: CommandSet) -> None:
         default=None,
         help="at most N replies, spread evenly (default: all)",
     )
-    parser.add_argument("--max-new-tokens", type=int, metavar="N", default=64, help="the reply budget (64)")
+    budget = defaults["max_new_tokens"]
+    parser.add_argument(
+        "--max-new-tokens", type=int, metavar="N", default=budget, help=f"the reply budget ({budget})"
+    )
     parser.add_argument(
         "--system-prompt",
         metavar="TEXT",
