@@ -25,7 +25,15 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from chatbot.errors import Busy, ChatbotError, InvalidMessage, RateLimited, StoreError
+from chatbot.errors import (
+    Busy,
+    ChatbotError,
+    HandoverError,
+    InvalidMessage,
+    RateLimited,
+    StoreError,
+    WithAPerson,
+)
 from chatbot.folder import ModelFolder
 from chatbot.generation import Generator, OnnxGenerator, Token
 from chatbot.limits import RateLimiter, ReplySlots
@@ -36,7 +44,15 @@ from chatbot.prompt import Prompt, build_prompt
 from chatbot.scheduler import BatchingGenerator
 from chatbot.store import SQLStore, Store, open_store
 from chatbot.textstream import IncrementalDecoder
-from chatbot.types import Conversation, Feedback, FinishReason, GenerationConfig, Message, Reply
+from chatbot.types import (
+    Conversation,
+    Feedback,
+    FinishReason,
+    GenerationConfig,
+    Handover,
+    Message,
+    Reply,
+)
 from chatbot.versions import model_folder
 
 log = logging.getLogger("chatbot.engine")
@@ -226,6 +242,63 @@ class Engine:
         event(log, "feedback", recorded.conversation_id, message_id=message_id, rating=label)
         return recorded
 
+    # -- people in the loop ----------------------------------------------------------------
+
+    def request_person(self, conversation_id: str, reason: str = "asked") -> Handover:
+        """Ask a person from the support team into the conversation (the customer asked, or a
+        channel decided; a flagged reply asks by itself). It waits in :meth:`queue` until a
+        staff member :meth:`take` s it; until then the bot goes on answering."""
+        with self._store_failures(conversation_id):
+            handover = self.store.request_handover(conversation_id, reason)
+        event(log, "handover", conversation_id, state=handover.state, reason=handover.reason)
+        return handover
+
+    def queue(self) -> tuple[Handover, ...]:
+        """Conversations waiting for a person or held by one, oldest request first."""
+        with self._store_failures(None):
+            return self.store.handovers()
+
+    def handover(self, conversation_id: str) -> Handover | None:
+        """The conversation's handover, if a person was ever asked in."""
+        with self._store_failures(conversation_id):
+            return self.store.handover(conversation_id)
+
+    def take(self, conversation_id: str, staff: str) -> Handover:
+        """``staff`` takes the conversation: the bot stops answering it (:class:`WithAPerson`) and
+        the staff member answers with :meth:`person_reply`. :class:`HandoverError` names the
+        holder when another staff member has it."""
+        with self._store_failures(conversation_id):
+            handover = self.store.take_handover(conversation_id, staff)
+        event(log, "handover", conversation_id, state=handover.state, staff=staff)
+        return handover
+
+    def person_reply(self, conversation_id: str, staff: str, text: str) -> Message:
+        """A staff member's answer, stored as the agent's turn and marked as written by a person
+        (``meta["author"] == "person"``, ``meta["staff"]``). Only the holder answers; an empty or
+        oversized answer is refused with the reason, and nothing is stored."""
+        text = self.check_message(text)
+        with self._lock(conversation_id), self._store_failures(conversation_id):
+            held = self.store.handover(conversation_id)
+            if held is None or held.state != "taken" or held.staff != staff:
+                holder = f"{held.staff} has it" if held and held.state == "taken" else "nobody has taken it"
+                raise HandoverError(
+                    f"{staff} does not hold conversation {conversation_id} ({holder})",
+                    hint="take it first; a conversation has one person at a time",
+                )
+            meta = {"author": "person", "staff": staff, "model": self.folder.name}
+            message = self.store.append_message(conversation_id, "assistant", text, meta=meta)
+        event(
+            log, "person_reply", conversation_id, message_id=message.id, staff=staff, content={"reply": text}
+        )
+        return message
+
+    def hand_back(self, conversation_id: str, staff: str) -> Handover:
+        """Give the conversation back to the bot, which answers the next message again."""
+        with self._store_failures(conversation_id):
+            handover = self.store.return_handover(conversation_id, staff)
+        event(log, "handover", conversation_id, state=handover.state, staff=staff)
+        return handover
+
     @contextlib.contextmanager
     def _store_failures(self, conversation_id: str | None) -> Iterator[None]:
         """A store that fails is counted (``chatbot_errors_total{kind="StoreError"}``) and logged
@@ -327,16 +400,30 @@ class Engine:
                 self._client_rate.check(client)
             settings = generation or self.config.generation
             seen = self.store.get_conversation(conversation_id)  # UnknownConversation now, not mid-stream
+            self._to_a_person(conversation_id, text)
             prompt = self._prompt(seen, text, settings)  # MessageTooLong now, store unchanged
         except ChatbotError as error:
             self._count_error(error, conversation_id)
             raise
         return ReplyStream(lambda stream: self._answer(stream, seen, prompt, text, settings))
 
+    def _to_a_person(self, conversation_id: str, text: str) -> None:
+        """When a staff member has the conversation, store the customer's message for them and
+        raise :class:`WithAPerson`: the bot does not answer."""
+        held = self.store.handover(conversation_id)
+        if held is None or held.state != "taken":
+            return
+        with self._lock(conversation_id):
+            self.store.append_message(conversation_id, "user", text, meta={"to": "person"})
+        raise WithAPerson(
+            "a person from the support team has this conversation and answers here",
+            hint=f"{held.staff} answers with Engine.person_reply, or hands it back to the bot",
+        )
+
     def _count_error(self, error: BaseException, conversation_id: str | None) -> None:
         kind = type(error).__name__ if isinstance(error, ChatbotError) else "generation"
         self.metrics.errors.labels(kind).inc()
-        failed = not isinstance(error, (InvalidMessage, LookupError, RateLimited, Busy))
+        failed = not isinstance(error, (InvalidMessage, LookupError, RateLimited, Busy, WithAPerson))
         event(
             log,
             "failed" if failed else "refused",
@@ -465,6 +552,8 @@ class Engine:
         }
         meta["latency_s"] = time.perf_counter() - started
         message = self.store.append_message(conversation_id, "assistant", text, meta=meta)
+        if handover:
+            self.store.request_handover(conversation_id, "flagged")
         fields = {k: v for k, v in meta.items() if k != "model"}
         return Reply(text=text, conversation_id=conversation_id, message_id=message.id, **fields)
 

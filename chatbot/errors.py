@@ -54,6 +54,16 @@ class ChannelError(ChatbotError):
     """A channel plugin that is unknown or cannot be loaded."""
 
 
+class HandoverError(ChatbotError):
+    """A handover step that does not fit the conversation's state: taking one nobody asked a
+    person into, one another staff member holds, answering one you do not hold."""
+
+
+class WithAPerson(ChatbotError):
+    """A message to a conversation a staff member has taken: it is stored, and the bot does not
+    answer it; the person does (:meth:`chatbot.engine.Engine.person_reply`)."""
+
+
 class ExportError(ChatbotError):
     """An ONNX export that failed, or whose parity check against PyTorch failed."""
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,8 +56,17 @@ from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 
 from chatbot import settings
-from chatbot.errors import InvalidMessage, StoreError, UnknownConversation, UnknownMessage
-from chatbot.types import ROLES, Conversation, Feedback, Message, Role
+from chatbot.errors import HandoverError, InvalidMessage, StoreError, UnknownConversation, UnknownMessage
+from chatbot.types import (
+    OPEN_HANDOVERS,
+    ROLES,
+    Conversation,
+    Feedback,
+    Handover,
+    HandoverState,
+    Message,
+    Role,
+)
 
 __all__ = [
     "SQLStore",
@@ -127,6 +136,27 @@ class Store(Protocol):
         Durable when it returns, and atomic across processes sharing the store, so a channel
         that claims before answering answers a redelivered event once, even across a restart.
         """
+        ...
+
+    def request_handover(self, conversation_id: str, reason: str) -> Handover:
+        """Ask a person into the conversation: it waits for one, unless one already waits or has it."""
+        ...
+
+    def take_handover(self, conversation_id: str, staff: str) -> Handover:
+        """``staff`` takes a waiting conversation (or keeps one they hold); :class:`HandoverError`
+        naming the holder when another staff member has it, or when nobody asked for a person."""
+        ...
+
+    def return_handover(self, conversation_id: str, staff: str) -> Handover:
+        """Give a conversation ``staff`` holds, or one still waiting, back to the bot."""
+        ...
+
+    def handover(self, conversation_id: str) -> Handover | None:
+        """The conversation's handover, if a person was ever asked in."""
+        ...
+
+    def handovers(self, states: Sequence[HandoverState] = OPEN_HANDOVERS) -> tuple[Handover, ...]:
+        """The handovers in ``states`` (waiting or taken by default), oldest request first."""
         ...
 
     def close(self) -> None:
@@ -209,6 +239,17 @@ claims = Table(
     metadata_obj,
     Column("key", Text, primary_key=True),
     Column("created_at", _UTCText, nullable=False),
+)
+
+handovers = Table(
+    "chatbot_handovers",
+    metadata_obj,
+    Column("conversation_id", Text, ForeignKey(conversations.c.id), primary_key=True),
+    Column("state", String(16), nullable=False, index=True),  # waiting | taken | returned
+    Column("reason", Text, nullable=False),
+    Column("staff", Text, nullable=True),
+    Column("requested_at", _UTCText, nullable=False),
+    Column("updated_at", _UTCText, nullable=False),
 )
 
 MIGRATIONS_FOLDER = Path(__file__).with_name("migrations")
@@ -415,6 +456,39 @@ def _feedback(row: Row[Any]) -> Feedback:
         comment=row.comment,
         created_at=row.created_at,
     )
+
+
+def _handover(row: Row[Any] | None) -> Handover:
+    """A handover row as a record."""
+    assert row is not None
+    return Handover(**row._mapping)  # the columns are the record's fields
+
+
+def _locked_handover(conn: Connection, conversation_id: str) -> Row[Any] | None:
+    """The handover row, locked until commit on PostgreSQL (SQLite's write lock covers it)."""
+    query = select(handovers).where(handovers.c.conversation_id == conversation_id)
+    return conn.execute(query.with_for_update()).first()
+
+
+def _open_handover(conn: Connection, conversation_id: str) -> Row[Any]:
+    """The handover row of a conversation a person was asked into and has not handed back."""
+    row = _locked_handover(conn, conversation_id)
+    if row is None or row.state == "returned":
+        _epoch(conn, conversation_id)  # UnknownConversation first
+        raise HandoverError(
+            f"conversation {conversation_id} is not waiting for a person",
+            hint="the bot answers it; ask a person in first (Engine.request_person)",
+        )
+    return row
+
+
+def _update_handover(conversation_id: str) -> Any:
+    return update(handovers).where(handovers.c.conversation_id == conversation_id)
+
+
+def _check_staff(staff: object) -> None:
+    if not isinstance(staff, str) or not staff.strip() or len(staff) > 200:
+        raise InvalidMessage(f"a staff member's name is 1 to 200 characters of text, not {staff!r:.80}")
 
 
 def _unknown_conversation(conversation_id: str) -> UnknownConversation:
@@ -735,6 +809,56 @@ class SQLStore:
             raise InvalidMessage(f"a claim key is 1 to 512 characters of text, not {key!r:.80}")
         with self._transaction(write=True) as conn:
             return _insert_if_absent(conn, claims, {"key": key, "created_at": _now()})
+
+    def request_handover(self, conversation_id: str, reason: str) -> Handover:
+        """Ask a person in: ``waiting``, unless one already waits or has it (then it stays as it is)."""
+        if not isinstance(reason, str) or not reason.strip() or len(reason) > 200:
+            raise InvalidMessage(f"a handover reason is 1 to 200 characters of text, not {reason!r:.80}")
+        now = _now()
+        asked = {"state": "waiting", "reason": reason, "staff": None, "requested_at": now, "updated_at": now}
+        with self._transaction(write=True) as conn:
+            _epoch(conn, conversation_id)  # UnknownConversation
+            if not _insert_if_absent(conn, handovers, {"conversation_id": conversation_id, **asked}):
+                row = _locked_handover(conn, conversation_id)
+                if row is not None and row.state == "returned":
+                    conn.execute(_update_handover(conversation_id).values(**asked))
+            return _handover(_locked_handover(conn, conversation_id))
+
+    def take_handover(self, conversation_id: str, staff: str) -> Handover:
+        """``staff`` takes a waiting conversation, or keeps one they hold."""
+        hint = "ask them, or take it once they hand it back"
+        return self._move_handover(conversation_id, staff, "taken", hint)
+
+    def return_handover(self, conversation_id: str, staff: str) -> Handover:
+        """Give a conversation ``staff`` holds, or one still waiting, back to the bot."""
+        hint = "only the one who has it hands it back"
+        return self._move_handover(conversation_id, staff, "returned", hint)
+
+    def _move_handover(self, conversation_id: str, staff: str, state: HandoverState, hint: str) -> Handover:
+        """Put an open handover in ``state`` as ``staff``, unless another staff member holds it."""
+        _check_staff(staff)
+        with self._transaction(write=True) as conn:
+            row = _open_handover(conn, conversation_id)
+            if row.state == "taken" and row.staff != staff:
+                raise HandoverError(f"{row.staff} has conversation {conversation_id}", hint=hint)
+            moved = {"state": state, "staff": staff, "updated_at": _now()}
+            conn.execute(_update_handover(conversation_id).values(**moved))
+            return _handover(_locked_handover(conn, conversation_id))
+
+    def handover(self, conversation_id: str) -> Handover | None:
+        """The conversation's handover, if a person was ever asked in."""
+        with self._transaction(write=False) as conn:
+            row = conn.execute(
+                select(handovers).where(handovers.c.conversation_id == conversation_id)
+            ).first()
+            return None if row is None else _handover(row)
+
+    def handovers(self, states: Sequence[HandoverState] = OPEN_HANDOVERS) -> tuple[Handover, ...]:
+        """The handovers in ``states``, oldest request first."""
+        query = select(handovers).where(handovers.c.state.in_(list(states)))
+        with self._transaction(write=False) as conn:
+            rows = conn.execute(query.order_by(handovers.c.requested_at, handovers.c.conversation_id))
+            return tuple(_handover(row) for row in rows)
 
     def close(self) -> None:
         """Release every connection; later calls raise StoreError. Closing twice is fine."""

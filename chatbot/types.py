@@ -82,6 +82,24 @@ class Feedback:
     created_at: datetime
 
 
+HandoverState = Literal["waiting", "taken", "returned"]
+OPEN_HANDOVERS: tuple[HandoverState, ...] = ("waiting", "taken")
+
+
+@dataclass(frozen=True)
+class Handover:
+    """A conversation a person was asked into: ``waiting`` for one, ``taken`` by ``staff``, or
+    ``returned`` to the bot. ``reason`` says who asked: "flagged" (the engine was unsure),
+    "asked" (the customer), or what a channel or staff member wrote."""
+
+    conversation_id: str
+    state: HandoverState
+    reason: str
+    staff: str | None
+    requested_at: datetime
+    updated_at: datetime
+
+
 @dataclass(frozen=True)
 class GenerationConfig:
     """How to pick the reply's tokens.

@@ -334,8 +334,8 @@ def test_wal_mode_is_on(opener: Callable[[], SQLStore], db_path: Path) -> None:
 
 def test_fresh_database_gets_the_head_revision(opener: Callable[[], SQLStore], db_path: Path) -> None:
     store = opener()
-    assert schema_head() == "0002" and store.revision == "0002" and store.revision_before is None
-    assert raw_sql(db_path, "SELECT version_num FROM alembic_version") == [("0002",)]
+    assert schema_head() == HEAD and store.revision == HEAD and store.revision_before is None
+    assert raw_sql(db_path, "SELECT version_num FROM alembic_version") == [(HEAD,)]
 
 
 def test_newer_database_is_refused(opener: Callable[[], SQLStore], db_path: Path) -> None:
@@ -346,14 +346,18 @@ def test_newer_database_is_refused(opener: Callable[[], SQLStore], db_path: Path
     assert "upgrade" in str(raised.value)
 
 
+HEAD = "0003"  # the newest revision in chatbot/migrations/versions
+NEXT = "0004"  # a test's own revision after it
+
+
 def _revision(folder: Path, body: str) -> Path:
-    """A real Alembic revision 0003 after the head, in a folder of its own."""
+    """A real Alembic revision NEXT after the head, in a folder of its own."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "0003_test.py").write_text(
+    (folder / f"{NEXT}_test.py").write_text(
         "from alembic import op\n"
         "import sqlalchemy as sa\n"
-        "revision = '0003'\n"
-        "down_revision = '0002'\n"
+        f"revision = '{NEXT}'\n"
+        f"down_revision = '{HEAD}'\n"
         "branch_labels = None\n"
         "depends_on = None\n\n"
         "def upgrade():\n"
@@ -381,9 +385,9 @@ def test_older_database_is_migrated_in_place(
 
     monkeypatch.setattr(store_module, "EXTRA_MIGRATION_FOLDERS", [_revision(tmp_path / "rev", ADD_LOCALE)])
     migrated = opener()
-    assert (migrated.revision_before, migrated.revision) == ("0002", "0003")
+    assert (migrated.revision_before, migrated.revision) == (HEAD, NEXT)
     assert migrated.get_conversation("c1").messages == (sent,)
-    assert raw_sql(db_path, "SELECT version_num FROM alembic_version") == [("0003",)]
+    assert raw_sql(db_path, "SELECT version_num FROM alembic_version") == [(NEXT,)]
     assert "locale" in _columns(db_path)
     migrated.close()
 
@@ -398,12 +402,14 @@ def test_with_upgrades_off_a_database_behind_is_refused_until_chatbot_db_upgrade
     opener().close()
     monkeypatch.setattr(store_module, "EXTRA_MIGRATION_FOLDERS", [_revision(tmp_path / "rev", ADD_LOCALE)])
     monkeypatch.setenv("CHATBOT_STORE_UPGRADE", "0")
-    with pytest.raises(StoreError, match="at schema revision 0002, and this chatbot needs 0003") as refused:
+    with pytest.raises(
+        StoreError, match=f"at schema revision {HEAD}, and this chatbot needs {NEXT}"
+    ) as refused:
         opener()
     assert "chatbot db upgrade" in str(refused.value.hint)
     assert "locale" not in _columns(db_path)
-    assert upgrade_store(db_path) == ("0002", "0003")
-    assert opener().revision == "0003" and "locale" in _columns(db_path)
+    assert upgrade_store(db_path) == (HEAD, NEXT)
+    assert opener().revision == NEXT and "locale" in _columns(db_path)
 
 
 def test_failed_migration_changes_nothing(
@@ -417,7 +423,7 @@ def test_failed_migration_changes_nothing(
     with pytest.raises(StoreError, match="no_such_table"):
         opener()
     monkeypatch.undo()
-    assert raw_sql(db_path, "SELECT version_num FROM alembic_version") == [("0002",)]
+    assert raw_sql(db_path, "SELECT version_num FROM alembic_version") == [(HEAD,)]
     assert "locale" not in _columns(db_path)
     assert opener().conversation_ids() == ["c1"]
 
@@ -501,14 +507,15 @@ def test_a_store_from_before_alembic_is_adopted_and_upgraded(
     kept = old.transcript("c1"), old.feedback("c1")
     old.close()
     raw_sql(db_path, "DROP TABLE chatbot_claims")
+    raw_sql(db_path, "DROP TABLE chatbot_handovers")  # 0003, after the numbered migrations
     raw_sql(db_path, "DROP TABLE alembic_version")
     raw_sql(db_path, "CREATE TABLE chatbot_schema_version (version INTEGER NOT NULL)")
     raw_sql(db_path, "INSERT INTO chatbot_schema_version VALUES (1)")
     upgraded = opener()
-    assert (upgraded.revision_before, upgraded.revision) == ("0001", "0002")
+    assert (upgraded.revision_before, upgraded.revision) == ("0001", HEAD)
     assert upgraded.claim("k") is True and (upgraded.transcript("c1"), upgraded.feedback("c1")) == kept
     assert upgraded.get_conversation("c1").system_prompt == "Be kind."
-    assert raw_sql(db_path, "SELECT version_num FROM alembic_version") == [("0002",)]
+    assert raw_sql(db_path, "SELECT version_num FROM alembic_version") == [(HEAD,)]
     tables = {row[0] for row in raw_sql(db_path, "SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert "chatbot_schema_version" not in tables
 
