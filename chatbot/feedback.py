@@ -19,6 +19,10 @@ keeps unfinished replies. Turns after the last kept reply (a customer who wrote 
 dropped; an epoch with no reply left is skipped. The :class:`ExportReport` counts every
 conversation and reply that was not exported, by reason, so nothing is dropped silently.
 
+Replies a staff member wrote after taking a conversation over (``meta["author"] == "person"``,
+see :meth:`chatbot.engine.Engine.person_reply`) are exported as the agent's turns like the bot's;
+the report counts them apart, as the best examples a team has.
+
 The exported text is the customers' own, unredacted: the file is written readable by its owner
 only, and training redacts it when it reads it.
 """
@@ -77,6 +81,7 @@ class ExportReport:
     exported: int = 0  # training conversations written (one per epoch)
     replies: int = 0  # assistant replies written
     liked: int = 0  # of which rated thumbs up
+    by_people: int = 0  # of which written by a staff member who took the conversation over
     skipped: Counter[str] = field(default_factory=Counter)  # epochs not written, by reason
     left_out: Counter[str] = field(default_factory=Counter)  # replies not written, by reason
 
@@ -84,7 +89,8 @@ class ExportReport:
         """One line of totals, e.g. for the end of ``chatbot feedback export``."""
         line = (
             f"exported {_plural(self.exported, 'conversation')} with {_plural(self.replies, 'reply')} "
-            f"({self.liked} liked) from {_plural(self.conversations, 'stored conversation')}"
+            f"({self.liked} liked{f', {self.by_people} written by people' if self.by_people else ''}) "
+            f"from {_plural(self.conversations, 'stored conversation')}"
         )
         for label, counts in (("skipped", self.skipped), ("left out", self.left_out)):
             if counts:
@@ -227,6 +233,7 @@ def _kept_turns(
         return ()
     report.exported += 1
     report.replies += sum(turn.role == "assistant" for turn in kept)
+    report.by_people += sum(turn.role == "assistant" and turn.meta.get("author") == "person" for turn in kept)
     report.liked += liked
     return kept
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from chatbot import Engine, EngineConfig, GenerationConfig, SQLStore
+from chatbot import ChatbotError, Engine, EngineConfig, GenerationConfig, SQLStore
 from chatbot.feedback import ExportOptions, cut, export_feedback_file, parse_since
 from chatbot.types import Message, Role
 from training.transcripts.readers import read_transcripts
@@ -189,3 +189,24 @@ def test_export_errors_say_what_to_do(tmp_path):
     assert "Traceback" not in missing.stderr + bad_date.stderr
     assert parse_since("2025-01-31") == datetime(2025, 1, 31, tzinfo=UTC)
     assert parse_since("2025-01-31T12:00Z") == datetime(2025, 1, 31, 12, tzinfo=UTC)
+
+
+def test_a_staff_members_answers_are_exported_as_the_agents_and_counted(tiny_model_dir, tmp_path):
+    """What a person wrote after taking a conversation over is the best training data a team has:
+    the customer's messages to them and their answers are exported, and counted apart."""
+    config = EngineConfig(generation=GenerationConfig(max_new_tokens=4), handover_below=None)
+    store = tmp_path / "c.db"
+    with Engine.from_folder(tiny_model_dir, store=store, config=config) as engine:
+        conversation = engine.start("taken")
+        engine.request_person(conversation.id)  # the customer asked for a person straight away
+        engine.take(conversation.id, "ada")
+        with pytest.raises(ChatbotError, match="a person from the support team"):
+            engine.reply(conversation.id, "My parcel is lost")
+        engine.person_reply(conversation.id, "ada", "I'm Ada: I have sent a new parcel today.")
+    with SQLStore.sqlite(store) as reopened:
+        report = export_feedback_file(reopened, tmp_path / "out.jsonl")
+    assert read_back(tmp_path / "out.jsonl") == {
+        "taken": [("user", "My parcel is lost"), ("assistant", "I'm Ada: I have sent a new parcel today.")]
+    }
+    assert (report.replies, report.by_people, report.left_out) == (1, 1, {})
+    assert "(0 liked, 1 written by people)" in report.summary()
