@@ -18,6 +18,7 @@ from chatbot.errors import (
     ChannelError,
     ChatbotError,
     ExportError,
+    HandoverError,
     InvalidMessage,
     MessageTooLong,
     ModelFolderError,
@@ -25,6 +26,7 @@ from chatbot.errors import (
     StoreError,
     UnknownConversation,
     UnknownMessage,
+    WithAPerson,
     customer_message,
 )
 from chatbot.folder import ModelFolder
@@ -32,7 +34,7 @@ from chatbot.generation import Generator, OnnxGenerator, Token
 from chatbot.logs import configure as configure_logging
 from chatbot.logs import event as log_event
 from chatbot.store import SQLStore, Store, open_store
-from chatbot.types import Conversation, Feedback, GenerationConfig, Message, Reply, Role
+from chatbot.types import Conversation, Feedback, GenerationConfig, Handover, Message, Reply, Role
 
 __all__ = [
     "Busy",
@@ -47,6 +49,8 @@ __all__ = [
     "Feedback",
     "GenerationConfig",
     "Generator",
+    "Handover",
+    "HandoverError",
     "InvalidMessage",
     "Message",
     "MessageTooLong",
@@ -63,6 +67,7 @@ __all__ = [
     "Token",
     "UnknownConversation",
     "UnknownMessage",
+    "WithAPerson",
     "available_channels",
     "configure_logging",
     "customer_message",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import threading
 import time
 import unicodedata
@@ -456,6 +457,8 @@ class Engine:
             if current.messages != seen.messages:  # another turn landed while this one waited
                 prompt = self._prompt(current, text, generation)
             self.store.append_message(conversation_id, "user", text)  # acknowledged before generating
+            if asks_for_a_person(text):  # the bot still answers until a person takes it
+                self.store.request_handover(conversation_id, "asked")
             tokens = _Tokens(started)
             pieces: list[str] = []  # what was streamed: the stored text is exactly their sum
             finish: FinishReason = "error"
@@ -573,6 +576,21 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# "Can I talk to a human?", "speak with a real person please", "connect me to an agent"
+_WANTS_A_PERSON = re.compile(
+    r"\b(?:talk|speak|chat)\s+(?:to|with)\s+(?:a|an|some|your|a\s+real|an\s+actual)?\s*"
+    r"(?:human|person|agent|someone|somebody|representative|operator)\b"
+    r"|\bconnect\s+me\s+(?:to|with)\b"
+    r"|\b(?:human|real\s+person|live\s+agent)\s*,?\s*please\b",
+    re.IGNORECASE,
+)
+
+
+def asks_for_a_person(text: str) -> bool:
+    """Whether a customer's message asks for a person (English phrasings only, for now)."""
+    return _WANTS_A_PERSON.search(text) is not None
 
 
 class _Tokens(list[Token]):

@@ -120,3 +120,30 @@ def test_staff_racing_for_one_conversation_one_wins(store_url: str) -> None:
     assert stores[1].handover("c1").staff == won[0]  # type: ignore[union-attr]
     for store in stores:
         store.close()
+
+
+def test_a_typed_request_for_a_person_joins_the_queue(engine: Engine) -> None:
+    conversation = engine.start()
+    engine.reply(conversation.id, "Where is my order?")
+    assert engine.queue() == ()
+    assert engine.reply(conversation.id, "Can I talk to a human please?").text is not None  # still answered
+    (queued,) = engine.queue()
+    assert (queued.conversation_id, queued.state, queued.reason) == (conversation.id, "waiting", "asked")
+
+
+@pytest.mark.parametrize(
+    ("text", "asks"),
+    [
+        ("Can I talk to a human?", True),
+        ("I want to speak with a real person", True),
+        ("connect me to an agent", True),
+        ("human, please", True),
+        ("Where is my order?", False),
+        ("I talked to my friend about it", False),
+        ("the agent who delivered it was rude", False),
+    ],
+)
+def test_what_counts_as_asking_for_a_person(text: str, asks: bool) -> None:
+    from chatbot.engine import asks_for_a_person
+
+    assert asks_for_a_person(text) is asks

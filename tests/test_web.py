@@ -229,6 +229,40 @@ def test_empty_input_sends_nothing_and_an_oversized_one_shows_the_error(server: 
     ]
 
 
+def test_a_customer_asks_for_a_person_who_takes_over_and_answers_in_the_page(
+    server: Server, tiny_model_dir: Path
+) -> None:
+    """The page's half of the loop; the staff member's half goes through the engine on the same
+    store, as the staff console (or another replica) will."""
+    from chatbot import Engine
+
+    cookie = new_cookie()
+    client = server.client(cookie)
+    client.predict("My parcel is lost", api_name="/chat")
+    asked, _ = client.predict(api_name="/talk_to_a_person")
+    assert texts(asked)[-1] == ("assistant", f"*{HANDOVER}*")  # said, not stored
+    key = conversation_id(cookie)
+    with Engine.from_folder(tiny_model_dir, store=server.store) as staff:
+        # waiting: asked for now, or already when the tiny model's unsure first reply was flagged
+        assert [h.state for h in staff.queue() if h.conversation_id == key] == ["waiting"]
+        staff.take(key, "ada")
+        chat, box = client.predict("Hello? Is anyone there?", api_name="/chat")
+        assert box == ""  # stored for the person: the box empties
+        shown = texts(chat)
+        assert shown[-2] == ("user", "Hello? Is anyone there?")
+        assert "has your conversation and answers here" in shown[-1][1]
+        staff.person_reply(key, "ada", "Hi, I'm Ada. I have sent a new parcel today.")
+        restored = texts(client.predict(api_name="/history"))
+        assert restored[-1] == (
+            "assistant",
+            "Hi, I'm Ada. I have sent a new parcel today.\n\n*— a person from our support team*",
+        )
+        assert [m.role for m in stored(server, cookie).messages[-2:]] == ["user", "assistant"]
+        staff.hand_back(key, "ada")
+    chat, _ = client.predict("Thanks!", api_name="/chat")  # the bot answers again
+    assert texts(chat)[-2] == ("user", "Thanks!") and texts(chat)[-1][0] == "assistant"
+
+
 # -- start-up, shutdown and access -------------------------------------------------------
 
 
@@ -351,6 +385,19 @@ def browser() -> Iterator[Any]:
         launched.close()
 
 
+def _screenshot(page: Any, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def _what_the_page_showed(page: Any, server: Server, name: str) -> AssertionError:
+    """A failed browser test says what the page showed and what the server printed (and keeps a
+    screenshot)."""
+    _screenshot(page, name)
+    shown = page.locator('[data-testid="bot"], [data-testid="user"]').all_inner_texts()
+    return AssertionError(f"the page showed {shown}; the server printed:\n{server.output()[-4000:]}")
+
+
 def test_a_customer_chats_in_the_page_rates_a_reply_and_reloads(server: Server, browser: Any) -> None:
     context = browser.new_context(viewport={"width": 1000, "height": 760})
     outside: list[str] = []
@@ -392,17 +439,43 @@ def test_a_customer_chats_in_the_page_rates_a_reply_and_reloads(server: Server, 
         page.reload()
         users.nth(1).wait_for(timeout=30_000)
         assert users.all_inner_texts() == [EXAMPLE, "And when will it arrive?"]
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "web-chat.png"), full_page=True)
-    except Exception as error:  # say what the page showed and what the server printed
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "web-chat-failed.png"), full_page=True)
-        shown = page.locator('[data-testid="bot"], [data-testid="user"]').all_inner_texts()
-        printed = server.output()[-4000:]
-        raise AssertionError(f"the page showed {shown}; the server printed:\n{printed}") from error
+        _screenshot(page, "web-chat")
+    except Exception as error:
+        raise _what_the_page_showed(page, server, "web-chat-failed") from error
     finally:
         context.close()
     assert outside == [], f"the page fetched from outside this server: {outside}"
+
+
+def test_a_staff_members_answer_appears_in_the_open_page_without_a_reload(
+    server: Server, browser: Any, tiny_model_dir: Path
+) -> None:
+    from chatbot import Engine
+
+    context = browser.new_context(viewport={"width": 1000, "height": 760})
+    page = context.new_page()
+    try:
+        page.goto(server.url)
+        wait_for(lambda: page.evaluate("document.activeElement.closest('#message') !== null"))
+        page.locator("#message textarea").fill("My parcel is lost")
+        page.keyboard.press("Enter")
+        bots = page.locator('[data-testid="bot"]')
+        bots.first.get_by_text(HANDOVER).wait_for(timeout=30_000)
+        page.locator("#talk-to-a-person").click()
+        cookie = next(c["value"] for c in context.cookies() if c["name"] == COOKIE)
+        key = conversation_id(cookie)
+        with Engine.from_folder(tiny_model_dir, store=server.store) as staff:
+            wait_for(lambda: any(h.conversation_id == key for h in staff.queue()))
+            staff.take(key, "ada")
+            staff.person_reply(key, "ada", "Hi, I'm Ada: a new parcel leaves today.")
+            page.get_by_text("Hi, I'm Ada: a new parcel leaves today.").wait_for(timeout=15_000)  # no reload
+            assert page.get_by_text("a person from our support team").count() >= 1
+            staff.hand_back(key, "ada")
+        _screenshot(page, "web-chat-person")
+    except Exception as error:
+        raise _what_the_page_showed(page, server, "web-chat-person-failed") from error
+    finally:
+        context.close()
 
 
 def test_a_store_that_fails_as_the_page_loads_is_said_and_the_box_still_opens(

@@ -9,7 +9,12 @@ The API endpoints a script can call with ``gradio_client`` (``Client(url).view_a
 
 ``/chat`` (message) streams the conversation as the reply is written; ``/history`` returns it;
 ``/new_conversation`` starts over; ``/feedback`` (index, "up" | "down") rates the reply at that
-position of the conversation, as the thumbs in the page do.
+position of the conversation, as the thumbs in the page do; ``/talk_to_a_person`` asks a person
+from the support team in (the "Talk to a person" button).
+
+While a person has the conversation the bot stays quiet: the customer's messages are stored for
+them, and the page reads the conversation every :data:`REFRESH_S` seconds, so a staff member's
+answer (stored on any replica) shows without a reload, marked as written by a person.
 """
 
 from __future__ import annotations
@@ -25,13 +30,14 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio read
 
 import gradio as gr
 
-from chatbot import ChatbotError, Conversation, Engine, UnknownConversation, customer_message
+from chatbot import ChatbotError, Conversation, Engine, UnknownConversation, WithAPerson, customer_message
 from plugins.web.access import conversation_id, session_token
 
 ChatMessage = dict[str, Any]
 LIKE, DISLIKE = "Like", "Dislike"  # the two feedback options Gradio draws as thumbs
 
 log = logging.getLogger("chatbot.web")
+REFRESH_S = 2.0  # how often a page whose conversation a person has reads it again
 _FOCUS_BOX = "() => { document.querySelector('#message textarea')?.focus(); }"
 
 
@@ -44,6 +50,8 @@ class PageSettings:
     examples: tuple[str, ...] = ()
     handover_text: str = "A person from our support team will take over this conversation shortly."
     placeholder: str = "Type your message and press Enter"
+    person_mark: str = "a person from our support team"  # under each reply a person wrote
+    with_person_text: str = "A person from our support team has your conversation and answers here."
 
 
 @dataclass
@@ -88,12 +96,23 @@ class ChatPage:
                 lines=1,
                 max_lines=8,
             )
-            new = gr.Button("New conversation", elem_id="new-conversation", size="sm", variant="secondary")
+            with gr.Row():
+                new = gr.Button(
+                    "New conversation", elem_id="new-conversation", size="sm", variant="secondary"
+                )
+                person = gr.Button(
+                    "Talk to a person", elem_id="talk-to-a-person", size="sm", variant="secondary"
+                )
+            watch = gr.Timer(REFRESH_S, active=False)  # on while a person is asked in or has it
 
             fast: dict[str, Any] = {"concurrency_limit": None, "show_progress": "hidden"}
             blocks.load(self.history, None, chat, api_name="history", **fast).then(
                 self.ready, None, [chat, box], api_visibility="private", **fast
-            ).then(None, js=_FOCUS_BOX)  # the box was disabled when autofocus ran
+            ).then(None, js=_FOCUS_BOX).then(  # the box was disabled when autofocus ran
+                self.watching, None, watch, api_visibility="private", **fast
+            )
+            person.click(self.talk_to_a_person, None, [chat, watch], api_name="talk_to_a_person", **fast)
+            watch.tick(self.refresh, None, [chat, watch], api_visibility="private", **fast)
             box.submit(self.chat, box, [chat, box], api_name="chat", concurrency_id="reply")
             chat.example_select(self.example, None, box, api_visibility="private", **fast).then(
                 self.chat, box, [chat, box], api_visibility="private", concurrency_id="reply"
@@ -141,6 +160,9 @@ class ChatPage:
             return
         try:
             stream = self.engine.stream(conversation.id, text, client=_client(request))
+        except WithAPerson:  # stored for the person who has the conversation: the bot stays quiet
+            yield self._with_note(conversation.id, self.settings.with_person_text), ""
+            return
         except ChatbotError as error:  # refused before anything was stored: keep the text in the box
             yield [*shown.messages, _notice(error)], gr.skip()
             return
@@ -156,6 +178,39 @@ class ChatPage:
                 yield [*messages, _assistant(written), _notice(error)], gr.skip()
                 return
         yield self._update(self.engine.get(conversation.id)), gr.skip()
+
+    def talk_to_a_person(self, request: gr.Request) -> tuple[gr.Chatbot, gr.Timer]:
+        """The customer asks for a person: the conversation joins the support team's queue."""
+        try:
+            conversation = self.engine.start(self._conversation_id(request), metadata={"channel": "web"})
+            handover = self.engine.request_person(conversation.id, "asked")
+        except ChatbotError as error:
+            notice: list[Any] = [_notice(error, "Not asked")]
+            return gr.Chatbot(value=notice), gr.Timer(active=False)
+        text = self.settings.with_person_text if handover.state == "taken" else self.settings.handover_text
+        return self._with_note(conversation.id, text), gr.Timer(active=True)
+
+    def watching(self, request: gr.Request) -> gr.Timer:
+        """Whether the page keeps reading the conversation: while a person is asked in or has it."""
+        try:
+            handover = self.engine.handover(self._conversation_id(request))
+        except ChatbotError:
+            return gr.Timer(active=False)
+        return gr.Timer(active=handover is not None and handover.state != "returned")
+
+    def refresh(self, request: gr.Request) -> tuple[Any, gr.Timer]:
+        """A tick while a person is asked in: the stored conversation once a person has it (the bot
+        is quiet then, so nothing streaming is overwritten); the timer stops when it is handed back."""
+        key = self._conversation_id(request)
+        try:
+            handover = self.engine.handover(key)
+            if handover is None or handover.state == "returned":
+                return self._update(self._stored(request)), gr.Timer(active=False)
+            if handover.state != "taken":
+                return gr.skip(), gr.skip()
+            return self._update(self.engine.get(key)), gr.skip()
+        except ChatbotError:  # the store does not answer now: try again at the next tick
+            return gr.skip(), gr.skip()
 
     def example(self, selected: gr.SelectData) -> str:
         """An example question clicked: it goes into the box, then out as a message."""
@@ -203,6 +258,8 @@ class ChatPage:
                 shown.messages.append({"role": "user", "content": message.content})
             elif message.role == "assistant":
                 note = self.settings.handover_text if message.meta.get("handover") else ""
+                if message.meta.get("author") == "person":
+                    note = f"— {self.settings.person_mark}"
                 text = "\n\n".join(part for part in (message.content, f"*{note}*" if note else "") if part)
                 shown.messages.append(_assistant(text))
                 shown.feedback.append(ratings.get(message.id))
@@ -214,6 +271,12 @@ class ChatPage:
     def _ratings(self, conversation_id: str) -> dict[int, str]:
         latest = self.engine.ratings(conversation_id)
         return {message_id: LIKE if rating > 0 else DISLIKE for message_id, rating in latest.items()}
+
+    def _with_note(self, conversation_id: str, note: str) -> gr.Chatbot:
+        """The stored conversation with ``note`` under it (said, not stored)."""
+        shown = self._shown(self.engine.get(conversation_id))
+        messages: list[Any] = [*shown.messages, _assistant(f"*{note}*")]
+        return gr.Chatbot(value=messages, feedback_value=shown.feedback)
 
     def _update(self, conversation: Conversation) -> gr.Chatbot:
         shown = self._shown(conversation)
