@@ -112,6 +112,12 @@ def conversation(bot: Bot, team: str, channel: str, thread: str) -> Any:
         return store.get_conversation(conversation_key(team, channel, thread))
 
 
+def handover(bot: Bot, team: str, channel: str, thread: str) -> Any:
+    """The thread's handover in the engine's queue (shared with the web chat), if any."""
+    with SQLStore(f"sqlite:///{bot.store}") as store:
+        return store.handover(conversation_key(team, channel, thread))
+
+
 # -- answering ----------------------------------------------------------------------------
 
 
@@ -256,15 +262,24 @@ def test_a_handover_calls_a_person_and_the_bot_stays_quiet_until_resumed(
         running.post(event_callback(quiet, event_id="Ev9b"))
         time.sleep(1.5)
         assert len(replies(slack, "D900")) == 1  # a person has the thread
+        asked = handover(running, "T0001", "D900", thread)
+        assert (asked.state, asked.reason) == ("waiting", "flagged")  # in the support team's queue
 
         link = f"https://fake.slack.com/archives/D900/p{thread.replace('.', '')}"
         status, text = running.post(slash_command_body("/chatbot", f"status {link}"))
         assert status == 200 and "a person has it" in text
         status, text = running.post(slash_command_body("/chatbot", f"resume <{link}>"))
         assert status == 200 and "answer in that thread again" in text
+        assert handover(running, "T0001", "D900", thread).state == "returned"
         again = message_event("still there?", channel="D900", ts=new_ts(), thread_ts=thread)
         running.post(event_callback(again, event_id="Ev9c"))
-        finished(slack, "D900", 2)
+        finished(slack, "D900", 2)  # flagged again: a person is asked in again
+        key = conversation_key("T0001", "D900", thread)
+        with SQLStore(f"sqlite:///{running.store}") as store:
+            store.take_handover(key, "ada")  # as the staff console will
+            status, text = running.post(slash_command_body("/chatbot", f"resume {link}"))
+            assert status == 200 and "Not done: ada has conversation" in text  # one person at a time
+            store.return_handover(key, "ada")
         status, text = running.post(slash_command_body("/chatbot", f"reset {link}"))
         assert "starts over" in text
         assert conversation(running, "T0001", "D900", thread).messages == ()

@@ -457,8 +457,7 @@ def test_a_staff_members_answer_appears_in_the_open_page_without_a_reload(
     try:
         page.goto(server.url)
         wait_for(lambda: page.evaluate("document.activeElement.closest('#message') !== null"))
-        page.locator("#message textarea").fill("My parcel is lost")
-        page.keyboard.press("Enter")
+        page.get_by_role("button", name=re.compile(f"example 1: {EXAMPLE}")).click()  # as a customer starts
         bots = page.locator('[data-testid="bot"]')
         bots.first.get_by_text(HANDOVER).wait_for(timeout=30_000)
         page.locator("#talk-to-a-person").click()

@@ -12,8 +12,9 @@ answered, so Slack's retries, the duplicate events of one message (a mention arr
 
 It never answers a bot (itself included) and ignores edits, deletions, joins and every other
 message subtype. When the engine flags a reply for a person, the reply calls
-``SLACK_HANDOVER_MENTION`` and the bot stays quiet in that thread until someone runs
-``/chatbot resume LINK`` (or ``/chatbot reset LINK`` to start over).
+``SLACK_HANDOVER_MENTION`` and the conversation joins the support team's queue (the engine's
+handover, the same queue as the web chat's); the bot stays quiet in that thread while a person is
+asked in, until someone runs ``/chatbot resume LINK`` (or ``/chatbot reset LINK`` to start over).
 """
 
 from __future__ import annotations
@@ -31,13 +32,20 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
 
-from chatbot import ChannelError, ChatbotError, Engine, UnknownConversation, customer_message
+from chatbot import (
+    ChannelError,
+    ChatbotError,
+    Engine,
+    HandoverError,
+    UnknownConversation,
+    customer_message,
+)
 from plugins.slack.settings import SlackSettings
 
 log = logging.getLogger("chatbot.slack")
 
 PLACEHOLDER = "…"
-HANDOVER = "handover"  # the conversation metadata key: a person has this thread
+HANDOVER = "handover"  # the metadata flag earlier releases set on a thread a person had: still honoured
 USAGE = (
     "Usage: `{command} reset LINK` starts the thread's conversation over, `{command} resume LINK` "
     "lets me answer again after a handover, `{command} status LINK` says who has it. LINK is a "
@@ -148,11 +156,27 @@ class SlackBot:
         conversation = self.engine.start(
             key, metadata={"channel": "slack", "team": team, "slack_channel": channel, "thread_ts": thread}
         )
-        if conversation.metadata.get(HANDOVER):
+        if self._with_a_person(key, conversation.metadata):
             log.info("a person has thread %s/%s: staying quiet", channel, thread)
             return
         sender = f"slack:{team}:{event.get('user', '')}"
         self._answer(key, channel, thread, plain_text(text, bot_user_id=self.bot_user_id), sender)
+
+    def _with_a_person(self, key: str, metadata: dict[str, Any]) -> bool:
+        """Whether a person is asked into the thread's conversation (or has it)."""
+        handover = self.engine.handover(key)
+        return bool(metadata.get(HANDOVER)) or (handover is not None and handover.state != "returned")
+
+    def _back_to_the_bot(self, key: str, user: str) -> str | None:
+        """Hand the conversation back to the bot as ``user``; why not, when another person has it."""
+        handover = self.engine.handover(key)
+        if handover is not None and handover.state != "returned":
+            try:
+                self.engine.hand_back(key, user)
+            except HandoverError as error:
+                return f"Not done: {error.message}."
+        self.engine.update_metadata(key, {HANDOVER: None})
+        return None
 
     def _knows(self, key: str) -> bool:
         try:
@@ -187,8 +211,7 @@ class SlackBot:
         reply = stream.reply
         assert reply is not None
         final = escape(reply.text) or PLACEHOLDER
-        if reply.handover:
-            self.engine.update_metadata(key, {HANDOVER: True})
+        if reply.handover:  # the engine put the conversation in the queue
             call = f"{self.slack.handover_mention} " if self.slack.handover_mention else ""
             final = f"{final}\n\n{call}{escape(self.settings.handover_text)}"
             log.info("handed thread %s/%s over to a person", channel, thread)
@@ -216,15 +239,19 @@ class SlackBot:
         except UnknownConversation:
             return "I have no conversation in that thread."
         action = words[0]
+        user = f"slack:{team}:{command.get('user_id', '')}"
+        if action in ("reset", "resume"):
+            refused = self._back_to_the_bot(key, user)
+            if refused is not None:
+                return refused
         if action == "reset":
             self.engine.reset(key)
-            self.engine.update_metadata(key, {HANDOVER: None})
             return "Done: that thread's conversation starts over, and I answer there again."
         if action == "resume":
-            self.engine.update_metadata(key, {HANDOVER: None})
             return "Done: I answer in that thread again."
         turns = len(conversation.messages)
-        who = "a person has it (I stay quiet)" if conversation.metadata.get(HANDOVER) else "I am answering"
+        quiet = self._with_a_person(key, conversation.metadata)
+        who = "a person has it (I stay quiet)" if quiet else "I am answering"
         return f"That thread: {turns} turns since the last reset; {who}."
 
     def on_error(self, error: Exception) -> None:

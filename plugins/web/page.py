@@ -107,10 +107,8 @@ class ChatPage:
 
             fast: dict[str, Any] = {"concurrency_limit": None, "show_progress": "hidden"}
             blocks.load(self.history, None, chat, api_name="history", **fast).then(
-                self.ready, None, [chat, box], api_visibility="private", **fast
-            ).then(None, js=_FOCUS_BOX).then(  # the box was disabled when autofocus ran
-                self.watching, None, watch, api_visibility="private", **fast
-            )
+                self.ready, None, [chat, box, watch], api_visibility="private", **fast
+            ).then(None, js=_FOCUS_BOX)  # the box was disabled when autofocus ran
             person.click(self.talk_to_a_person, None, [chat, watch], api_name="talk_to_a_person", **fast)
             watch.tick(self.refresh, None, [chat, watch], api_visibility="private", **fast)
             box.submit(self.chat, box, [chat, box], api_name="chat", concurrency_id="reply")
@@ -139,13 +137,14 @@ class ChatPage:
             notice = [_notice(None, "Your conversation could not be loaded")]
         return gr.Chatbot(value=notice)
 
-    def ready(self) -> tuple[gr.Chatbot, gr.Textbox]:
+    def ready(self, request: gr.Request) -> tuple[gr.Chatbot, gr.Textbox, gr.Timer]:
         """The history is shown: only now may the visitor send (an example or a typed message).
+        The page keeps reading the conversation while a person is asked in or has it.
 
         A message sent before the history arrived would be wiped off the page by it: the
         history read the store before the message was in it and lands after the reply."""
         examples: list[Any] | None = [{"text": text} for text in self.settings.examples] or None
-        return gr.Chatbot(examples=examples), gr.Textbox(interactive=True)
+        return gr.Chatbot(examples=examples), gr.Textbox(interactive=True), self._watching(request)
 
     def chat(self, text: str | None, request: gr.Request) -> Iterator[tuple[Any, Any]]:
         """Send ``text`` and stream the reply into the page."""
@@ -190,7 +189,7 @@ class ChatPage:
         text = self.settings.with_person_text if handover.state == "taken" else self.settings.handover_text
         return self._with_note(conversation.id, text), gr.Timer(active=True)
 
-    def watching(self, request: gr.Request) -> gr.Timer:
+    def _watching(self, request: gr.Request) -> gr.Timer:
         """Whether the page keeps reading the conversation: while a person is asked in or has it."""
         try:
             handover = self.engine.handover(self._conversation_id(request))
