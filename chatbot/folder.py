@@ -54,6 +54,18 @@ def trained_system_prompt(card: dict[str, Any]) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def read_json_object(file: Path, *, hint: str = TRAIN_HINT) -> dict[str, Any]:
+    """A model folder's JSON file, which must hold an object; :class:`ModelFolderError` naming the
+    file and ``hint`` otherwise."""
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelFolderError(f"{file} is not readable JSON: {error}", hint=hint) from error
+    if not isinstance(data, dict):
+        raise ModelFolderError(f"{file} must hold a JSON object", hint=TRAIN_HINT)
+    return data
+
+
 TEMPLATE_FILE = "chat_template.jinja"  # where transformers 5 saves a template by default
 
 
@@ -151,16 +163,7 @@ class ModelFolder:
         return trained_system_prompt(self.card)
 
     def _read_json(self, name: str) -> dict[str, Any]:
-        file = self.path / name
-        try:
-            data = json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ModelFolderError(
-                f"{file} is not readable JSON: {error}", hint=REQUIRED_FILES.get(name, TRAIN_HINT)
-            ) from error
-        if not isinstance(data, dict):
-            raise ModelFolderError(f"{file} must hold a JSON object", hint=TRAIN_HINT)
-        return data
+        return read_json_object(self.path / name, hint=REQUIRED_FILES.get(name, TRAIN_HINT))
 
     def _spec(self) -> ModelSpec:
         cfg = self.config

@@ -464,15 +464,16 @@ def _handover(row: Row[Any] | None) -> Handover:
     return Handover(**row._mapping)  # the columns are the record's fields
 
 
-def _locked_handover(conn: Connection, conversation_id: str) -> Row[Any] | None:
-    """The handover row, locked until commit on PostgreSQL (SQLite's write lock covers it)."""
+def _handover_row(conn: Connection, conversation_id: str, *, lock: bool = False) -> Row[Any] | None:
+    """The conversation's handover row; with ``lock``, locked until commit on PostgreSQL (SQLite's
+    write lock covers it)."""
     query = select(handovers).where(handovers.c.conversation_id == conversation_id)
-    return conn.execute(query.with_for_update()).first()
+    return conn.execute(query.with_for_update() if lock else query).first()
 
 
 def _open_handover(conn: Connection, conversation_id: str) -> Row[Any]:
     """The handover row of a conversation a person was asked into and has not handed back."""
-    row = _locked_handover(conn, conversation_id)
+    row = _handover_row(conn, conversation_id, lock=True)
     if row is None or row.state == "returned":
         _epoch(conn, conversation_id)  # UnknownConversation first
         raise HandoverError(
@@ -819,10 +820,10 @@ class SQLStore:
         with self._transaction(write=True) as conn:
             _epoch(conn, conversation_id)  # UnknownConversation
             if not _insert_if_absent(conn, handovers, {"conversation_id": conversation_id, **asked}):
-                row = _locked_handover(conn, conversation_id)
+                row = _handover_row(conn, conversation_id, lock=True)
                 if row is not None and row.state == "returned":
                     conn.execute(_update_handover(conversation_id).values(**asked))
-            return _handover(_locked_handover(conn, conversation_id))
+            return _handover(_handover_row(conn, conversation_id, lock=True))
 
     def take_handover(self, conversation_id: str, staff: str) -> Handover:
         """``staff`` takes a waiting conversation, or keeps one they hold."""
@@ -843,14 +844,12 @@ class SQLStore:
                 raise HandoverError(f"{row.staff} has conversation {conversation_id}", hint=hint)
             moved = {"state": state, "staff": staff, "updated_at": _now()}
             conn.execute(_update_handover(conversation_id).values(**moved))
-            return _handover(_locked_handover(conn, conversation_id))
+            return _handover(_handover_row(conn, conversation_id, lock=True))
 
     def handover(self, conversation_id: str) -> Handover | None:
         """The conversation's handover, if a person was ever asked in."""
         with self._transaction(write=False) as conn:
-            row = conn.execute(
-                select(handovers).where(handovers.c.conversation_id == conversation_id)
-            ).first()
+            row = _handover_row(conn, conversation_id)
             return None if row is None else _handover(row)
 
     def handovers(self, states: Sequence[HandoverState] = OPEN_HANDOVERS) -> tuple[Handover, ...]:

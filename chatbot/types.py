@@ -99,6 +99,11 @@ class Handover:
     requested_at: datetime
     updated_at: datetime
 
+    @property
+    def open(self) -> bool:
+        """Whether a person is asked in or has the conversation (not yet handed back)."""
+        return self.state in OPEN_HANDOVERS
+
 
 @dataclass(frozen=True)
 class GenerationConfig:

@@ -18,15 +18,14 @@ from transformers import GPT2LMHeadModel
 from chatbot import ModelFolder
 from chatbot.card import read_card
 from chatbot.errors import ExportError
-from training.export.fused_graph import load_weights, read_config
+from training.export.fused_graph import folder_config, load_weights
 from training.export.parity import load_session, onnx_logits
 from training.export.reference import export_onnx
 from training.export.standard_graph import DATA_FILE, OPSET, build_reference, save_reference
 
 
 def _reference(folder: Path) -> onnx.ModelProto:
-    config = read_config(json.loads((folder / "config.json").read_text()), folder)
-    return build_reference(config, load_weights(folder))
+    return build_reference(folder_config(folder), load_weights(folder))
 
 
 def test_the_reference_is_standard_onnx_with_each_weight_once(tiny_model_dir: Path) -> None:

@@ -165,12 +165,12 @@ class SlackBot:
     def _with_a_person(self, key: str, metadata: dict[str, Any]) -> bool:
         """Whether a person is asked into the thread's conversation (or has it)."""
         handover = self.engine.handover(key)
-        return bool(metadata.get(HANDOVER)) or (handover is not None and handover.state != "returned")
+        return bool(metadata.get(HANDOVER)) or (handover is not None and handover.open)
 
     def _back_to_the_bot(self, key: str, user: str) -> str | None:
         """Hand the conversation back to the bot as ``user``; why not, when another person has it."""
         handover = self.engine.handover(key)
-        if handover is not None and handover.state != "returned":
+        if handover is not None and handover.open:
             try:
                 self.engine.hand_back(key, user)
             except HandoverError as error:

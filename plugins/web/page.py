@@ -195,7 +195,7 @@ class ChatPage:
             handover = self.engine.handover(self._conversation_id(request))
         except ChatbotError:
             return gr.Timer(active=False)
-        return gr.Timer(active=handover is not None and handover.state != "returned")
+        return gr.Timer(active=handover is not None and handover.open)
 
     def refresh(self, request: gr.Request) -> tuple[Any, gr.Timer]:
         """A tick while a person is asked in: the stored conversation once a person has it (the bot
@@ -203,7 +203,7 @@ class ChatPage:
         key = self._conversation_id(request)
         try:
             handover = self.engine.handover(key)
-            if handover is None or handover.state == "returned":
+            if handover is None or not handover.open:
                 return self._update(self._stored(request)), gr.Timer(active=False)
             if handover.state != "taken":
                 return gr.skip(), gr.skip()

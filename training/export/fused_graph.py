@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from chatbot.errors import ExportError, ModelFolderError
-from chatbot.folder import GRAPH_FORMAT
+from chatbot.folder import GRAPH_FORMAT, read_json_object
 from chatbot.fused import FixedSlots, FusedSession, past_names, present_names
 from chatbot.types import Progress
 from training.card import set_card_entry, utc_now
@@ -135,6 +135,11 @@ def read_config(config: dict[str, Any], where: Path) -> Gpt2Config:
         activation=activation,
         layer_scales=tuple(base / (i + 1) if by_layer else base for i in range(n_layer)),
     )
+
+
+def folder_config(folder: Path) -> Gpt2Config:
+    """The facts of ``folder``'s ``config.json`` (see :func:`read_config`)."""
+    return read_config(read_json_object(folder / "config.json"), folder)
 
 
 def load_weights(folder: Path) -> dict[str, np.ndarray]:
@@ -418,9 +423,7 @@ def build_variant(
     reference = folder / "onnx" / "model.onnx"
     if not reference.is_file():
         raise ModelFolderError(f"{reference} is missing", hint=f"run `chatbot export {folder}` first")
-    import json
-
-    config = read_config(json.loads((folder / "config.json").read_text(encoding="utf-8")), folder)
+    config = folder_config(folder)
     say(f"writing the fused {precision.name} graph ({variant}) from {folder / 'model.safetensors'}")
     model = build_graph(config, load_weights(folder), precision.name)
     with temporary_folder(folder) as tmp:

@@ -56,18 +56,6 @@ def check_model_folder(model_dir: str | os.PathLike[str]) -> Path:
     return folder
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise ModelFolderError(f"cannot read {path}: {error}", hint="build the folder again") from error
-    if not isinstance(data, dict):
-        raise ModelFolderError(f"{path} is not a JSON object", hint="build the folder again")
-    return data
-
-
 @contextlib.contextmanager
 def temporary_folder(folder: Path) -> Iterator[Path]:
     """A scratch folder inside ``folder`` (same file system: moves are atomic), always removed."""
@@ -154,10 +142,10 @@ def _chat_ids(folder: Path) -> list[int]:
     """
     from tokenizers import Tokenizer
 
-    from chatbot.folder import chat_template
+    from chatbot.folder import chat_template, read_json_object
 
     config = folder / "tokenizer_config.json"
-    text = chat_template(read_json(config), config).render(
+    text = chat_template(read_json_object(config), config).render(
         list(PARITY_CONVERSATION), add_generation_prompt=True
     )
     return Tokenizer.from_file(str(folder / "tokenizer.json")).encode(text, add_special_tokens=False).ids

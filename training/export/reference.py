@@ -26,7 +26,7 @@ from chatbot.card import CARD_FILE
 from chatbot.errors import ExportError
 from chatbot.types import Progress
 from training.card import new_card, set_card_entry, utc_now, write_card
-from training.export.parity import check_model_folder, measure_parity, read_json, temporary_folder
+from training.export.parity import check_model_folder, measure_parity, temporary_folder
 
 TASK = "text-generation-with-past"
 EXPORTERS = ("chatbot", "optimum")
@@ -109,11 +109,11 @@ def exporter_name(exporter: str = "chatbot") -> str:
 
 def _write_reference(folder: Path, output: Path) -> None:
     """Write GPT-2's reference graph for ``folder`` into ``output`` (training.export.standard_graph)."""
-    from training.export.fused_graph import load_weights, read_config
+    from training.export.fused_graph import folder_config, load_weights
     from training.export.standard_graph import build_reference, save_reference
 
     try:
-        config = read_config(read_json(folder / "config.json"), folder)
+        config = folder_config(folder)
     except ExportError as error:  # not GPT-2, or a GPT-2 option the writer does not know
         raise ExportError(
             error.message.replace("graph builder", "reference writer"),
