@@ -34,7 +34,17 @@ from chatbot.generation import Generator, OnnxGenerator, Token
 from chatbot.logs import configure as configure_logging
 from chatbot.logs import event as log_event
 from chatbot.store import SQLStore, Store, open_store
-from chatbot.types import Conversation, Feedback, GenerationConfig, Handover, Message, Reply, Role
+from chatbot.types import (
+    Conversation,
+    Correction,
+    Feedback,
+    GenerationConfig,
+    Handover,
+    Message,
+    Reply,
+    Review,
+    Role,
+)
 
 __all__ = [
     "Busy",
@@ -43,6 +53,7 @@ __all__ = [
     "ChannelInfo",
     "ChatbotError",
     "Conversation",
+    "Correction",
     "Engine",
     "EngineConfig",
     "ExportError",
@@ -60,6 +71,7 @@ __all__ = [
     "RateLimited",
     "Reply",
     "ReplyStream",
+    "Review",
     "Role",
     "SQLStore",
     "Store",

@@ -24,6 +24,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from chatbot.errors import (
@@ -46,13 +47,16 @@ from chatbot.scheduler import BatchingGenerator
 from chatbot.store import SQLStore, Store, open_store
 from chatbot.textstream import IncrementalDecoder
 from chatbot.types import (
+    HANDOVER_STATES,
     Conversation,
+    Correction,
     Feedback,
     FinishReason,
     GenerationConfig,
     Handover,
     Message,
     Reply,
+    Review,
 )
 from chatbot.versions import model_folder
 
@@ -293,12 +297,83 @@ class Engine:
         )
         return message
 
-    def hand_back(self, conversation_id: str, staff: str) -> Handover:
-        """Give the conversation back to the bot, which answers the next message again."""
+    def hand_back(self, conversation_id: str, staff: str, *, close: bool = False) -> Handover:
+        """Give the conversation back to the bot, which answers the next message again; with
+        ``close`` the person marks it resolved (state ``closed``)."""
         with self._store_failures(conversation_id):
-            handover = self.store.return_handover(conversation_id, staff)
+            handover = self.store.return_handover(conversation_id, staff, close=close)
         event(log, "handover", conversation_id, state=handover.state, staff=staff)
         return handover
+
+    def correct(self, message_id: int, staff: str, text: str) -> Correction:
+        """Store the reply ``staff`` says the bot should have given instead of reply ``message_id``
+        (the original is kept). ``chatbot feedback export`` trains on the latest correction in
+        its place. An empty or oversized correction is refused with the reason."""
+        text = self.check_message(text)
+        with self._store_failures(None):
+            correction = self.store.add_correction(message_id, staff, text)
+        event(
+            log,
+            "correction",
+            correction.conversation_id,
+            message_id=message_id,
+            staff=staff,
+            content={"correction": text},
+        )
+        return correction
+
+    def corrections(self, conversation_id: str) -> dict[int, Correction]:
+        """The latest correction of each corrected reply in the conversation, by message id."""
+        with self._store_failures(conversation_id):
+            return {item.message_id: item for item in self.store.corrections(conversation_id)}
+
+    def review(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        model: str | None = None,
+        limit: int = 200,
+    ) -> tuple[Review, ...]:
+        """Replies for the support team to look at, newest first: those whose latest rating is
+        thumbs down (rated in [since, until)) and the conversations a person was asked into
+        (asked in [since, until)), each with the model version that answered and its latest
+        correction; ``model`` keeps one version's."""
+        with self._store_failures(None):
+            items = [self._disliked_review(r, m) for r, m in self.store.disliked(since=since, until=until)]
+            for handover in self.store.handovers(HANDOVER_STATES):
+                asked = handover.requested_at
+                if (since is None or asked >= since) and (until is None or asked < until):
+                    items.append(self._handover_review(handover))
+        items = [item for item in items if model is None or item.model == model]
+        items.sort(key=lambda item: item.at, reverse=True)
+        return tuple(items[:limit])
+
+    def _disliked_review(self, rating: Feedback, reply: Message) -> Review:
+        correction = self._correction_of(reply)
+        model = reply.meta.get("model")
+        return Review("disliked", reply.conversation_id, rating.created_at, reply, model, None, correction)
+
+    def _handover_review(self, handover: Handover) -> Review:
+        """The bot's last reply before a person was asked in (the flagged one, when flagged)."""
+        transcript = self.store.transcript(handover.conversation_id)
+        replies = [
+            m
+            for m in transcript
+            if m.role == "assistant"
+            and m.meta.get("author") != "person"
+            and m.created_at <= handover.requested_at
+        ]
+        reply = replies[-1] if replies else None
+        correction = self._correction_of(reply) if reply is not None else None
+        model = reply.meta.get("model") if reply is not None else None
+        return Review(
+            "handed over", handover.conversation_id, handover.requested_at, reply, model, handover, correction
+        )
+
+    def _correction_of(self, reply: Message) -> Correction | None:
+        latest = [c for c in self.store.corrections(reply.conversation_id) if c.message_id == reply.id]
+        return latest[-1] if latest else None
 
     @contextlib.contextmanager
     def _store_failures(self, conversation_id: str | None) -> Iterator[None]:

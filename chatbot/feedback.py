@@ -10,6 +10,10 @@ before), in the chat format ``training.transcripts.readers`` reads::
 
 The first epoch keeps the conversation id; later ones are ``<id>/reset-1``, ``<id>/reset-2``...
 
+**Corrections.** A reply a staff member corrected (:meth:`chatbot.engine.Engine.correct`) is
+exported with its latest correction in its place, whatever its rating, and ends its epoch's
+record there: the turns after it answered the original, not the correction.
+
 **The cut rule.** A reply that must not be learned from ends its epoch's training data: the record
 stops just before the user turn(s) that led to it, because every later turn was conditioned on
 that reply. A reply is left out when its latest rating is thumbs down (``disliked``), when it did
@@ -21,7 +25,9 @@ conversation and reply that was not exported, by reason, so nothing is dropped s
 
 Replies a staff member wrote after taking a conversation over (``meta["author"] == "person"``,
 see :meth:`chatbot.engine.Engine.person_reply`) are exported as the agent's turns like the bot's;
-the report counts them apart, as the best examples a team has.
+the report counts them apart, as the best examples a team has. Each exported agent turn says who
+wrote it (``"written_by"``: ``"bot"``, ``"person"`` or ``"correction"``), so ``chatbot train``
+counts them too; the transcript readers ignore the key.
 
 The exported text is the customers' own, unredacted: the file is written readable by its owner
 only, and training redacts it when it reads it.
@@ -34,7 +40,7 @@ import os
 import tempfile
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -82,14 +88,17 @@ class ExportReport:
     replies: int = 0  # assistant replies written
     liked: int = 0  # of which rated thumbs up
     by_people: int = 0  # of which written by a staff member who took the conversation over
+    corrections: int = 0  # of which a staff member's correction in place of the bot's reply
     skipped: Counter[str] = field(default_factory=Counter)  # epochs not written, by reason
     left_out: Counter[str] = field(default_factory=Counter)  # replies not written, by reason
 
     def summary(self) -> str:
         """One line of totals, e.g. for the end of ``chatbot feedback export``."""
+        people = f", {self.by_people} written by people" if self.by_people else ""
+        corrected = f", {self.corrections} corrected by people" if self.corrections else ""
         line = (
             f"exported {_plural(self.exported, 'conversation')} with {_plural(self.replies, 'reply')} "
-            f"({self.liked} liked{f', {self.by_people} written by people' if self.by_people else ''}) "
+            f"({self.liked} liked{people}{corrected}) "
             f"from {_plural(self.conversations, 'stored conversation')}"
         )
         for label, counts in (("skipped", self.skipped), ("left out", self.left_out)):
@@ -157,11 +166,12 @@ def training_records(store: Store, options: ExportOptions, report: ExportReport)
         transcript = store.transcript(conversation_id)
         conversation = store.get_conversation(conversation_id)
         ratings = latest_ratings(store, conversation_id)
+        corrections = {item.message_id: item.content for item in store.corrections(conversation_id)}
         epochs = split_epochs(transcript, {m.id for m in conversation.messages})
         if not epochs:
             report.skipped["no turns"] += 1
         for index, turns in enumerate(epochs):
-            kept = _kept_turns(turns, ratings, options, report)
+            kept = _kept_turns(turns, ratings, corrections, options, report)
             if kept:
                 yield _record(_epoch_id(conversation_id, index), conversation.system_prompt, kept)
 
@@ -199,12 +209,27 @@ def split_epochs(transcript: Sequence[Message], current_ids: set[int]) -> list[t
 
 
 def cut(
-    turns: Sequence[Message], ratings: Mapping[int, int], *, keep_unfinished: bool = False
+    turns: Sequence[Message],
+    ratings: Mapping[int, int],
+    *,
+    keep_unfinished: bool = False,
+    corrections: Mapping[int, str] | None = None,
 ) -> tuple[tuple[Message, ...], Counter[str]]:
-    """The turns to train on, and the replies left out by reason (see the module docstring)."""
+    """The turns to train on, and the replies left out by reason (see the module docstring).
+    A corrected reply comes out with the correction as its content (``meta["written_by"]`` is
+    "correction"), and the turns after it are left out."""
     left_out: Counter[str] = Counter()
     end = len(turns)
+    corrections = corrections or {}
     for index, turn in enumerate(turns):
+        if turn.role == "assistant" and turn.id in corrections:
+            corrected = replace(
+                turn, content=corrections[turn.id], meta={**turn.meta, "written_by": "correction"}
+            )
+            left_out["after a corrected reply"] += sum(t.role == "assistant" for t in turns[index + 1 :])
+            turns = (*turns[:index], corrected)
+            end = index + 1
+            break
         reason = _unfit(turn, ratings, keep_unfinished=keep_unfinished)
         if reason is not None:
             left_out[reason] += 1
@@ -218,13 +243,17 @@ def cut(
 
 
 def _kept_turns(
-    turns: Sequence[Message], ratings: Mapping[int, int], options: ExportOptions, report: ExportReport
+    turns: Sequence[Message],
+    ratings: Mapping[int, int],
+    corrections: Mapping[int, str],
+    options: ExportOptions,
+    report: ExportReport,
 ) -> tuple[Message, ...]:
     """One epoch's turns to export (empty when it is skipped), counted into ``report``."""
     if options.since is not None and turns[0].created_at < options.since:
         report.skipped["before --since"] += 1
         return ()
-    kept, left_out = cut(turns, ratings, keep_unfinished=options.keep_unfinished)
+    kept, left_out = cut(turns, ratings, keep_unfinished=options.keep_unfinished, corrections=corrections)
     report.left_out.update(left_out)
     liked = sum(ratings.get(turn.id) == 1 for turn in kept)
     reason = _skip_reason(turns, kept, liked, only_liked=options.only_liked)
@@ -233,7 +262,9 @@ def _kept_turns(
         return ()
     report.exported += 1
     report.replies += sum(turn.role == "assistant" for turn in kept)
-    report.by_people += sum(turn.role == "assistant" and turn.meta.get("author") == "person" for turn in kept)
+    written_by = Counter(written(turn) for turn in kept if turn.role == "assistant")
+    report.by_people += written_by["person"]
+    report.corrections += written_by["correction"]
     report.liked += liked
     return kept
 
@@ -272,9 +303,20 @@ def _turn_start(turns: Sequence[Message], reply_index: int) -> int:
     return 0
 
 
+def written(turn: Message) -> str:
+    """Who wrote an exported agent turn: "correction", "person" or "bot"."""
+    if turn.meta.get("written_by") == "correction":
+        return "correction"
+    return "person" if turn.meta.get("author") == "person" else "bot"
+
+
 def _record(record_id: str, system_prompt: str | None, turns: Sequence[Message]) -> dict[str, Any]:
-    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    messages += [{"role": turn.role, "content": turn.content} for turn in turns]
+    messages: list[dict[str, Any]] = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    for turn in turns:
+        message: dict[str, Any] = {"role": turn.role, "content": turn.content}
+        if turn.role == "assistant":
+            message["written_by"] = written(turn)
+        messages.append(message)
     return {"id": record_id, "messages": messages}
 
 

@@ -50,6 +50,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CHATBOT_LOG_CONTENT", ""),
     Setting("CHATBOT_MODELS", "models", flag="--root"),
     Setting("CHATBOT_WEB_AUTH", "", secret=True),
+    Setting("CHATBOT_STAFF", "", secret=True),
     Setting("XDG_DATA_HOME", "~/.local/share"),
     Setting("XDG_CACHE_HOME", "~/.cache"),
     Setting("SLACK_BOT_TOKEN", "", secret=True),

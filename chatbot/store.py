@@ -61,6 +61,7 @@ from chatbot.types import (
     OPEN_HANDOVERS,
     ROLES,
     Conversation,
+    Correction,
     Feedback,
     Handover,
     HandoverState,
@@ -147,8 +148,9 @@ class Store(Protocol):
         naming the holder when another staff member has it, or when nobody asked for a person."""
         ...
 
-    def return_handover(self, conversation_id: str, staff: str) -> Handover:
-        """Give a conversation ``staff`` holds, or one still waiting, back to the bot."""
+    def return_handover(self, conversation_id: str, staff: str, *, close: bool = False) -> Handover:
+        """Give a conversation ``staff`` holds, or one still waiting, back to the bot (``closed``
+        with ``close``)."""
         ...
 
     def handover(self, conversation_id: str) -> Handover | None:
@@ -157,6 +159,20 @@ class Store(Protocol):
 
     def handovers(self, states: Sequence[HandoverState] = OPEN_HANDOVERS) -> tuple[Handover, ...]:
         """The handovers in ``states`` (waiting or taken by default), oldest request first."""
+        ...
+
+    def add_correction(self, message_id: int, staff: str, content: str) -> Correction:
+        """Store the reply ``staff`` says the bot should have given instead of ``message_id``'s."""
+        ...
+
+    def corrections(self, conversation_id: str) -> tuple[Correction, ...]:
+        """Every correction of the conversation's replies, oldest first."""
+        ...
+
+    def disliked(
+        self, *, since: datetime | None = None, until: datetime | None = None, limit: int = 200
+    ) -> tuple[tuple[Feedback, Message], ...]:
+        """Replies whose latest rating is thumbs down (rated in [since, until)), newest first."""
         ...
 
     def close(self) -> None:
@@ -245,11 +261,24 @@ handovers = Table(
     "chatbot_handovers",
     metadata_obj,
     Column("conversation_id", Text, ForeignKey(conversations.c.id), primary_key=True),
-    Column("state", String(16), nullable=False, index=True),  # waiting | taken | returned
+    Column("state", String(16), nullable=False, index=True),  # waiting | taken | returned | closed
     Column("reason", Text, nullable=False),
     Column("staff", Text, nullable=True),
     Column("requested_at", _UTCText, nullable=False),
     Column("updated_at", _UTCText, nullable=False),
+)
+
+corrections = Table(
+    "chatbot_corrections",
+    metadata_obj,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("message_id", _ID, ForeignKey(messages.c.id), nullable=False),
+    Column("conversation_id", Text, ForeignKey(conversations.c.id), nullable=False),
+    Column("content", Text, nullable=False),
+    Column("staff", Text, nullable=False),
+    Column("created_at", _UTCText, nullable=False),
+    Index(None, "conversation_id"),
+    sqlite_autoincrement=True,
 )
 
 MIGRATIONS_FOLDER = Path(__file__).with_name("migrations")
@@ -474,7 +503,7 @@ def _handover_row(conn: Connection, conversation_id: str, *, lock: bool = False)
 def _open_handover(conn: Connection, conversation_id: str) -> Row[Any]:
     """The handover row of a conversation a person was asked into and has not handed back."""
     row = _handover_row(conn, conversation_id, lock=True)
-    if row is None or row.state == "returned":
+    if row is None or row.state not in OPEN_HANDOVERS:
         _epoch(conn, conversation_id)  # UnknownConversation first
         raise HandoverError(
             f"conversation {conversation_id} is not waiting for a person",
@@ -606,8 +635,9 @@ def _read_conversation(conn: Connection, conversation_id: str) -> Conversation:
     )
 
 
-def _rated_conversation(conn: Connection, message_id: int) -> str:
-    """The conversation of the assistant message ``message_id``; feedback goes on nothing else."""
+def _rated_conversation(conn: Connection, message_id: int, what: str = "rated") -> str:
+    """The conversation of the assistant message ``message_id``; feedback and corrections go on
+    nothing else."""
     query = select(messages.c.conversation_id, messages.c.role).where(messages.c.id == message_id)
     rated = conn.execute(query).first()
     if rated is None:
@@ -617,8 +647,8 @@ def _rated_conversation(conn: Connection, message_id: int) -> str:
         )
     if rated.role != "assistant":
         raise InvalidMessage(
-            f"message {message_id} is a {rated.role} message; only assistant replies take feedback",
-            hint="rate the reply's message_id, not the user's turn",
+            f"message {message_id} is a {rated.role} message; only assistant replies are {what}",
+            hint="use the reply's message_id, not the user's turn",
         )
     return rated.conversation_id
 
@@ -821,7 +851,7 @@ class SQLStore:
             _epoch(conn, conversation_id)  # UnknownConversation
             if not _insert_if_absent(conn, handovers, {"conversation_id": conversation_id, **asked}):
                 row = _handover_row(conn, conversation_id, lock=True)
-                if row is not None and row.state == "returned":
+                if row is not None and row.state not in OPEN_HANDOVERS:
                     conn.execute(_update_handover(conversation_id).values(**asked))
             return _handover(_handover_row(conn, conversation_id, lock=True))
 
@@ -830,10 +860,11 @@ class SQLStore:
         hint = "ask them, or take it once they hand it back"
         return self._move_handover(conversation_id, staff, "taken", hint)
 
-    def return_handover(self, conversation_id: str, staff: str) -> Handover:
-        """Give a conversation ``staff`` holds, or one still waiting, back to the bot."""
+    def return_handover(self, conversation_id: str, staff: str, *, close: bool = False) -> Handover:
+        """Give a conversation ``staff`` holds, or one still waiting, back to the bot (``closed``
+        instead of ``returned`` with ``close``: the person resolved it)."""
         hint = "only the one who has it hands it back"
-        return self._move_handover(conversation_id, staff, "returned", hint)
+        return self._move_handover(conversation_id, staff, "closed" if close else "returned", hint)
 
     def _move_handover(self, conversation_id: str, staff: str, state: HandoverState, hint: str) -> Handover:
         """Put an open handover in ``state`` as ``staff``, unless another staff member holds it."""
@@ -858,6 +889,46 @@ class SQLStore:
         with self._transaction(write=False) as conn:
             rows = conn.execute(query.order_by(handovers.c.requested_at, handovers.c.conversation_id))
             return tuple(_handover(row) for row in rows)
+
+    def add_correction(self, message_id: int, staff: str, content: str) -> Correction:
+        """Store the reply ``staff`` says the bot should have given instead of ``message_id``'s."""
+        _check_staff(staff)
+        _check_turn("assistant", content)
+        fields: dict[str, Any] = {"message_id": message_id, "content": content, "staff": staff}
+        fields["created_at"] = _now()
+        with self._transaction(write=True) as conn:
+            conversation_id = _rated_conversation(conn, message_id, "corrected")
+            row = fields | {"conversation_id": conversation_id}
+            correction_id = _inserted_id(conn.execute(insert(corrections).values(row)))
+        return Correction(id=correction_id, conversation_id=conversation_id, **fields)
+
+    def corrections(self, conversation_id: str) -> tuple[Correction, ...]:
+        """Every correction of a conversation's replies, oldest first (the latest of a reply wins)."""
+        query = select(corrections).where(corrections.c.conversation_id == conversation_id)
+        with self._transaction(write=False) as conn:
+            _epoch(conn, conversation_id)
+            return tuple(Correction(**row._mapping) for row in conn.execute(query.order_by(corrections.c.id)))
+
+    def disliked(
+        self, *, since: datetime | None = None, until: datetime | None = None, limit: int = 200
+    ) -> tuple[tuple[Feedback, Message], ...]:
+        """Replies whose latest rating is thumbs down, rated in [since, until), newest first,
+        each with that rating."""
+        latest = select(func.max(feedback.c.id)).group_by(feedback.c.message_id)
+        query = select(feedback).where(feedback.c.id.in_(latest), feedback.c.rating == -1)
+        if since is not None:
+            query = query.where(feedback.c.created_at >= since)
+        if until is not None:
+            query = query.where(feedback.c.created_at < until)
+        with self._transaction(write=False) as conn:
+            ratings = [
+                _feedback(row) for row in conn.execute(query.order_by(feedback.c.id.desc()).limit(limit))
+            ]
+            ids = [rating.message_id for rating in ratings]
+            rated = {
+                row.id: _message(row) for row in conn.execute(select(messages).where(messages.c.id.in_(ids)))
+            }
+        return tuple((rating, rated[rating.message_id]) for rating in ratings)
 
     def close(self) -> None:
         """Release every connection; later calls raise StoreError. Closing twice is fine."""

@@ -82,15 +82,17 @@ class Feedback:
     created_at: datetime
 
 
-HandoverState = Literal["waiting", "taken", "returned"]
+HandoverState = Literal["waiting", "taken", "returned", "closed"]
 OPEN_HANDOVERS: tuple[HandoverState, ...] = ("waiting", "taken")
+HANDOVER_STATES: tuple[HandoverState, ...] = ("waiting", "taken", "returned", "closed")
 
 
 @dataclass(frozen=True)
 class Handover:
-    """A conversation a person was asked into: ``waiting`` for one, ``taken`` by ``staff``, or
-    ``returned`` to the bot. ``reason`` says who asked: "flagged" (the engine was unsure),
-    "asked" (the customer), or what a channel or staff member wrote."""
+    """A conversation a person was asked into: ``waiting`` for one, ``taken`` by ``staff``,
+    ``returned`` to the bot, or ``closed`` by ``staff`` (resolved; the bot answers what comes
+    next). ``reason`` says who asked: "flagged" (the engine was unsure), "asked" (the customer),
+    or what a channel or staff member wrote."""
 
     conversation_id: str
     state: HandoverState
@@ -103,6 +105,36 @@ class Handover:
     def open(self) -> bool:
         """Whether a person is asked in or has the conversation (not yet handed back)."""
         return self.state in OPEN_HANDOVERS
+
+
+@dataclass(frozen=True)
+class Correction:
+    """The reply a staff member says the bot should have given instead of ``message_id``'s.
+
+    Stored beside the original (which is kept); the latest correction of a reply is the one a
+    feedback export trains on."""
+
+    id: int
+    message_id: int
+    conversation_id: str
+    content: str
+    staff: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Review:
+    """A reply for the support team to look at: ``why`` is "disliked" (its latest rating is thumbs
+    down) or "handed over" (a person was asked into its conversation; the reply is the bot's last
+    before that, if any). ``model`` is the model version that wrote it."""
+
+    why: Literal["disliked", "handed over"]
+    conversation_id: str
+    at: datetime  # when it was rated, or when the person was asked in
+    reply: Message | None
+    model: str | None
+    handover: Handover | None = None
+    correction: Correction | None = None
 
 
 @dataclass(frozen=True)

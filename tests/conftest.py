@@ -1,4 +1,5 @@
-"""Fixtures for this suite beyond the tiny models of training.pytest_plugin: a PostgreSQL server."""
+"""Fixtures for this suite beyond the tiny models of training.pytest_plugin: a PostgreSQL server
+and a headless browser."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 from postgres_server import PostgresServer, find_bindir
+from web_served import browser  # noqa: F401 (a fixture: the headless browser of the web tests)
 
 
 def _postgres_required() -> bool:

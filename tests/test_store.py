@@ -346,8 +346,8 @@ def test_newer_database_is_refused(opener: Callable[[], SQLStore], db_path: Path
     assert "upgrade" in str(raised.value)
 
 
-HEAD = "0003"  # the newest revision in chatbot/migrations/versions
-NEXT = "0004"  # a test's own revision after it
+HEAD = "0004"  # the newest revision in chatbot/migrations/versions
+NEXT = "0005"  # a test's own revision after it
 
 
 def _revision(folder: Path, body: str) -> Path:
@@ -508,6 +508,7 @@ def test_a_store_from_before_alembic_is_adopted_and_upgraded(
     old.close()
     raw_sql(db_path, "DROP TABLE chatbot_claims")
     raw_sql(db_path, "DROP TABLE chatbot_handovers")  # 0003, after the numbered migrations
+    raw_sql(db_path, "DROP TABLE chatbot_corrections")  # 0004
     raw_sql(db_path, "DROP TABLE alembic_version")
     raw_sql(db_path, "CREATE TABLE chatbot_schema_version (version INTEGER NOT NULL)")
     raw_sql(db_path, "INSERT INTO chatbot_schema_version VALUES (1)")

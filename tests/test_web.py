@@ -8,7 +8,6 @@ import itertools
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import urllib.error
@@ -19,36 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gradio_client import Client
 from postgres_server import PostgresServer
-from served import ServedProcess, free_port, run_to_end
+from served import free_port, run_to_end
+from web_served import Server, new_cookie, screenshot, texts, wait_for
 
 from chatbot import SQLStore
 from plugins.web.access import COOKIE, Credentials, conversation_id, session_token
 
 ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "test-artifacts"
 HANDOVER = "Passing you to a colleague now."
 EXAMPLE = "Where is my order?"
-
-
-class Server(ServedProcess):
-    """The web chat, with the address it printed and the store it writes."""
-
-    def __init__(
-        self, model_dir: Path, store: Path | str, *flags: str, env: dict[str, str] | None = None
-    ) -> None:
-        args = ["serve", "--channel", "web", str(model_dir), "--port", "0", "--store", str(store)]
-        # every visitor of these tests comes from 127.0.0.1: no per-address limit (tested in test_limits)
-        args += ["--client-rate-limit", "0"]
-        super().__init__([*args, "--max-new-tokens", "12", *flags], env={**os.environ, **(env or {})})
-        self.store = store
-        self.url = self.wait_for_line(r"web chat on (http://\S+)").group(1)
-
-    def client(self, cookie: str | None = None, **headers: str) -> Client:
-        if cookie is not None:
-            headers["Cookie"] = f"{COOKIE}={cookie}"
-        return Client(self.url, verbose=False, headers=headers or None, download_files=False)
 
 
 @pytest.fixture(scope="module")
@@ -62,16 +41,6 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
 def stored(server: Server, cookie: str) -> Any:
     with SQLStore(f"sqlite:///{server.store}") as store:
         return store.get_conversation(conversation_id(cookie))
-
-
-def texts(update: Any) -> list[tuple[str, str]]:
-    """(role, text) of each message in what an endpoint returned for the chat."""
-    messages = update["value"] if isinstance(update, dict) else update
-    return [(m["role"], "".join(part["text"] for part in m["content"])) for m in messages]
-
-
-def new_cookie() -> str:
-    return base64.urlsafe_b64encode(os.urandom(24)).decode()
 
 
 # -- the API, with gradio_client ----------------------------------------------------------
@@ -359,41 +328,11 @@ def serve_once(model_dir: Path, *flags: str, env: dict[str, str] | None = None) 
 
 # -- the page, in a real browser ----------------------------------------------------------
 
-CHROMIUM = os.environ.get("CHATBOT_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        message = "chromium is not installed (`make test` installs Debian's chromium)"
-        if os.environ.get("CHATBOT_BROWSER_TESTS") == "required":
-            pytest.fail(message)
-        pytest.skip(message)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-            ],
-        )
-        yield launched
-        launched.close()
-
-
-def _screenshot(page: Any, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-
 
 def _what_the_page_showed(page: Any, server: Server, name: str) -> AssertionError:
     """A failed browser test says what the page showed and what the server printed (and keeps a
     screenshot)."""
-    _screenshot(page, name)
+    screenshot(page, name)
     shown = page.locator('[data-testid="bot"], [data-testid="user"]').all_inner_texts()
     return AssertionError(f"the page showed {shown}; the server printed:\n{server.output()[-4000:]}")
 
@@ -439,7 +378,7 @@ def test_a_customer_chats_in_the_page_rates_a_reply_and_reloads(server: Server, 
         page.reload()
         users.nth(1).wait_for(timeout=30_000)
         assert users.all_inner_texts() == [EXAMPLE, "And when will it arrive?"]
-        _screenshot(page, "web-chat")
+        screenshot(page, "web-chat")
     except Exception as error:
         raise _what_the_page_showed(page, server, "web-chat-failed") from error
     finally:
@@ -470,7 +409,7 @@ def test_a_staff_members_answer_appears_in_the_open_page_without_a_reload(
             page.get_by_text("Hi, I'm Ada: a new parcel leaves today.").wait_for(timeout=15_000)  # no reload
             assert page.get_by_text("a person from our support team").count() >= 1
             staff.hand_back(key, "ada")
-        _screenshot(page, "web-chat-person")
+        screenshot(page, "web-chat-person")
     except Exception as error:
         raise _what_the_page_showed(page, server, "web-chat-person-failed") from error
     finally:
@@ -496,12 +435,3 @@ def test_a_store_that_fails_as_the_page_loads_is_said_and_the_box_still_opens(
         running.stop()
         database.stop()
     assert "StoreError" in running.output()  # the operator's log says what failed
-
-
-def wait_for(condition: Any, timeout: float = 20.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)

@@ -16,6 +16,8 @@ from chatbot import Channel, ChannelError, Engine
 from plugins.serving import Operations, listen, serve, url_of
 from plugins.web.access import AUTH_VARIABLE, AccessMiddleware, Credentials
 from plugins.web.page import ChatPage, PageSettings, gr
+from plugins.web.staff import PREFIX, StaffConsole, WithConsole
+from plugins.web.staff_access import STAFF_VARIABLE, StaffAccounts
 
 DEFAULTS = PageSettings()
 
@@ -60,6 +62,7 @@ class WebChannel(Channel):
     def __init__(self, engine: Engine, options: argparse.Namespace) -> None:
         super().__init__(engine, options)
         self.credentials = Credentials.from_environment()  # a malformed value stops start-up
+        self.staff = StaffAccounts.from_environment()  # the staff console: on when accounts are set
         for name in ("concurrency", "max_queue"):
             if getattr(options, name, 1) < 1:
                 raise ChannelError(f"--{name.replace('_', '-')} must be at least 1")
@@ -94,7 +97,10 @@ class WebChannel(Channel):
             enable_monitoring=False,
             footer_links=["api"],
         )
-        return Operations(AccessMiddleware(app, credentials=self.credentials), self.engine)
+        chat = AccessMiddleware(app, credentials=self.credentials)
+        root_path = getattr(self.options, "root_path", "") or ""
+        console = StaffConsole(self.engine, self.staff, root_path=root_path).app() if self.staff else None
+        return Operations(WithConsole(chat, console), self.engine)
 
     def run(self) -> int:
         # Gradio's own use of deprecated Starlette names is not the operator's concern.
@@ -104,10 +110,16 @@ class WebChannel(Channel):
         root_path = getattr(self.options, "root_path", "") or ""
         listener = listen(getattr(self.options, "host", "127.0.0.1"), getattr(self.options, "port", 7860))
         auth = f" (basic auth from ${AUTH_VARIABLE})" if self.credentials else ""
+        base = root_path.rstrip("/")
+        if self.staff:
+            staff = len(self.staff.passwords)
+            console = f" and its staff console on {url_of(listener, base + PREFIX + '/')} ({staff} staff)"
+        else:
+            console = f" (no staff console: set ${STAFF_VARIABLE} to have one)"
         serve(
             self.app(),
             listener,
-            announce=f"web chat on {url_of(listener, root_path.rstrip('/') + '/')}{auth}",
+            announce=f"web chat on {url_of(listener, base + '/')}{auth}{console}",
             engine=self.engine,
         )
         print("web chat stopped", flush=True)
