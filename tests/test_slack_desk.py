@@ -253,3 +253,23 @@ def test_staff_settings_that_are_not_slack_ids_stop_start_up(
     for name, value in (("SLACK_STAFF_USERS", "UADA,ada@example.com"), ("SLACK_SUPPORT_CHANNEL", "#support")):
         result = start_once(tiny_model_dir, tmp_path / "c.db", environment(slack, **{name: value}))
         assert result.returncode == 1 and name in result.stderr and "Copy ID" in result.stderr
+
+
+def test_the_staff_groups_members_are_read_again_after_their_ttl(slack: FakeSlack) -> None:
+    from plugins.slack.bot import web_client
+    from plugins.slack.staff import Staff
+
+    now = [0.0]
+    slack.add_group("S0HELP", ["UBEN"])
+    staff = Staff(
+        web_client(BOT_TOKEN, slack.api_url), users=frozenset({"UADA"}), group="S0HELP", clock=lambda: now[0]
+    )
+    assert "UADA" in staff and "UBEN" in staff and "UEVE" not in staff
+    slack.add_group("S0HELP", ["UEVE"])
+    assert "UBEN" in staff and "UEVE" not in staff  # within the TTL: no second call
+    assert len(slack.calls_to("usergroups.users.list")) == 1
+    now[0] = staff.ttl_s
+    assert "UEVE" in staff and "UBEN" not in staff
+    slack.fail("usergroups.users.list", "missing_scope")
+    now[0] = 2 * staff.ttl_s
+    assert "UEVE" in staff  # Slack refused: the members last known stay
