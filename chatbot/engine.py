@@ -297,6 +297,26 @@ class Engine:
         )
         return message
 
+    def message_for_a_person(self, conversation_id: str, text: str, *, client: str | None = None) -> Message:
+        """Store a customer's message for the person asked into the conversation (waiting for one
+        or taken), marked ``meta["to"] == "person"``, and do not answer it: for a channel that keeps
+        the bot quiet while a person is on the way (Slack). Bad input and rate limits are refused
+        as by :meth:`stream`; :class:`HandoverError` when nobody is asked in."""
+        try:
+            text = self.check_message(text)
+            self._check_rates(conversation_id, client)
+        except ChatbotError as error:
+            self._count_error(error, conversation_id)
+            raise
+        with self._lock(conversation_id), self._store_failures(conversation_id):
+            held = self.store.handover(conversation_id)
+            if held is None or not held.open:
+                raise HandoverError(
+                    f"nobody is asked into conversation {conversation_id}",
+                    hint="ask a person in with Engine.request_person, or let the bot answer (Engine.stream)",
+                )
+            return self.store.append_message(conversation_id, "user", text, meta={"to": "person"})
+
     def hand_back(self, conversation_id: str, staff: str, *, close: bool = False) -> Handover:
         """Give the conversation back to the bot, which answers the next message again; with
         ``close`` the person marks it resolved (state ``closed``)."""
@@ -470,10 +490,7 @@ class Engine:
         either way nothing is stored."""
         try:
             text = self.check_message(text)
-            if self._conversation_rate is not None:
-                self._conversation_rate.check(conversation_id)
-            if client is not None and self._client_rate is not None:
-                self._client_rate.check(client)
+            self._check_rates(conversation_id, client)
             settings = generation or self.config.generation
             seen = self.store.get_conversation(conversation_id)  # UnknownConversation now, not mid-stream
             self._to_a_person(conversation_id, text)
@@ -482,6 +499,14 @@ class Engine:
             self._count_error(error, conversation_id)
             raise
         return ReplyStream(lambda stream: self._answer(stream, seen, prompt, text, settings))
+
+    def _check_rates(self, conversation_id: str, client: str | None) -> None:
+        """:class:`RateLimited` when the conversation or the client (a channel's name for the
+        sender) is over its limit."""
+        if self._conversation_rate is not None:
+            self._conversation_rate.check(conversation_id)
+        if client is not None and self._client_rate is not None:
+            self._client_rate.check(client)
 
     def _to_a_person(self, conversation_id: str, text: str) -> None:
         """When a staff member has the conversation, store the customer's message for them and

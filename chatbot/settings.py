@@ -58,6 +58,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SLACK_SIGNING_SECRET", "", secret=True),
     Setting("SLACK_API_URL", "https://slack.com/api/"),
     Setting("SLACK_HANDOVER_MENTION", ""),
+    Setting("SLACK_STAFF_USERS", ""),
+    Setting("SLACK_STAFF_GROUP", "the group SLACK_HANDOVER_MENTION calls"),
+    Setting("SLACK_SUPPORT_CHANNEL", ""),
 )
 _KNOWN = {setting.variable for setting in SETTINGS}
 

@@ -215,6 +215,7 @@ class Message:
     blocks: list[Any] | None = None
     texts: list[str] = field(default_factory=list)
     reactions: list[str] = field(default_factory=list)
+    streaming: bool = False  # started with chat.startStream and not stopped yet
 
     def to_api(self) -> JSON:
         out: JSON = {"type": "message", "text": self.text, "user": self.user, "ts": self.ts}
@@ -372,7 +373,12 @@ class FakeSlack:
             "bots.info": self._bots_info,
             "conversations.replies": self._conversations_replies,
             "apps.connections.open": self._apps_connections_open,
+            "chat.startStream": self._chat_start_stream,
+            "chat.appendStream": self._chat_append_stream,
+            "chat.stopStream": self._chat_stop_stream,
+            "usergroups.users.list": self._usergroups_users_list,
         }
+        self._groups: dict[str, list[str]] = {}
 
     # -------------------------------------------------------------- lifecycle
 
@@ -437,6 +443,72 @@ class FakeSlack:
         """What ``users.info`` answers for ``user_id`` (any other id gets a made-up user)."""
         with self._lock:
             self._users[user_id] = self._user(user_id, name, real_name or name, tz)
+
+    def add_group(self, group_id: str, users: list[str]) -> None:
+        """A user group (``S…``) and its members, for ``usergroups.users.list``."""
+        with self._lock:
+            self._groups[group_id] = list(users)
+
+    def without_streaming(self) -> None:
+        """A workspace without native streaming: the ``chat.*Stream`` methods answer ``unknown_method``."""
+        with self._lock:
+            for method in ("chat.startStream", "chat.appendStream", "chat.stopStream"):
+                self.methods.pop(method, None)
+
+    def action_payload(
+        self, channel: str, ts: str, action_id: str, *, user: str = "U123", button: str = "positive_button"
+    ) -> JSON:
+        """The ``block_actions`` payload Slack sends when ``user`` clicks the element ``action_id`` of the
+        message ``ts`` (a button, or ``button`` of a ``feedback_buttons`` element), its value as posted."""
+        with self._lock:
+            message = self._find(channel, ts)
+            if message is None:
+                raise KeyError(f"no message {ts} in {channel}")
+            found = [
+                (block, element)
+                for block in message.blocks or []
+                for element in block.get("elements") or []
+                if isinstance(element, dict) and element.get("action_id") == action_id
+            ]
+            if not found:
+                raise KeyError(f"message {ts} has no element {action_id!r}: blocks {message.blocks!r}")
+            block, element = found[0]
+            api_message, action_ts = message.to_api(), self._new_ts()
+        kind = element["type"]
+        value = element[button]["value"] if kind == "feedback_buttons" else element.get("value")
+        action = {
+            "type": kind,
+            "action_id": action_id,
+            "block_id": block.get("block_id") or "fake-block",
+            "value": value,
+            "action_ts": action_ts,
+        }
+        if kind == "button":
+            action["text"] = element.get("text")
+        container: JSON = {"type": "message", "message_ts": ts, "channel_id": channel, "is_ephemeral": False}
+        if message.thread_ts is not None:
+            container["thread_ts"] = message.thread_ts
+        return {
+            "type": "block_actions",
+            "user": {
+                "id": user,
+                "username": f"user-{user.lower()}",
+                "name": f"user-{user.lower()}",
+                "team_id": self.team_id,
+            },
+            "api_app_id": self.app_id,
+            "token": "fake-verification-token",
+            "container": container,
+            "trigger_id": f"{uuid.uuid4().int % 10**10}.fake",
+            "team": {"id": self.team_id, "domain": "fake"},
+            "enterprise": None,
+            "is_enterprise_install": False,
+            "channel": {"id": channel, "name": "fake-channel"},
+            "message": api_message,
+            "state": {"values": {}},
+            "response_url": self.response_url("actions"),
+            "actions": [action],
+        }
 
     def add_message(
         self, channel: str, text: str, *, ts: str, user: str = "U123", thread_ts: str | None = None
@@ -647,6 +719,77 @@ class FakeSlack:
             "has_more": False,
             "response_metadata": {"next_cursor": ""},
         }
+
+    def _streamed_text(self, params: JSON) -> str:
+        """The text of a stream call: ``markdown_text`` and the ``markdown_text`` chunks (JSON or form)."""
+        chunks = params.get("chunks")
+        if isinstance(chunks, str):
+            chunks = json.loads(chunks) if chunks else None
+        if params.get("markdown_text") and chunks:
+            raise _SlackError("invalid_arguments")  # one or the other, as Slack says
+        text = str(params.get("markdown_text") or "")
+        for chunk in chunks or []:
+            if not isinstance(chunk, dict) or chunk.get("type") not in (
+                "markdown_text",
+                "task_update",
+                "plan_update",
+            ):
+                raise _SlackError("invalid_chunks")
+            text += str(chunk.get("text") or "") if chunk["type"] == "markdown_text" else ""
+        return text
+
+    def _streaming_message(self, params: JSON) -> Message:
+        message = self._find(str(params.get("channel") or ""), str(params.get("ts") or ""))
+        if message is None:
+            raise _SlackError("message_not_found")
+        if not message.streaming:
+            raise _SlackError("message_not_in_streaming_state")
+        return message
+
+    def _chat_start_stream(self, params: JSON) -> JSON:
+        channel = str(params.get("channel") or "")
+        if not channel:
+            raise _SlackError("channel_not_found")
+        thread_ts = str(params.get("thread_ts") or "")
+        if not thread_ts:
+            raise _SlackError("invalid_arguments")
+        if not channel.startswith("D") and not (
+            params.get("recipient_user_id") and params.get("recipient_team_id")
+        ):
+            raise _SlackError("missing_recipient_user_id")  # required outside a direct message
+        text = self._streamed_text(params)
+        message = Message(
+            channel, self._new_ts(), text, self.bot_user_id, thread_ts, self.bot_id, None, [text]
+        )
+        message.streaming = True
+        self._store.append(message)
+        return {"channel": channel, "ts": message.ts}
+
+    def _chat_append_stream(self, params: JSON) -> JSON:
+        message = self._streaming_message(params)
+        text = self._streamed_text(params)
+        if not text:
+            raise _SlackError("no_text")
+        message.text += text
+        message.texts.append(message.text)
+        return {"channel": message.channel, "ts": message.ts}
+
+    def _chat_stop_stream(self, params: JSON) -> JSON:
+        message = self._streaming_message(params)
+        text = self._streamed_text(params)
+        if text:
+            message.text += text
+            message.texts.append(message.text)
+        if params.get("blocks"):
+            message.blocks = _blocks(params["blocks"])
+        message.streaming = False
+        return {"channel": message.channel, "ts": message.ts, "message": message.to_api()}
+
+    def _usergroups_users_list(self, params: JSON) -> JSON:
+        group = str(params.get("usergroup") or "")
+        if group not in self._groups:
+            raise _SlackError("no_such_subteam")
+        return {"users": list(self._groups[group])}
 
     def _apps_connections_open(self, params: JSON) -> JSON:
         return {"url": self.socket._issue_url()}
@@ -873,6 +1016,10 @@ class FakeSocketMode:
         fields.setdefault("api_app_id", self._fake.app_id)
         payload = slash_command_payload(command, text, **fields)
         return self.send_envelope("slash_commands", payload, accepts_response_payload=True)
+
+    def send_interactive(self, payload: JSON) -> str:
+        """Send an ``interactive`` envelope (``block_actions``: see :meth:`FakeSlack.action_payload`)."""
+        return self.send_envelope("interactive", payload)
 
     def send_disconnect(self, reason: str = "refresh_requested") -> None:
         """Slack's warning before it drops a connection; the client opens a new one then closes this one."""

@@ -147,3 +147,20 @@ def test_what_counts_as_asking_for_a_person(text: str, asks: bool) -> None:
     from chatbot.engine import asks_for_a_person
 
     assert asks_for_a_person(text) is asks
+
+
+def test_a_message_for_a_person_is_stored_without_an_answer(engine: Engine) -> None:
+    conversation = engine.start()
+    with pytest.raises(HandoverError, match="nobody is asked into"):
+        engine.message_for_a_person(conversation.id, "Hello?")
+    engine.request_person(conversation.id)
+    waiting = engine.message_for_a_person(conversation.id, "Is anyone coming?")  # waiting: stored too
+    assert (waiting.role, waiting.content, waiting.meta) == ("user", "Is anyone coming?", {"to": "person"})
+    engine.take(conversation.id, "ada")
+    engine.message_for_a_person(conversation.id, "Thanks, Ada", client="slack:U1")
+    with pytest.raises(InvalidMessage):
+        engine.message_for_a_person(conversation.id, "   ")
+    assert [m.content for m in engine.get(conversation.id).messages] == ["Is anyone coming?", "Thanks, Ada"]
+    engine.hand_back(conversation.id, "ada")
+    with pytest.raises(HandoverError, match="nobody is asked into"):
+        engine.message_for_a_person(conversation.id, "and now?")

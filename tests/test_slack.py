@@ -101,9 +101,11 @@ def replies(slack: FakeSlack, channel: str) -> list[Any]:
 
 def finished(slack: FakeSlack, channel: str, count: int = 1) -> list[Any]:
     """Wait until ``count`` replies in ``channel`` have their final text; return them."""
-    slack.wait_for(
-        lambda s: sum(1 for m in replies(s, channel) if not m.text.endswith("…")) >= count, timeout=30
-    )
+
+    def done(fake: FakeSlack) -> bool:
+        return sum(1 for m in replies(fake, channel) if not m.streaming and not m.text.endswith("…")) >= count
+
+    slack.wait_for(done, timeout=30)
     return replies(slack, channel)
 
 
@@ -131,7 +133,9 @@ def test_a_direct_message_is_acknowledged_at_once_and_answered_in_its_thread(
     )
     assert status == 200 and time.monotonic() - started < 3  # Slack's deadline for the acknowledgement
     (reply,) = finished(slack, "D100")
-    assert reply.thread_ts == ts and reply.texts[0] == "…" and reply.text not in ("", "…")
+    assert reply.thread_ts == ts and reply.text not in ("", "…")  # streamed natively (chat.startStream)
+    (started,) = [c for c in slack.calls_to("chat.startStream") if c.params["channel"] == "D100"]
+    assert started.params["thread_ts"] == ts and started.response["ts"] == reply.ts
     stored = conversation(bot, "T0001", "D100", ts)
     assert (stored.messages[0].role, stored.messages[0].content) == ("user", "Where is my order?")
     assert (
@@ -210,10 +214,10 @@ def test_bots_itself_edits_and_joins_are_ignored(bot: Bot, slack: FakeSlack) -> 
 
 
 def test_a_rate_limited_post_is_retried_after_retry_after(bot: Bot, slack: FakeSlack) -> None:
-    slack.rate_limit("chat.postMessage", times=1, retry_after=1)
+    slack.rate_limit("chat.startStream", times=1, retry_after=1)
     bot.post(event_callback(message_event("are you there?", channel="D600", ts=new_ts()), event_id="Ev6"))
     finished(slack, "D600")
-    posts = [c for c in slack.calls_to("chat.postMessage") if c.params.get("channel") == "D600"]
+    posts = [c for c in slack.calls_to("chat.startStream") if c.params.get("channel") == "D600"]
     assert [c.rate_limited for c in posts] == [True, False]
     assert posts[1].at - posts[0].at >= 1.0
 
@@ -317,17 +321,23 @@ def test_a_restart_in_between_still_answers_a_retried_event_once(
     assert len(replies(slack, "D1000")) == 1 and "already answered" in second.output()
 
 
-def test_a_streaming_reply_is_edited_as_it_is_written(
-    tiny_model_dir: Path, slack: FakeSlack, tmp_path: Path
+def test_without_native_streaming_a_placeholder_is_edited_as_the_reply_is_written(
+    tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    running = Bot(tiny_model_dir, tmp_path / "c.db", environment(slack), *NEVER, "--update-interval", "0")
-    try:
-        running.post(
-            event_callback(message_event("tell me everything", channel="D1100", ts=new_ts()), event_id="Ev11")
-        )
-        (reply,) = finished(slack, "D1100")
-    finally:
-        running.stop()
+    with FakeSlack(bot_token=BOT_TOKEN, app_token=APP_TOKEN) as slack:
+        slack.without_streaming()  # chat.startStream: unknown_method
+        env = environment(slack)
+        running = Bot(tiny_model_dir, tmp_path / "c.db", env, *NEVER, "--update-interval", "0")
+        try:
+            for number in (1, 2):
+                event = message_event("tell me everything", channel="D1100", ts=new_ts())
+                running.post(event_callback(event, event_id=f"Ev11{number}"))
+                finished(slack, "D1100", number)
+        finally:
+            running.stop()
+        assert len(slack.calls_to("chat.startStream")) == 1  # refused once, then not asked again
+        reply = replies(slack, "D1100")[0]
+    assert reply.texts[0] == "…"
     partial = [t.removesuffix(" …") for t in reply.texts[1:-1]]
     assert len(partial) >= 2 and all(t.endswith(" …") for t in reply.texts[1:-1])
     assert all(b.startswith(a) for a, b in itertools.pairwise([*partial, reply.text]))

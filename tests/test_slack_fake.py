@@ -250,3 +250,33 @@ def test_socket_mode_with_an_unmodified_bolt_app() -> None:
         t for t in threading.enumerate() if t not in before and not t.name.startswith("ThreadPoolExecutor")
     ]
     assert left == []  # bolt's listener pool aside, every thread ended
+
+
+def test_native_streaming_answers_slack_sdks_chat_stream_as_slack_does() -> None:
+    with FakeSlack() as slack:
+        client = WebClient(token=slack.bot_token, base_url=slack.api_url)
+        stream = client.chat_stream(
+            channel="C1",
+            thread_ts="1.000001",
+            recipient_team_id="T0001",
+            recipient_user_id="U1",
+            buffer_size=1,
+        )
+        stream.append(markdown_text="hel")
+        stream.append(markdown_text="lo")
+        feedback = {"type": "context_actions", "elements": [{"type": "feedback_buttons", "action_id": "f"}]}
+        stream.stop(markdown_text="!", blocks=[feedback])
+        (message,) = slack.messages
+        assert (message.text, message.texts, message.streaming) == (
+            "hello!",
+            ["hel", "hello", "hello!"],
+            False,
+        )
+        assert message.thread_ts == "1.000001" and message.blocks == [feedback]
+        with pytest.raises(SlackApiError, match="message_not_in_streaming_state"):
+            client.chat_appendStream(channel="C1", ts=message.ts, markdown_text="more")
+        with pytest.raises(SlackApiError, match="missing_recipient_user_id"):
+            client.chat_startStream(channel="C1", thread_ts="1.000001")  # outside a DM, Slack needs them
+        slack.without_streaming()
+        with pytest.raises(SlackApiError, match="unknown_method"):
+            client.chat_startStream(channel="D1", thread_ts="1.000001")

@@ -15,6 +15,10 @@ message subtype. When the engine flags a reply for a person, the reply calls
 ``SLACK_HANDOVER_MENTION`` and the conversation joins the support team's queue (the engine's
 handover, the same queue as the web chat's); the bot stays quiet in that thread while a person is
 asked in, until someone runs ``/chatbot resume LINK`` (or ``/chatbot reset LINK`` to start over).
+Meanwhile every message there is kept: a staff member's (:mod:`plugins.slack.staff`) as the
+person's answer, anyone else's as the customer's. Handovers from the web chat go to the support
+desk (:mod:`plugins.slack.desk`); replies are written by :mod:`plugins.slack.reply` (native
+streaming, feedback buttons).
 """
 
 from __future__ import annotations
@@ -40,18 +44,21 @@ from chatbot import (
     UnknownConversation,
     customer_message,
 )
+from plugins.slack.desk import HAND_BACK_ACTION, Desk
+from plugins.slack.reply import FEEDBACK_ACTION, PLACEHOLDER, Replies, rating_of
 from plugins.slack.settings import SlackSettings
+from plugins.slack.staff import Staff, staff_name
+from plugins.slack.text import LINK, escape, plain_text
 
 log = logging.getLogger("chatbot.slack")
 
-PLACEHOLDER = "…"
+WORDS = frozenset({None, "thread_broadcast", "file_share"})  # message subtypes that carry someone's words
 HANDOVER = "handover"  # the metadata flag earlier releases set on a thread a person had: still honoured
 USAGE = (
     "Usage: `{command} reset LINK` starts the thread's conversation over, `{command} resume LINK` "
     "lets me answer again after a handover, `{command} status LINK` says who has it. LINK is a "
     "message's link (its ⋮ menu > Copy link)."
 )
-_LINK = re.compile(r"<([^>|]+)(?:\|([^>]*))?>")
 _ARCHIVE_PATH = re.compile(r"/archives/([A-Z0-9]+)/p(\d{7,})")
 
 
@@ -64,29 +71,9 @@ class BotSettings:
     command: str = "/chatbot"
 
 
-def escape(text: str) -> str:
-    """Slack mrkdwn: ``&``, ``<`` and ``>`` escaped, so model output never forms a mention or link."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def plain_text(text: str, *, bot_user_id: str) -> str:
-    """What a person typed, from Slack's markup: our mention dropped, links and mentions readable."""
-    text = text.replace(f"<@{bot_user_id}>", " ")
-
-    def readable(match: re.Match[str]) -> str:
-        target, label = match.group(1), match.group(2)
-        if label:
-            return label
-        return "@" + target[1:] if target.startswith(("@", "#")) else target
-
-    text = _LINK.sub(readable, text)
-    text = text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
-    return re.sub(r"[ \t]+", " ", text).strip()
-
-
 def thread_of_link(link: str) -> tuple[str, str]:
     """(channel, thread ts) of a Slack message link, e.g. ``https://x.slack.com/archives/C1/p1700000000000100``."""
-    link = _LINK.sub(lambda m: m.group(1), link.strip())
+    link = LINK.sub(lambda m: m.group(1), link.strip())
     found = _ARCHIVE_PATH.search(urlparse(link).path)
     if not found:
         raise ValueError(f"{link!r} is not a link to a Slack message")
@@ -98,6 +85,16 @@ def thread_of_link(link: str) -> tuple[str, str]:
 def conversation_key(team: str, channel: str, thread_ts: str) -> str:
     """The engine's conversation id of a Slack thread."""
     return f"slack-{team}-{channel}-{thread_ts}"
+
+
+@dataclass(frozen=True)
+class _Thread:
+    """Where a message was written, and by whom."""
+
+    team: str
+    channel: str
+    thread: str
+    user: str
 
 
 class SlackBot:
@@ -123,28 +120,54 @@ class SlackBot:
             process_before_response=False,  # acknowledge first, answer after
             logger=bolt_log,
         )
+        self.staff = Staff(self.client, users=slack.staff_users, group=slack.staff_group)
+        self.replies = Replies(self.client)
+        self.desk = (
+            Desk(engine, self.client, slack.support_channel, self.staff, mention=slack.handover_mention)
+            if slack.support_channel
+            else None
+        )
         self.app.event("app_mention")(self.on_event)
         self.app.event("message")(self.on_event)
         self.app.command(self.settings.command)(self.on_command)
+        self.app.action(FEEDBACK_ACTION)(self.on_feedback)
+        if self.desk is not None:
+            self.app.action(HAND_BACK_ACTION)(self.desk.on_hand_back)
         self.app.error(self.on_error)
+
+    def start(self) -> None:
+        """Start watching the engine's queue for the support channel (when one is set)."""
+        if self.desk is not None:
+            self.desk.start()
+
+    def stop(self) -> None:
+        """Stop watching the queue; waits for a poll in progress."""
+        if self.desk is not None:
+            self.desk.stop()
 
     # -- events --------------------------------------------------------------------------
 
     def on_event(self, event: dict[str, Any], body: dict[str, Any]) -> None:
-        """A message or a mention: answer it in its thread, once."""
+        """A message or a mention: answer it in its thread, once; in a thread a person is asked
+        into, store it for them (a customer's) or as the person's answer (a staff member's)."""
         user, text, channel, ts = (
             event.get("user"),
             event.get("text") or "",
             event.get("channel"),
             event.get("ts"),
         )
-        if event.get("bot_id") or event.get("subtype") or not user or user == self.bot_user_id:
+        if event.get("bot_id") or event.get("subtype") not in WORDS or not user or user == self.bot_user_id:
             return  # bots (ourselves included), edits, deletions, joins...
         if not channel or not ts:
             return
         team = str(body.get("team_id") or event.get("team") or self.team_id)
         thread = str(event.get("thread_ts") or ts)
         key = conversation_key(team, channel, thread)
+        words = plain_text(text, bot_user_id=self.bot_user_id)
+        if self.desk is not None and "thread_ts" in event and self.desk.owns(channel, thread):
+            if self.engine.claim(f"slack:{team}:{channel}:{ts}"):  # a web customer's thread at the desk
+                self.desk.on_message(user, words, channel, thread, ts)
+            return
         if event.get("type") == "message" and event.get("channel_type") != "im":
             if f"<@{self.bot_user_id}>" in text:
                 return  # a mention: its app_mention event answers it
@@ -156,11 +179,36 @@ class SlackBot:
         conversation = self.engine.start(
             key, metadata={"channel": "slack", "team": team, "slack_channel": channel, "thread_ts": thread}
         )
+        where = _Thread(team, channel, thread, user)
         if self._with_a_person(key, conversation.metadata):
-            log.info("a person has thread %s/%s: staying quiet", channel, thread)
+            self._to_the_person(key, where, words)
             return
-        sender = f"slack:{team}:{event.get('user', '')}"
-        self._answer(key, channel, thread, plain_text(text, bot_user_id=self.bot_user_id), sender)
+        self._answer(key, where, words, f"slack:{team}:{user}")
+
+    def _to_the_person(self, key: str, where: _Thread, words: str) -> None:
+        """Keep a message in a thread a person is asked into: a staff member's is the agent's turn
+        (they take the thread), anyone else's is the customer's, stored for the person."""
+        handover = self.engine.handover(key)
+        if handover is None or not handover.open:  # flagged by an earlier release: join the queue
+            self.engine.request_person(key, "flagged")
+        try:
+            if where.user in self.staff:
+                staff = staff_name(where.user)
+                self.engine.take(key, staff)
+                self.engine.person_reply(key, staff, words)
+                log.info("%s answered thread %s/%s", staff, where.channel, where.thread)
+            else:
+                self.engine.message_for_a_person(key, words, client=f"slack:{where.team}:{where.user}")
+        except HandoverError as error:
+            self._tell(where, f"Not stored in the conversation: {error.message}. {error.hint or ''}".strip())
+        except ChatbotError as error:
+            self._tell(where, f"Not stored in the conversation: {customer_message(error)}")
+
+    def _tell(self, where: _Thread, text: str) -> None:
+        """A note in the thread only ``where.user`` sees."""
+        self.client.chat_postEphemeral(
+            channel=where.channel, user=where.user, thread_ts=where.thread, text=escape(text)
+        )
 
     def _with_a_person(self, key: str, metadata: dict[str, Any]) -> bool:
         """Whether a person is asked into the thread's conversation (or has it)."""
@@ -185,17 +233,12 @@ class SlackBot:
             return False
         return True
 
-    def _answer(self, key: str, channel: str, thread: str, text: str, sender: str) -> None:
-        placeholder = self.client.chat_postMessage(channel=channel, thread_ts=thread, text=PLACEHOLDER)
-        ts = str(placeholder["ts"])
-
-        def edit(new_text: str) -> None:
-            self.client.chat_update(channel=channel, ts=ts, text=new_text)
-
+    def _answer(self, key: str, where: _Thread, text: str, sender: str) -> None:
+        writer = self.replies.open(where.channel, where.thread, team=where.team, user=where.user)
         try:
             stream = self.engine.stream(key, text, client=sender)
         except ChatbotError as error:
-            edit(escape(f"Sorry, I can't take that message: {customer_message(error)}"))
+            writer.finish(escape(f"Sorry, I can't take that message: {customer_message(error)}"), None)
             return
         written, last = "", time.monotonic()
         with stream:
@@ -203,10 +246,11 @@ class SlackBot:
                 for delta in stream:
                     written += delta
                     if written.strip() and time.monotonic() - last >= self.settings.update_interval:
-                        edit(escape(written) + " " + PLACEHOLDER)
+                        writer.update(escape(written))
                         last = time.monotonic()
             except ChatbotError as error:  # e.g. every reply slot stayed busy: nothing was stored
-                edit(escape(f"Sorry, I can't answer right now: {customer_message(error)}"))
+                sorry = escape(f"Sorry, I can't answer right now: {customer_message(error)}")
+                writer.finish(f"{escape(written)}\n\n{sorry}" if written.strip() else sorry, None)
                 return
         reply = stream.reply
         assert reply is not None
@@ -214,8 +258,8 @@ class SlackBot:
         if reply.handover:  # the engine put the conversation in the queue
             call = f"{self.slack.handover_mention} " if self.slack.handover_mention else ""
             final = f"{final}\n\n{call}{escape(self.settings.handover_text)}"
-            log.info("handed thread %s/%s over to a person", channel, thread)
-        edit(final)
+            log.info("handed thread %s/%s over to a person", where.channel, where.thread)
+        writer.finish(final, reply.message_id)
 
     # -- the slash command ---------------------------------------------------------------
 
@@ -234,12 +278,14 @@ class SlackBot:
             return f"{error}. {usage}"
         team = str(command.get("team_id") or self.team_id)
         key = conversation_key(team, channel, thread)
+        if self.desk is not None and self.desk.owns(channel, thread):
+            key = self.desk.conversation_of(thread)  # a web customer's thread at the desk
         try:
             conversation = self.engine.get(key)
         except UnknownConversation:
             return "I have no conversation in that thread."
         action = words[0]
-        user = f"slack:{team}:{command.get('user_id', '')}"
+        user = staff_name(str(command.get("user_id", "")))
         if action in ("reset", "resume"):
             refused = self._back_to_the_bot(key, user)
             if refused is not None:
@@ -253,6 +299,20 @@ class SlackBot:
         quiet = self._with_a_person(key, conversation.metadata)
         who = "a person has it (I stay quiet)" if quiet else "I am answering"
         return f"That thread: {turns} turns since the last reset; {who}."
+
+    # -- feedback buttons ------------------------------------------------------------------
+
+    def on_feedback(self, ack: Callable[..., None], body: dict[str, Any]) -> None:
+        """A click on a reply's feedback buttons: stored like the web chat's thumbs."""
+        ack()
+        action = (body.get("actions") or [{}])[0]
+        try:
+            message_id, rating = rating_of(action.get("value"))
+            self.engine.feedback(message_id, rating)
+        except (ValueError, ChatbotError) as error:
+            log.warning("a feedback click was not stored: %s", error)
+            return
+        log.info("feedback %s on message %d from Slack", rating, message_id)
 
     def on_error(self, error: Exception) -> None:
         log.error("a Slack request failed: %s: %s", type(error).__name__, error)

@@ -64,7 +64,11 @@ class SlackChannel(Channel):
         )
 
     def run(self) -> int:
-        return self._socket_mode() if self.slack.socket_mode else self._http_mode()
+        self.bot.start()  # watches the queue for the support channel, when one is set
+        try:
+            return self._socket_mode() if self.slack.socket_mode else self._http_mode()
+        finally:
+            self.bot.stop()
 
     def _http_mode(self) -> int:
         listener = listen(getattr(self.options, "host", "127.0.0.1"), getattr(self.options, "port", 3000))

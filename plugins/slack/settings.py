@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -16,6 +17,8 @@ from chatbot import ChannelError
 
 APPS_PAGE = "https://api.slack.com/apps"
 SLACK_API_URL = "https://slack.com/api/"
+_ID = re.compile(r"[A-Z][A-Z0-9]{2,}")
+_CALLED_GROUP = re.compile(r"<!subteam\^([A-Z0-9]+)(?:\|[^>]*)?>")
 
 # Where each variable is found in the Slack app's settings page.
 WHERE = {
@@ -35,6 +38,12 @@ class SlackSettings:
     * ``SLACK_API_URL`` — the Web API's base URL (GovSlack, a corporate proxy, a test harness).
     * ``SLACK_HANDOVER_MENTION`` — who is called when a person should take over, in Slack's
       syntax: ``<!subteam^S0123>`` for a user group, ``<@U0123>`` for a person, ``<!here>``.
+    * ``SLACK_STAFF_USERS`` — the support team's Slack user ids, comma-separated (``U1,U2``).
+    * ``SLACK_STAFF_GROUP`` — a user group (``S0123``) whose members are the support team; by
+      default the group ``SLACK_HANDOVER_MENTION`` calls, if it calls one. Staff members' words
+      in a thread a person is asked into are the agent's, written by a person.
+    * ``SLACK_SUPPORT_CHANNEL`` — a channel id (``C0123``): handovers from the other channels (the
+      web chat) open a thread there, where the support team answers the customer.
     """
 
     bot_token: str
@@ -42,6 +51,9 @@ class SlackSettings:
     signing_secret: str | None = None
     api_url: str = SLACK_API_URL
     handover_mention: str = ""
+    staff_users: frozenset[str] = frozenset()
+    staff_group: str | None = None
+    support_channel: str | None = None
 
     @property
     def socket_mode(self) -> bool:
@@ -73,13 +85,33 @@ class SlackSettings:
             raise ChannelError(
                 f"SLACK_API_URL must be an http(s) URL, not {api_url!r}", hint=f"e.g. {SLACK_API_URL}"
             )
+        mention = env.get("SLACK_HANDOVER_MENTION", "").strip()
+        called = _CALLED_GROUP.fullmatch(mention)
         return cls(
             bot_token=bot_token,
             app_token=app_token,
             signing_secret=signing_secret,
             api_url=api_url if api_url.endswith("/") else api_url + "/",
-            handover_mention=env.get("SLACK_HANDOVER_MENTION", "").strip(),
+            handover_mention=mention,
+            staff_users=frozenset(_ids(env, "SLACK_STAFF_USERS", "UW", "U0123ABCD,U0456EFGH")),
+            staff_group=next(iter(_ids(env, "SLACK_STAFF_GROUP", "S", "S0123ABCD")), None)
+            or (called.group(1) if called else None),
+            support_channel=next(iter(_ids(env, "SLACK_SUPPORT_CHANNEL", "CG", "C0123ABCD")), None),
         )
+
+
+def _ids(env: Mapping[str, str], name: str, first: str, example: str) -> list[str]:
+    """Slack ids from a comma-separated variable; one that is not an id stops start-up."""
+    ids = [part.strip() for part in env.get(name, "").split(",") if part.strip()]
+    for value in ids:
+        if not _ID.fullmatch(value) or value[0] not in first:
+            raise ChannelError(
+                f"{name} holds {value!r}, which is not a Slack id starting with {' or '.join(first)}",
+                hint=f"e.g. {name}={example} (a member's or channel's ⋮ menu > Copy ID)",
+            )
+    if len(ids) > 1 and name != "SLACK_STAFF_USERS":
+        raise ChannelError(f"{name} holds {len(ids)} ids; it takes one", hint=f"e.g. {name}={example}")
+    return ids
 
 
 def _read(env: Mapping[str, str], name: str, *, prefix: str, mode: str = "") -> str:
