@@ -290,7 +290,7 @@ class Engine:
                     f"{staff} does not hold conversation {conversation_id} ({holder})",
                     hint="take it first; a conversation has one person at a time",
                 )
-            meta = {"author": "person", "staff": staff, "model": self.folder.name}
+            meta = {"author": "person", "staff": staff, "model": self.folder.version}
             message = self.store.append_message(conversation_id, "assistant", text, meta=meta)
         event(
             log, "person_reply", conversation_id, message_id=message.id, staff=staff, content={"reply": text}
@@ -651,7 +651,7 @@ class Engine:
             "reply_tokens": len(tokens),
             "finish_reason": finish,
             "dropped_turns": prompt.dropped_turns,
-            "model": self.folder.name,
+            "model": self.folder.version,
         }
         meta["latency_s"] = time.perf_counter() - started
         message = self.store.append_message(conversation_id, "assistant", text, meta=meta)

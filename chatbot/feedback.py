@@ -16,9 +16,13 @@ record there: the turns after it answered the original, not the correction.
 
 **The cut rule.** A reply that must not be learned from ends its epoch's training data: the record
 stops just before the user turn(s) that led to it, because every later turn was conditioned on
-that reply. A reply is left out when its latest rating is thumbs down (``disliked``), when it did
-not end at the end-of-turn token (``unfinished``: cut at the token budget, cancelled, or failed;
-training would teach the model to stop mid-sentence), or when it is empty. ``keep_unfinished``
+that reply. Except where a person answered after it: a bot reply followed by a staff member's
+(the bot was unsure, or wrong, and a person took over) is dropped, and the customer's messages
+before and after it lead to the person's answer.
+
+A reply is left out when its latest rating is thumbs down (``disliked``), when it did not end at
+the end-of-turn token (``unfinished``: cut at the token budget, cancelled, or failed; training
+would teach the model to stop mid-sentence), or when it is empty. ``keep_unfinished``
 keeps unfinished replies. Turns after the last kept reply (a customer who wrote and left) are
 dropped; an epoch with no reply left is skipped. The :class:`ExportReport` counts every
 conversation and reply that was not exported, by reason, so nothing is dropped silently.
@@ -216,30 +220,41 @@ def cut(
     corrections: Mapping[int, str] | None = None,
 ) -> tuple[tuple[Message, ...], Counter[str]]:
     """The turns to train on, and the replies left out by reason (see the module docstring).
+
     A corrected reply comes out with the correction as its content (``meta["written_by"]`` is
-    "correction"), and the turns after it are left out."""
+    "correction"), and the turns after it are left out. A bot reply a person answered after (the
+    next agent turn is a person's: the bot failed there) is dropped, not cut at: the customer's
+    messages around it then lead to the person's answer."""
     left_out: Counter[str] = Counter()
-    end = len(turns)
     corrections = corrections or {}
+    kept: list[Message] = []
     for index, turn in enumerate(turns):
+        later = sum(t.role == "assistant" for t in turns[index + 1 :])
         if turn.role == "assistant" and turn.id in corrections:
-            corrected = replace(
-                turn, content=corrections[turn.id], meta={**turn.meta, "written_by": "correction"}
-            )
-            left_out["after a corrected reply"] += sum(t.role == "assistant" for t in turns[index + 1 :])
-            turns = (*turns[:index], corrected)
-            end = index + 1
+            meta = {**turn.meta, "written_by": "correction"}
+            kept.append(replace(turn, content=corrections[turn.id], meta=meta))
+            left_out["after a corrected reply"] += later
             break
+        if turn.role == "assistant" and _answered_by_a_person(turns, index):
+            left_out["a person answered instead"] += 1
+            continue
         reason = _unfit(turn, ratings, keep_unfinished=keep_unfinished)
         if reason is not None:
             left_out[reason] += 1
-            left_out["after a left-out reply"] += sum(t.role == "assistant" for t in turns[index + 1 :])
-            end = _turn_start(turns, index)
-            break
-    kept = list(turns[:end])
+            left_out["after a left-out reply"] += later
+            break  # the customer's turns that led to it go too (below)
+        kept.append(turn)
     while kept and kept[-1].role != "assistant":  # nothing to learn from a last unanswered turn
         kept.pop()
     return tuple(kept), +left_out
+
+
+def _answered_by_a_person(turns: Sequence[Message], index: int) -> bool:
+    """Whether the bot's reply at ``index`` is followed by a person's (the next agent turn)."""
+    if turns[index].meta.get("author") == "person":
+        return False
+    following = next((t for t in turns[index + 1 :] if t.role == "assistant"), None)
+    return following is not None and following.meta.get("author") == "person"
 
 
 def _kept_turns(
@@ -293,14 +308,6 @@ def _unfit(turn: Message, ratings: Mapping[int, int], *, keep_unfinished: bool) 
     if finish != FINISHED and not keep_unfinished:
         return "unfinished"
     return None
-
-
-def _turn_start(turns: Sequence[Message], reply_index: int) -> int:
-    """Where the exchange that led to the reply at ``reply_index`` starts (after the reply before it)."""
-    for index in range(reply_index - 1, -1, -1):
-        if turns[index].role == "assistant":
-            return index + 1
-    return 0
 
 
 def written(turn: Message) -> str:

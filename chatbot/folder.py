@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -155,6 +156,15 @@ class ModelFolder:
     @property
     def name(self) -> str:
         return str(self.card.get("name") or self.path.name)
+
+    @property
+    def version(self) -> str:
+        """Which model answered, as replies record it (``meta["model"]``): the name, and the
+        version folder when the folder is one of a versions root's (``support-bot/v3``)."""
+        folder = self.path.resolve().name
+        if folder != self.name and re.fullmatch(r"v\d+", folder):
+            return f"{self.name}/{folder}"
+        return self.name
 
     @property
     def system_prompt(self) -> str | None:

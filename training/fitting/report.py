@@ -80,6 +80,14 @@ def _table(rows: Sequence[tuple[str, Any]]) -> str:
     return "\n".join(["| | |", "|---|---:|", *(f"| {name} | {value} |" for name, value in rows)])
 
 
+def _authors(written_by: Mapping[str, int]) -> str:
+    """The agent turns a feedback export marked, by who wrote them."""
+    if not any(written_by.values()):
+        return "none (transcripts only)"
+    names = {"correction": "staff corrections", "person": "people's replies", "bot": "the bot's replies"}
+    return ", ".join(f"{names.get(author, author)} {n}" for author, n in written_by.items())
+
+
 def _data_section(data: Mapping[str, Any]) -> str:
     rejected = data.get("rejected", {})
     redacted = data.get("redacted", {})
@@ -99,6 +107,7 @@ def _data_section(data: Mapping[str, Any]) -> str:
             f"{conversations.get('validation', 0)} / {examples.get('validation', 0)}",
         ),
         ("learnt (agent) tokens, training", data.get("learnt_tokens", {}).get("train", 0)),
+        ("agent turns of a feedback export", _authors(data.get("written_by", {}))),
         ("agent turns too long to learn", data.get("skipped", 0)),
         ("data fingerprint", f"`{data.get('fingerprint', '')}`"),
     ]

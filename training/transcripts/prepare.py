@@ -14,14 +14,20 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import json
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from training.transcripts.readers import CsvColumns, ReadReport, Transcript, Turn, read_transcripts
 from training.transcripts.redact import KINDS, PLACEHOLDERS, Redactor
+
+AUTHORS = ("correction", "person", "bot")  # the marks of chatbot.feedback's export
 
 
 @dataclass
@@ -31,6 +37,8 @@ class Conversations:
     transcripts: list[Transcript]
     read: ReadReport
     redacted: Counter[str] = field(default_factory=Counter)
+    # agent turns of a feedback export, by who wrote them (chatbot.feedback marks each)
+    written_by: Counter[str] = field(default_factory=Counter)
 
     def summary(self) -> str:
         """The reader's summary (with every rejection) and a line of redaction counts."""
@@ -45,6 +53,7 @@ class Conversations:
             "kept": self.read.kept,
             "rejected": self.read.by_reason(),
             "redacted": {kind: self.redacted.get(kind, 0) for kind in KINDS},
+            "written_by": {author: self.written_by.get(author, 0) for author in AUTHORS},
         }
 
 
@@ -64,7 +73,37 @@ def load_conversations(
     redactor = Redactor()
     if redact:
         transcripts = [_redacted(transcript, redactor) for transcript in transcripts]
-    return Conversations(transcripts, report, redactor.counts)
+    return Conversations(transcripts, report, redactor.counts, written_by(report.files))
+
+
+def written_by(files: Iterable[str | os.PathLike[str]]) -> Counter[str]:
+    """How many agent turns of the JSON files a feedback export marked as a staff member's
+    correction, a person's reply or the bot's (``"written_by"``; transcripts have no mark)."""
+    counts: Counter[str] = Counter()
+    for path in map(Path, files):
+        if not path.name.lower().removesuffix(".gz").endswith((".jsonl", ".json")):
+            continue
+        text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+        for record in _json_records(text):
+            messages = record.get("messages") if isinstance(record, dict) else None
+            for message in messages if isinstance(messages, list) else ():
+                author = message.get("written_by") if isinstance(message, dict) else None
+                if author in AUTHORS:
+                    counts[author] += 1
+    return counts
+
+
+def _json_records(text: str) -> Iterator[Any]:
+    """The records of a JSON Lines file, or of a JSON array (lines the reader rejected are skipped
+    here: the reader already said why)."""
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        with contextlib.suppress(ValueError):
+            yield from json.loads(stripped)
+        return
+    for line in text.splitlines():
+        with contextlib.suppress(ValueError):
+            yield json.loads(line)
 
 
 def _redacted(transcript: Transcript, redactor: Redactor) -> Transcript:
