@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,11 +25,12 @@ from plugins.web.access import COOKIE, conversation_id
 
 ROOT = Path(__file__).resolve().parents[1]
 NGINX = os.environ.get("CHATBOT_NGINX") or shutil.which("nginx") or "/usr/sbin/nginx"
+STAFF = "ada:ada-password-1"
 
 
 class Replica(ServedProcess):
     def __init__(self, model_dir: Path, store: str, port: int, max_new_tokens: int = 12) -> None:
-        env = {**os.environ, "CHATBOT_STORE_UPGRADE": "0"}  # `chatbot db upgrade` ran once, before
+        env = {**os.environ, "CHATBOT_STORE_UPGRADE": "0", "CHATBOT_STAFF": STAFF}  # upgraded once, before
         args = ["serve", "--channel", "web", str(model_dir), "--port", str(port), "--store", store]
         super().__init__([*args, "--max-new-tokens", str(max_new_tokens)], env=env)
         self.port = port
@@ -164,3 +167,34 @@ def test_the_load_script_runs_against_the_replicas_and_finds_every_turn_in_the_s
     assert results["replies"] >= 4 and results["errors"] == 0
     assert results["store"]["missing"] == {} and results["store"]["replies_stored"] >= results["replies"]
     assert "| replies | replies/s | p50 (s)" in (out / "loadtest.md").read_text()
+
+
+def test_a_staff_reply_written_on_one_replica_reaches_a_customer_on_the_other(
+    deployment: tuple[Nginx, list[Replica]],
+) -> None:
+    """The staff console on one replica, the customer's page on the other, one PostgreSQL store."""
+    _, (first, second) = deployment
+    cookie = base64.urlsafe_b64encode(os.urandom(24)).decode()
+    customer = Client(
+        f"http://127.0.0.1:{first.port}/", verbose=False, headers={"Cookie": f"{COOKIE}={cookie}"}
+    )
+    customer.predict(api_name="/talk_to_a_person")
+    key = urllib.parse.quote(conversation_id(cookie), safe="")
+    auth = {
+        "Authorization": "Basic " + base64.b64encode(STAFF.encode()).decode(),
+        "Accept": "application/json",
+    }
+    for action, form in (("take", {}), ("reply", {"text": "Ada here, from the other replica."})):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{second.port}/staff/conversations/{key}/{action}",
+            data=urllib.parse.urlencode(form).encode(),
+            headers=auth,
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            assert answer.status == 200
+    history = customer.predict(api_name="/history")
+    last = history[-1] if isinstance(history, list) else history["value"][-1]
+    text = "".join(part["text"] for part in last["content"])
+    assert text.startswith("Ada here, from the other replica.") and "a person from our support team" in text
+    customer.close()

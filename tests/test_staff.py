@@ -341,30 +341,6 @@ def test_a_customer_and_a_staff_member_in_two_browsers(server: Server, browser: 
         staff_context.close()
 
 
-def test_a_staff_reply_on_one_replica_reaches_a_customer_on_another(
-    tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    """Two web chat processes over one store: the customer talks to one, the staff member to the other."""
-    store = tmp_path / "shared.db"
-    first = Server(tiny_model_dir, store, env={"CHATBOT_STAFF": STAFF})
-    second = Server(tiny_model_dir, store, env={"CHATBOT_STAFF": STAFF})
-    try:
-        customer = first.client(cookie := new_cookie())
-        customer.predict(api_name="/talk_to_a_person")
-        key = conversation_id(cookie)
-        assert as_json(second, "POST", f"/staff/conversations/{quoted(key)}/take", ADA).status == 200
-        assert (
-            as_json(
-                second, "POST", f"/staff/conversations/{quoted(key)}/reply", ADA, text="From replica two"
-            ).status
-            == 200
-        )
-        assert texts(customer.predict(api_name="/history"))[-1][1].startswith("From replica two")
-    finally:
-        first.stop()
-        second.stop()
-
-
 def test_the_engine_queue_is_what_the_console_shows(tiny_model_dir: Path, tmp_path: Path) -> None:
     """The console adds nothing of its own: its queue is the engine's, in the engine's order."""
     with Engine.from_folder(tiny_model_dir, store=tmp_path / "c.db") as engine:
