@@ -124,9 +124,12 @@ def _add_reading_options(parser: argparse.ArgumentParser) -> None:
     reading.add_argument(
         "--format", choices=("jsonl", "csv", "text"), default=None, help="default: by extension"
     )
-    for column in ("conversation", "speaker", "text", "timestamp"):
+    for column in ("conversation", "speaker", "text", "timestamp", "out_of_scope"):
         reading.add_argument(
-            f"--csv-{column}", metavar="COLUMN", default=None, help=f"the CSV {column} column"
+            f"--csv-{column.replace('_', '-')}",
+            metavar="COLUMN",
+            default=None,
+            help=f"the CSV {column.replace('_', '-')} column",
         )
 
 
@@ -163,6 +166,7 @@ def _train(args: argparse.Namespace) -> int:
             speaker=args.csv_speaker,
             text=args.csv_text,
             timestamp=args.csv_timestamp,
+            out_of_scope=args.csv_out_of_scope,
         ),
     )
     result = run_training(options, progress=progress)

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from training.transcripts.readers import CsvColumns, ReadReport, Transcript, Turn, read_transcripts
+from training.transcripts.readers import CsvColumns, ReadReport, Transcript, read_transcripts
 from training.transcripts.redact import KINDS, PLACEHOLDERS, Redactor
 
 
@@ -44,6 +44,7 @@ class Conversations:
             "read": self.read.read,
             "kept": self.read.kept,
             "rejected": self.read.by_reason(),
+            "out_of_scope_turns": self.read.out_of_scope,
             "redacted": {kind: self.redacted.get(kind, 0) for kind in KINDS},
         }
 
@@ -68,7 +69,7 @@ def load_conversations(
 
 
 def _redacted(transcript: Transcript, redactor: Redactor) -> Transcript:
-    turns = tuple(Turn(turn.role, redactor(turn.content)) for turn in transcript.turns)
+    turns = tuple(replace(turn, content=redactor(turn.content)) for turn in transcript.turns)
     return replace(transcript, turns=turns)
 
 
