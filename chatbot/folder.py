@@ -18,6 +18,7 @@ from tokenizers import Tokenizer
 
 from chatbot.card import read_card
 from chatbot.errors import ModelFolderError
+from chatbot.scope import ScopeIndex
 from chatbot.template import END_OF_TEXT, END_OF_TURN, ChatTemplate
 
 TRAIN_HINT = "create it with `chatbot train` (or `chatbot demo` for the default model)"
@@ -207,6 +208,14 @@ class ModelFolder:
                 hint=f"add {END_OF_TURN} to the tokenizer and eos_token_id to generation_config.json",
             )
         return tuple(ids)
+
+    @cached_property
+    def scope(self) -> ScopeIndex | None:
+        """The index of the customer turns the model was trained on (``scope.npz``, written by
+        ``chatbot train``), or ``None`` for a folder without one: the out-of-scope signal is then
+        off. Loaded on first use (the engine uses it at start-up); a broken index raises
+        :class:`ModelFolderError` naming the file."""
+        return ScopeIndex.load(self.path)
 
     @cached_property
     def reserved_markers(self) -> tuple[str, ...]:
