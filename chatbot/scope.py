@@ -47,10 +47,6 @@ from chatbot.errors import ModelFolderError
 SCOPE_FILE = "scope.npz"  # the index: idf, and the (feature -> turns, weights) columns
 SCOPE_HEADER = "scope.json"  # its format version, settings and counts
 SCOPE_FORMAT = 1  # bump when the features or the file layout change; older files are refused
-SCOPE_HINT = (
-    "train the model again with `chatbot train` (it writes the index), or delete {files} "
-    "to serve without the out-of-scope signal"
-)
 
 # A word: a run of letters or digits in any script; Chinese and Japanese, written without spaces,
 # count one character per word.
@@ -90,8 +86,9 @@ def features(text: str, settings: ScopeSettings = ScopeSettings()) -> Counter[in
 class ScopeIndex:
     """The customer turns a model was trained on, as L2-normalised TF-IDF vectors.
 
-    Build it with :meth:`build` (training), save it into a model folder with :meth:`save`, and
-    load it with :meth:`load` (serving; ``None`` when the folder has none). :meth:`similarity`
+    Build it with :meth:`build` (training), save it into a model folder with :meth:`save`; serving
+    loads it with :func:`chatbot.folder.load_scope` (``None`` when the folder has none), which
+    reads the header and hands it to :meth:`from_files`. :meth:`similarity`
     is the cosine similarity of a message to its nearest indexed turn: 0 (no feature in common)
     to 1 (the same features).
     """
@@ -183,19 +180,21 @@ class ScopeIndex:
         (path / SCOPE_HEADER).write_text(json.dumps(header, indent=2) + "\n", encoding="utf-8")
 
     @classmethod
-    def load(cls, folder: str | os.PathLike[str]) -> ScopeIndex | None:
-        """The index saved in ``folder``, or ``None`` when it has none (the signal is then off).
-
-        :class:`ModelFolderError` names the file when one is broken, of another format, or
-        present without the other.
-        """
-        path = Path(folder)
-        data_file, header_file = path / SCOPE_FILE, path / SCOPE_HEADER
-        hint = SCOPE_HINT.format(files=f"{data_file} and {header_file}")
-        if not data_file.exists() and not header_file.exists():
-            return None
-        header = _read_header(header_file, hint)
-        settings = _settings(header, header_file, hint)
+    def from_files(cls, data_file: Path, header: dict[str, Any], *, hint: str) -> ScopeIndex:
+        """The index in ``data_file`` (``scope.npz``), described by its ``header`` (the object in
+        ``scope.json``); :class:`ModelFolderError` with ``hint`` when the file is broken, of
+        another format, or does not match the header."""
+        if header.get("format") != SCOPE_FORMAT:
+            found = header.get("format")
+            message = (
+                f"{data_file.with_name(SCOPE_HEADER)} is format {found!r}; this chatbot reads {SCOPE_FORMAT}"
+            )
+            raise ModelFolderError(message, hint=hint)
+        try:
+            settings = ScopeSettings(**header["settings"])
+        except (KeyError, TypeError) as error:
+            message = f"{data_file.with_name(SCOPE_HEADER)} has no valid settings ({error})"
+            raise ModelFolderError(message, hint=hint) from error
         try:
             with np.load(data_file) as data:
                 arrays = {name: data[name] for name in ("idf", "column_starts", "turns", "weights")}
@@ -203,9 +202,8 @@ class ScopeIndex:
             message = f"{data_file} is not a readable scope index: {error}"
             raise ModelFolderError(message, hint=hint) from error
         size = header.get("indexed")
-        if not _consistent(arrays, settings, size):
-            raise ModelFolderError(f"{data_file} does not match {header_file}", hint=hint)
-        assert isinstance(size, int)
+        if not isinstance(size, int) or not _consistent(arrays, settings, size):
+            raise ModelFolderError(f"{data_file} does not match {SCOPE_HEADER}", hint=hint)
         return cls(**arrays, size=size, settings=settings, header=header)
 
 
@@ -218,33 +216,11 @@ def _weighted(counts: Counter[int], idf: np.ndarray) -> tuple[np.ndarray, np.nda
     return ids, (values / norm).astype(np.float32)
 
 
-def _read_header(file: Path, hint: str) -> dict[str, Any]:
-    try:
-        header = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelFolderError(f"{file} is not readable JSON: {error}", hint=hint) from error
-    if not isinstance(header, dict):
-        raise ModelFolderError(f"{file} must hold a JSON object", hint=hint)
-    if header.get("format") != SCOPE_FORMAT:
-        raise ModelFolderError(
-            f"{file} is format {header.get('format')!r}; this chatbot reads format {SCOPE_FORMAT}", hint=hint
-        )
-    return header
-
-
-def _settings(header: dict[str, Any], file: Path, hint: str) -> ScopeSettings:
-    try:
-        return ScopeSettings(**header["settings"])
-    except (KeyError, TypeError) as error:
-        raise ModelFolderError(f"{file} has no valid settings ({error})", hint=hint) from error
-
-
-def _consistent(arrays: dict[str, np.ndarray], settings: ScopeSettings, size: object) -> bool:
+def _consistent(arrays: dict[str, np.ndarray], settings: ScopeSettings, size: int) -> bool:
     """Whether the arrays have the shapes the header implies (a truncated or mixed-up file fails)."""
     starts, turns = arrays["column_starts"], arrays["turns"]
     return (
-        isinstance(size, int)
-        and arrays["idf"].shape == (settings.buckets,)
+        arrays["idf"].shape == (settings.buckets,)
         and starts.shape == (settings.buckets + 1,)
         and turns.shape == arrays["weights"].shape == (int(starts[-1]),)
         and (len(turns) == 0 or int(turns.max()) < size)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from chatbot import Engine, EngineConfig, GenerationConfig, ModelFolderError
-from chatbot.folder import ModelFolder
+from chatbot.folder import ModelFolder, load_scope
 from chatbot.scope import SCOPE_FILE, SCOPE_HEADER, ScopeIndex, ScopeSettings, features
 from chatbot.versions import ModelVersions
 from training.card import read_card
@@ -84,7 +84,7 @@ def test_duplicates_are_indexed_once_and_empty_turns_are_left_out():
 
 def test_the_index_round_trips_through_its_files(tmp_path, index):
     index.save(tmp_path, customer_turns=8)
-    loaded = ScopeIndex.load(tmp_path)
+    loaded = load_scope(tmp_path)
     assert loaded is not None and len(loaded) == len(index)
     assert loaded.header["customer_turns"] == 8 and loaded.header["format"] == 1
     assert loaded.settings == ScopeSettings()
@@ -93,7 +93,7 @@ def test_the_index_round_trips_through_its_files(tmp_path, index):
 
 
 def test_a_folder_without_an_index_has_the_signal_off(tmp_path):
-    assert ScopeIndex.load(tmp_path) is None
+    assert load_scope(tmp_path) is None
 
 
 @pytest.mark.parametrize(
@@ -104,6 +104,7 @@ def test_a_folder_without_an_index_has_the_signal_off(tmp_path):
         (lambda folder: (folder / SCOPE_FILE).write_bytes(b"not a zip"), SCOPE_FILE),
         (lambda folder: (folder / SCOPE_HEADER).write_text("{"), SCOPE_HEADER),
         (lambda folder: _edit_header(folder, format=99), "format 99"),
+        (lambda folder: (folder / SCOPE_HEADER).write_text("[]"), "must hold a JSON object"),
         (lambda folder: _edit_header(folder, indexed=1), "does not match"),
         (lambda folder: _edit_header(folder, settings={"buckets": 16}), "does not match"),
     ],
@@ -113,6 +114,7 @@ def test_a_folder_without_an_index_has_the_signal_off(tmp_path):
         "broken index",
         "broken header",
         "newer format",
+        "not an object",
         "wrong count",
         "wrong size",
     ],
@@ -121,7 +123,7 @@ def test_a_broken_index_is_refused_naming_the_file_and_what_to_do(tmp_path, inde
     index.save(tmp_path)
     damage(tmp_path)
     with pytest.raises(ModelFolderError, match=names) as raised:
-        ScopeIndex.load(tmp_path)
+        load_scope(tmp_path)
     assert "chatbot train" in str(raised.value) and "delete" in str(raised.value)
 
 
