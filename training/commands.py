@@ -266,6 +266,17 @@ def evaluate(commands: CommandSet) -> None:
         help="for conversations without one (default: the one the model was trained with, if any)",
     )
     parser.add_argument("--device", choices=DEVICES, default=None, help="default: $CHATBOT_DEVICE or auto")
+    for flag, key, meaning in (
+        ("--handover-below", "handover_below", "mean token log-prob"),
+        ("--handover-unlike-below", "handover_unlike_below", "similarity to the training customer turns"),
+    ):
+        parser.add_argument(
+            flag,
+            type=float,
+            default=defaults[key],
+            help=f"the engine's threshold on the {meaning} for the handover figures "
+            f"(default: {defaults[key]})",
+        )
     parser.add_argument("--json", metavar="OUT.json", type=Path, default=None, help="write every figure")
     parser.add_argument("--markdown", metavar="OUT.md", type=Path, default=None, help="write the table")
     parser.set_defaults(run=_eval)
@@ -284,6 +295,8 @@ def _eval(args: argparse.Namespace) -> int:
             system_prompt=args.system_prompt,
             device=args.device,
             progress=progress,
+            handover_below=args.handover_below,
+            handover_unlike_below=args.handover_unlike_below,
         )
     except ImportError as error:
         raise _missing("`chatbot eval`", "transformers, rouge-score and sacrebleu", error) from error
