@@ -238,3 +238,23 @@ def test_the_engine_serves_the_signal_without_importing_torch(scoped_dir):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["out-of-scope", "[]"]
+
+
+@pytest.mark.parametrize(("flag", "handed_over"), [("0.3", True), ("0", False)], ids=["on", "off"])
+def test_chat_says_why_a_person_should_take_over_and_the_flag_turns_it_off(
+    scoped_dir, tmp_path, flag, handed_over
+):
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "chatbot", "chat", str(scoped_dir), "--store", str(tmp_path / "c.db"),
+            "--max-new-tokens", "4", "--handover-below", "-1000", "--handover-unlike-below", flag,
+        ],
+        input=f"{OFF_TOPIC}\n/quit\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    said = "[a person should take over here: unlike what the bot was trained on]"
+    assert (said in done.stdout) is handed_over, done.stdout
