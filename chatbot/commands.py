@@ -117,6 +117,14 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
         default=config.handover_below,
         help="mean token log-prob under which a reply is flagged for a person",
     )
+    group.add_argument(
+        "--handover-unlike-below",
+        type=float,
+        default=config.handover_unlike_below,
+        help="similarity (0-1) of a message to the nearest training customer turn under which it is "
+        "handed to a person as out of scope; needs the folder's scope.npz (default: "
+        f"{config.handover_unlike_below}; 0 turns it off)",
+    )
     group.add_argument("--max-message-chars", type=int, default=config.max_message_chars)
     limits = parser.add_argument_group("limits (0 turns one off)")
     for flag, kind, default, meaning in (
@@ -151,6 +159,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         system_prompt=args.system_prompt,
         max_message_chars=args.max_message_chars,
         handover_below=args.handover_below,
+        handover_unlike_below=args.handover_unlike_below or None,
         conversation_rate=args.rate_limit or None,
         client_rate=args.client_rate_limit or None,
         max_concurrent_replies=args.max_concurrent_replies or None,

@@ -75,6 +75,9 @@ class EngineConfig:
     system_prompt: str | None = None
     max_message_chars: int = 4000  # longer user messages are refused, not cut
     handover_below: float | None = -2.5  # mean token log-prob under which a person takes over
+    # similarity of the customer's message to the nearest training customer turn (0..1) under
+    # which a person takes over; needs the folder's scope index (chatbot.scope), else it is off
+    handover_unlike_below: float | None = 0.3
     # limits (None = off): messages a minute per conversation and per client (what a channel
     # names the sender: an address, a Slack user), replies generated at once, and how long a
     # reply may wait for a slot before it is refused
@@ -140,6 +143,7 @@ class Engine:
         self.system_prompt = (
             self.config.system_prompt if self.config.system_prompt is not None else folder.system_prompt
         )
+        self.scope = folder.scope  # None: the folder has no index, the out-of-scope signal is off
         self.metrics = Metrics()
         limits = self.config
         self._conversation_rate = (
@@ -559,6 +563,7 @@ class Engine:
             self.store.append_message(conversation_id, "user", text)  # acknowledged before generating
             if asks_for_a_person(text):  # the bot still answers until a person takes it
                 self.store.request_handover(conversation_id, "asked")
+            similarity = self.scope.similarity(text) if self.scope is not None else None
             tokens = _Tokens(started)
             pieces: list[str] = []  # what was streamed: the stored text is exactly their sum
             finish: FinishReason = "error"
@@ -575,7 +580,9 @@ class Engine:
                 raise
             finally:
                 reply_text = "".join(pieces)
-                stream.reply = self._record(conversation_id, prompt, reply_text, tokens, finish, started)
+                stream.reply = self._record(
+                    conversation_id, prompt, reply_text, tokens, finish, started, similarity
+                )
                 self._observe(stream.reply, text, tokens)
 
     def _observe(self, reply: Reply, text: str, tokens: _Tokens) -> None:
@@ -602,7 +609,9 @@ class Engine:
             first_token_s=first,
             latency_s=reply.latency_s,
             confidence=reply.confidence,
+            similarity=reply.similarity,
             handover=reply.handover,
+            handover_reason=reply.handover_reason,
             content={"message": text, "reply": reply.text},
         )
 
@@ -639,14 +648,17 @@ class Engine:
         tokens: list[Token],
         finish: FinishReason,
         started: float,
+        similarity: float | None,
     ) -> Reply:
         """Store the assistant turn and return its reply record."""
         confidence = sum(t.logprob for t in tokens) / len(tokens) if tokens else float("-inf")
-        threshold = self.config.handover_below
-        handover = not text or (threshold is not None and confidence < threshold)
+        reason = self._handover_reason(text, confidence, similarity)
+        handover = reason is not None
         meta: dict[str, Any] = {
             "confidence": confidence,
+            "similarity": similarity,
             "handover": handover,
+            "handover_reason": reason,
             "prompt_tokens": len(prompt.token_ids),
             "reply_tokens": len(tokens),
             "finish_reason": finish,
@@ -655,10 +667,20 @@ class Engine:
         }
         meta["latency_s"] = time.perf_counter() - started
         message = self.store.append_message(conversation_id, "assistant", text, meta=meta)
-        if handover:
-            self.store.request_handover(conversation_id, "flagged")
+        if reason is not None:
+            self.store.request_handover(conversation_id, reason)
         fields = {k: v for k, v in meta.items() if k != "model"}
         return Reply(text=text, conversation_id=conversation_id, message_id=message.id, **fields)
+
+    def _handover_reason(self, text: str, confidence: float, similarity: float | None) -> str | None:
+        """Which signals say a person should take over ("flagged", "out-of-scope", both), or None."""
+        unsure, unlike = self.config.handover_below, self.config.handover_unlike_below
+        fired = []
+        if not text or (unsure is not None and confidence < unsure):
+            fired.append("flagged")
+        if similarity is not None and unlike is not None and similarity < unlike:
+            fired.append("out-of-scope")
+        return ", ".join(fired) or None
 
     def _lock(self, conversation_id: str) -> _HeldLock:
         with self._locks_guard:

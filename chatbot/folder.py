@@ -19,6 +19,7 @@ from tokenizers import Tokenizer
 
 from chatbot.card import read_card
 from chatbot.errors import ModelFolderError
+from chatbot.scope import SCOPE_FILE, SCOPE_HEADER, ScopeIndex
 from chatbot.template import END_OF_TEXT, END_OF_TURN, ChatTemplate
 
 TRAIN_HINT = "create it with `chatbot train` (or `chatbot demo` for the default model)"
@@ -63,8 +64,26 @@ def read_json_object(file: Path, *, hint: str = TRAIN_HINT) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ModelFolderError(f"{file} is not readable JSON: {error}", hint=hint) from error
     if not isinstance(data, dict):
-        raise ModelFolderError(f"{file} must hold a JSON object", hint=TRAIN_HINT)
+        raise ModelFolderError(f"{file} must hold a JSON object", hint=hint)
     return data
+
+
+SCOPE_HINT = (
+    "train the model again with `chatbot train` (it writes the index), or delete {files} "
+    "to serve without the out-of-scope signal"
+)
+
+
+def load_scope(folder: str | os.PathLike[str]) -> ScopeIndex | None:
+    """The scope index of a model folder (``scope.npz`` and its header ``scope.json``), or ``None``
+    when it has neither (the out-of-scope signal is then off); :class:`ModelFolderError` naming the
+    file when one is missing, broken or of another format."""
+    path = Path(folder)
+    data_file, header_file = path / SCOPE_FILE, path / SCOPE_HEADER
+    if not data_file.exists() and not header_file.exists():
+        return None
+    hint = SCOPE_HINT.format(files=f"{data_file} and {header_file}")
+    return ScopeIndex.from_files(data_file, read_json_object(header_file, hint=hint), hint=hint)
 
 
 TEMPLATE_FILE = "chat_template.jinja"  # where transformers 5 saves a template by default
@@ -217,6 +236,14 @@ class ModelFolder:
                 hint=f"add {END_OF_TURN} to the tokenizer and eos_token_id to generation_config.json",
             )
         return tuple(ids)
+
+    @cached_property
+    def scope(self) -> ScopeIndex | None:
+        """The index of the customer turns the model was trained on (``scope.npz``, written by
+        ``chatbot train``), or ``None`` for a folder without one: the out-of-scope signal is then
+        off. Loaded on first use (the engine uses it at start-up); a broken index raises
+        :class:`ModelFolderError` naming the file."""
+        return load_scope(self.path)
 
     @cached_property
     def reserved_markers(self) -> tuple[str, ...]:

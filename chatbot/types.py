@@ -54,8 +54,12 @@ class Reply:
     """What the engine answered, and what a support team needs to trust it.
 
     ``confidence`` is the mean log-probability (natural log, <= 0) the model gave the tokens it
-    wrote, end-of-turn token included; ``handover`` is true when it fell under the engine's
-    threshold, meaning a person should take over.
+    wrote, end-of-turn token included. ``similarity`` is how like the training data the customer's
+    message was: the cosine similarity (0 to 1) to the nearest customer turn the model was trained
+    on (``None`` when the model folder has no scope index). ``handover`` is true when either fell
+    under the engine's threshold (or the reply is empty), meaning a person should take over;
+    ``handover_reason`` says which: "flagged" (low confidence or an empty reply), "out-of-scope"
+    (low similarity), or both joined by ", ".
     """
 
     text: str
@@ -68,6 +72,8 @@ class Reply:
     latency_s: float
     finish_reason: FinishReason = "stop"
     dropped_turns: int = 0
+    similarity: float | None = None
+    handover_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -91,8 +97,9 @@ HANDOVER_STATES: tuple[HandoverState, ...] = ("waiting", "taken", "returned", "c
 class Handover:
     """A conversation a person was asked into: ``waiting`` for one, ``taken`` by ``staff``,
     ``returned`` to the bot, or ``closed`` by ``staff`` (resolved; the bot answers what comes
-    next). ``reason`` says who asked: "flagged" (the engine was unsure), "asked" (the customer),
-    or what a channel or staff member wrote."""
+    next). ``reason`` says who asked: "flagged" (the engine was unsure), "out-of-scope" (the
+    message was unlike the training data; "flagged, out-of-scope" for both), "asked" (the
+    customer), or what a channel or staff member wrote."""
 
     conversation_id: str
     state: HandoverState

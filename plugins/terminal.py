@@ -86,7 +86,9 @@ class TerminalChannel(Channel):
         assert reply is not None
         self.stdout.write("\n")
         if reply.handover:
-            self._say("[a person should take over here: low confidence]")
+            why = {"flagged": "low confidence", "out-of-scope": "unlike what the bot was trained on"}
+            reasons = (reply.handover_reason or "flagged").split(", ")
+            self._say(f"[a person should take over here: {'; '.join(why.get(r, r) for r in reasons)}]")
         self.stdout.flush()
 
     def _command(self, conversation_id: str, command: str) -> None:

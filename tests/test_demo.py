@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 from training.demo.model import DemoRecipe, ensure_demo_model
+from training.transcripts.readers import read_transcripts
 
 TINY = DemoRecipe(conversations=120, size="tiny", epochs=1, batch_size=8, eval_replies=4)
 
@@ -20,6 +21,7 @@ def test_the_demo_model_is_trained_once_then_reused_and_chats(tmp_path: Path) ->
     messages: list[str] = []
     folder = ensure_demo_model(recipe=TINY, root=root, progress=messages.append)
     assert folder == root / "v1" and (folder / "onnx" / "model.onnx").is_file()
+    assert (folder / "scope.npz").is_file()  # the out-of-scope signal of its training data
     assert (root.parent / "demo-sample.jsonl").is_file()
     assert any("training the default model" in m for m in messages)
     again: list[str] = []
@@ -74,3 +76,12 @@ def test_the_demo_serves_the_web_chat_by_default(tmp_path: Path) -> None:
         demo.send_signal(signal.SIGINT)
         assert demo.wait(timeout=30) == 0
         demo.stdout.close()
+
+
+def test_the_bundled_held_out_set_labels_off_topic_questions() -> None:
+    transcripts, report = read_transcripts(
+        [Path(__file__).parents[1] / "training" / "demo" / "held_out.jsonl"]
+    )
+    assert not report.rejected and len(transcripts) == 56 and report.out_of_scope == 16
+    labelled = [turn.content for t in transcripts for turn in t.turns if turn.out_of_scope]
+    assert "What's the weather like?" in labelled and len(set(labelled)) == 16

@@ -21,16 +21,20 @@ from chatbot.card import read_card
 from chatbot.errors import ModelFolderError
 from chatbot.folder import ModelFolder
 from chatbot.generation import OnnxGenerator
+from chatbot.scope import ScopeIndex
 from chatbot.types import GenerationConfig
 from training.card import update_card
 from training.dataset.examples import ConversationEncoder, Example, messages_of, split_ids
 from training.evaluation.evaluate import (
     EvaluationError,
+    HandoverRecord,
     ReplyCase,
     RetrievalBaseline,
+    Thresholds,
     corpus_bleu,
     evaluate_files,
     evaluate_model,
+    handover_figures,
     measure_perplexity,
     model_reply,
     reply_cases,
@@ -245,7 +249,10 @@ def test_a_baseline_needs_agent_replies():
 
 def test_the_json_has_the_documented_keys(evaluation):
     data = json.loads(json.dumps(evaluation.to_dict(replies=True), allow_nan=False))
-    assert set(data) == {"model", "settings", "data", "perplexity", "scores", "notes", "metrics", "replies"}
+    assert set(data) == {
+        "model", "settings", "data", "perplexity", "scores", "notes", "metrics", "replies", "handover"
+    }  # fmt: skip
+    assert data["handover"] is None  # no customer turn of the test data is labelled out of scope
     assert set(data["perplexity"]) == {
         "value",
         "mean_nll",
@@ -391,3 +398,133 @@ def test_without_the_train_extra_the_command_says_what_to_install(tiny_model_dir
     assert result.returncode == 1
     assert "pip install 'chatbot[train]'" in result.stderr and "rouge_score" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- handing over -------------------------------------------------------------------------------
+
+SHOP_TURNS = [
+    "Where is my order?",
+    "I want to return shoes.",
+    "My card was declined.",
+    "Do you ship to Norway?",
+]
+OFF_TOPIC = ["What's the weather like?", "Who won the football match?", "How do I bake bread?"]
+
+
+def labelled_test() -> list[Transcript]:
+    """In-domain conversations, two off-topic ones labelled whole, and one labelled mid-way."""
+    shop = [
+        conversation(f"shop-{i}", ("user", text), ("assistant", "Happy to help."))
+        for i, text in enumerate(SHOP_TURNS)
+    ]
+    off = [
+        Transcript(
+            f"off-{i}", "test", 1, (Turn("user", text, True), Turn("assistant", "Only shop questions."))
+        )
+        for i, text in enumerate(OFF_TOPIC[:2])
+    ]
+    mixed = Transcript(
+        "mixed",
+        "test",
+        1,
+        (
+            Turn("user", SHOP_TURNS[0]),
+            Turn("assistant", "Which order?"),
+            Turn("user", OFF_TOPIC[2], True),  # the last turn: no agent reply follows, still scored
+        ),
+    )
+    return [*shop, *off, mixed]
+
+
+@pytest.fixture
+def scoped_copy(model_copy):
+    ScopeIndex.build(SHOP_TURNS).save(model_copy)
+    return model_copy
+
+
+def test_handover_precision_and_recall_of_each_signal_against_the_labels(scoped_copy):
+    result = evaluate_model(
+        scoped_copy, labelled_test(), max_new_tokens=4, handover_below=-1000.0, handover_unlike_below=0.3
+    )
+    handover = result.handover
+    assert handover is not None and (handover.messages, handover.labelled) == (8, 3)
+    records = handover.records
+    assert [r.out_of_scope for r in records] == [False] * 4 + [True, True, False, True]
+    assert all(r.similarity is not None and r.similarity < 0.3 for r in records if r.out_of_scope)
+    assert all(r.similarity == pytest.approx(1.0, abs=1e-5) for r in records if not r.out_of_scope)
+    by_signal = {decision.signal: decision for decision in handover.decisions}
+    similarity = by_signal["similarity"]
+    assert (similarity.handed_over, similarity.true_positives) == (3, 3)
+    assert similarity.precision == similarity.recall == 1.0 and similarity.threshold == "similarity < 0.3"
+    confidence = by_signal["confidence"]  # at -1000 only an empty reply is handed over
+    empty = [r for r in records if r.empty]
+    assert confidence.handed_over == len(empty)
+    assert confidence.true_positives == sum(r.out_of_scope for r in empty)
+    assert by_signal["either"].recall == 1.0
+
+
+def test_a_decision_counts_what_it_hands_over():
+    def record(label: bool, confidence: float, similarity: float) -> HandoverRecord:
+        return HandoverRecord("c", 1, "m", label, confidence, False, similarity)
+
+    records = [
+        record(True, -3.0, 0.1),
+        record(True, -0.1, 0.5),
+        record(False, -3.0, 0.9),
+        record(False, -0.1, 0.2),
+    ]
+    handover = handover_figures(records, Thresholds(-2.0, 0.3))
+    figures = {d.signal: (d.handed_over, d.true_positives, d.precision, d.recall) for d in handover.decisions}
+    assert figures == {
+        "confidence": (2, 1, 0.5, 0.5),
+        "similarity": (2, 1, 0.5, 0.5),
+        "either": (3, 1, 1 / 3, 0.5),
+    }
+    swept = [d for d in handover.sweep if d.signal == "similarity" and d.threshold == "similarity < 0.6"]
+    assert [(d.handed_over, d.true_positives) for d in swept] == [(3, 2)]
+    assert all(d.precision is None for d in handover.sweep if d.handed_over == 0)
+
+
+def test_every_labelled_message_is_scored_however_few_replies_are_asked_for(scoped_copy):
+    result = evaluate_model(scoped_copy, labelled_test(), max_new_tokens=2, max_replies=1)
+    assert result.handover is not None
+    assert (result.handover.messages, result.handover.labelled) == (4, 3)
+
+
+def test_without_a_scope_index_the_similarity_signal_is_off_and_a_note_says_so(model_copy):
+    result = evaluate_model(model_copy, labelled_test(), max_new_tokens=2)
+    assert result.handover is not None
+    assert all(r.similarity is None for r in result.handover.records)
+    similarity = next(d for d in result.handover.decisions if d.signal == "similarity")
+    assert similarity.handed_over == 0 and similarity.recall == 0.0
+    assert "no scope index (scope.npz)" in result.to_markdown()
+    assert all(d.signal == "confidence" for d in result.handover.sweep)
+
+
+def test_the_command_prints_and_writes_the_handover_figures(scoped_copy, tmp_path):
+    data = tmp_path / "held-out.jsonl"
+    data.write_text(
+        "\n".join(
+            json.dumps({"id": t.id, "messages": [vars(turn) for turn in t.turns]}) for t in labelled_test()
+        ),
+        encoding="utf-8",
+    )
+    out_json = tmp_path / "eval.json"
+    result = chatbot(
+        "eval", str(scoped_copy), str(data), "--max-new-tokens", "2", "--handover-unlike-below", "0.25",
+        "--handover-below", "-2", "--json", str(out_json),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "3 customer turns labelled out of scope" in result.stderr
+    assert "### Handing over" in result.stdout and "Threshold sweep" in result.stdout
+    assert (
+        "| similarity to the training customer turns | similarity < 0.25 | 3 | 1.000 | 1.000 |"
+        in result.stdout
+    )
+    figures = json.loads(out_json.read_text(encoding="utf-8"))["handover"]
+    assert figures["thresholds"] == {"handover_below": -2.0, "handover_unlike_below": 0.25}
+    assert (figures["messages"], figures["labelled"]) == (8, 3) and len(figures["messages_scored"]) == 8
+    assert [d["signal"] for d in figures["decisions"]] == ["confidence", "similarity", "either"]
+    assert {"signal", "threshold", "handed_over", "true_positives", "precision", "recall"} == set(
+        figures["sweep"][0]
+    )

@@ -375,3 +375,155 @@ def test_broken_json_array_raises_with_the_line(tmp_path):
     path = write(tmp_path / "t.json", '[\n{"messages": []},\n{"messages": [}\n]')
     with pytest.raises(TranscriptError, match=r"t.json:3: not valid JSON"):
         read_one(path)
+
+
+# --- out-of-scope labels -----------------------------------------------------------------------
+
+OFF = "What's the weather like?"
+DECLINE = "I can only help with the shop."
+
+
+def labels(transcripts: list[Transcript]) -> list[list[tuple[str, bool]]]:
+    return [[(turn.role, turn.out_of_scope) for turn in t.turns] for t in transcripts]
+
+
+def test_jsonl_labels_a_message_or_every_customer_turn_of_a_conversation(tmp_path):
+    path = write(
+        tmp_path / "t.jsonl",
+        '{"messages": [{"role": "user", "content": "Where is my order?"},'
+        ' {"role": "agent", "content": "Soon."},'
+        f' {{"role": "user", "content": "{OFF}", "out_of_scope": true}},'
+        f' {{"role": "agent", "content": "{DECLINE}"}}]}}\n'
+        f'{{"out_of_scope": true, "messages": [{{"role": "user", "content": "{OFF}"}},'
+        f' {{"role": "agent", "content": "{DECLINE}"}}, {{"role": "user", "content": "Recipes?"}},'
+        ' {"role": "agent", "content": "No."}]}\n'
+        '{"out_of_scope": false, "messages": [{"role": "user", "content": "Hi", "out_of_scope": false},'
+        ' {"role": "agent", "content": "Hello"}]}\n',
+    )
+    transcripts, report = read_one(path)
+    assert not report.rejected
+    assert labels(transcripts) == [
+        [("user", False), ("assistant", False), ("user", True), ("assistant", False)],
+        [("user", True), ("assistant", False), ("user", True), ("assistant", False)],
+        [("user", False), ("assistant", False)],
+    ]
+    assert report.out_of_scope == 3
+    assert report.summary().splitlines()[0].endswith("; 3 customer turns labelled out of scope")
+
+
+def test_csv_reads_an_out_of_scope_column_found_by_name_or_named(tmp_path):
+    rows = (
+        "ticket_id,author,comment,{column}\n"
+        "1,customer,Where is my order?,\n"
+        f"1,agent,Soon.,no\n"
+        f"2,customer,{OFF},Yes\n"
+        f"2,agent,{DECLINE},0\n"
+        "2,customer,And recipes?,TRUE\n"
+        "2,agent,No.,false\n"
+    )
+    path = write(tmp_path / "t.csv", rows.format(column="Out of scope"))
+    transcripts, report = read_one(path)
+    assert not report.rejected
+    assert labels(transcripts) == [
+        [("user", False), ("assistant", False)],
+        [("user", True), ("assistant", False), ("user", True), ("assistant", False)],
+    ]
+    named = write(tmp_path / "named.csv", rows.format(column="scope_label"))
+    transcripts, _ = read_one(named, csv_columns=CsvColumns(out_of_scope="Scope Label"))
+    assert labels(transcripts)[1][0] == ("user", True)
+
+
+def test_text_reads_the_out_of_scope_marker(tmp_path):
+    path = write(
+        tmp_path / "t.txt",
+        f"Customer: Where is my order?\nAgent: Soon.\nCustomer [out of scope]: {OFF}\nand sports?\n"
+        f"Agent: {DECLINE}\n\nCUSTOMER [Out-of-Scope]  : {OFF}\nAgent: {DECLINE}\n",
+    )
+    transcripts, report = read_one(path)
+    assert not report.rejected
+    assert labels(transcripts) == [
+        [("user", False), ("assistant", False), ("user", True), ("assistant", False)],
+        [("user", True), ("assistant", False)],
+    ]
+    assert transcripts[0].turns[2].content == f"{OFF}\nand sports?"
+
+
+def test_merged_customer_turns_are_out_of_scope_when_any_part_was(tmp_path):
+    path = write(
+        tmp_path / "t.jsonl",
+        '{"messages": [{"role": "user", "content": "Hi"},'
+        f' {{"role": "user", "content": "{OFF}", "out_of_scope": true}},'
+        ' {"role": "agent", "content": "No."}]}\n',
+    )
+    transcripts, _ = read_one(path)
+    assert transcripts[0].turns[0] == Turn("user", f"Hi\n{OFF}", out_of_scope=True)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "line", "detail"),
+    [
+        (
+            "t.jsonl",
+            '{"messages": [{"role": "user", "content": "Hi"}, {"role": "agent", "content": "Hello"}]}\n'
+            '{"messages": [{"role": "user", "content": "x", "out_of_scope": "yes"}, '
+            '{"role": "agent", "content": "y"}]}\n',
+            2,
+            "message 1 has \"out_of_scope\": 'yes'; expected true or false",
+        ),
+        (
+            "t.jsonl",
+            '{"out_of_scope": 1, "messages": [{"role": "user", "content": "x"},'
+            ' {"role": "agent", "content": "y"}]}\n',
+            1,
+            'the conversation\'s "out_of_scope" is 1; expected true or false',
+        ),
+        (
+            "t.jsonl",
+            '{"messages": [{"role": "user", "content": "x"}, '
+            '{"role": "agent", "content": "y", "out_of_scope": true}]}\n',
+            1,
+            "message 2 is labelled out of scope, but only a customer turn can be",
+        ),
+        (
+            "t.csv",
+            "ticket,role,text,out_of_scope\n1,customer,Hi,\n1,agent,Hello,\n2,customer,x,maybe\n2,agent,y,\n",
+            4,
+            "conversation '2': out-of-scope cell 'maybe'; expected true or false",
+        ),
+        (
+            "t.csv",
+            "ticket,role,text,out_of_scope\n1,customer,Hi,\n1,agent,Hello,yes\n",
+            3,
+            "a 'agent' row is labelled out of scope, but only a customer turn can be",
+        ),
+        (
+            "t.txt",
+            "Customer: Hi\nAgent: Hello\n\nCustomer [off topic]: x\nAgent: y\n",
+            4,
+            "line 4 has the marker [off topic]; the one marker is [out of scope]",
+        ),
+        (
+            "t.txt",
+            "Customer: Hi\nAgent [out of scope]: Hello\n",
+            2,
+            "line 2 is labelled out of scope, but only a customer turn can be",
+        ),
+    ],
+    ids=[
+        "jsonl value",
+        "jsonl conversation",
+        "jsonl agent",
+        "csv value",
+        "csv agent",
+        "text marker",
+        "text agent",
+    ],
+)
+def test_a_malformed_label_rejects_its_conversation_with_file_and_line(tmp_path, name, text, line, detail):
+    path = write(tmp_path / name, text)
+    transcripts, report = read_one(path)
+    assert [(r.source, r.line, r.reason) for r in report.rejected] == [(str(path), line, "bad-label")]
+    assert detail in report.rejected[0].detail
+    assert len(transcripts) == report.kept == report.read - 1
+    with pytest.raises(TranscriptError, match=rf"^{re.escape(str(path))}:{line}: bad-label: "):
+        read_one(path, strict=True)

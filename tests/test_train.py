@@ -76,6 +76,8 @@ def test_a_run_writes_a_complete_current_version(work: Path, first_run) -> None:
         "onnx/model.onnx",
         "report.md",
         "loss.png",
+        "scope.npz",
+        "scope.json",
     ):
         assert (folder / name).is_file(), name
     assert (folder / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -97,6 +99,9 @@ def test_the_card_records_data_training_metrics_and_versions(work: Path, first_r
     assert isinstance(card["examples"], list)  # opening questions the web chat offers
     assert card["versions"]["transformers"]
     assert {"train_s", "export_s", "evaluate_s"} <= set(card["durations"])
+    scope = card["scope"]  # the training split's customer turns (the sample has no labelled ones)
+    assert 0 < scope["distinct_turns_indexed"] <= scope["customer_turns"]
+    assert scope["labelled_out_of_scope_left_out"] == 0
 
 
 def test_the_report_shows_data_curves_and_evaluation(work: Path, first_run) -> None:
@@ -114,6 +119,7 @@ def test_the_trained_model_serves_and_stops_at_the_end_of_its_turn(work: Path, f
         reply = engine.reply(conversation.id, "hello")
     assert reply.text and "<|" not in reply.text
     assert conversation.system_prompt == SYSTEM  # served as it was trained
+    assert reply.similarity is not None and 0.0 <= reply.similarity <= 1.0  # its scope index is served
 
 
 def test_retraining_from_the_current_version_then_rolling_back(work: Path, first_run) -> None:

@@ -124,9 +124,12 @@ def _add_reading_options(parser: argparse.ArgumentParser) -> None:
     reading.add_argument(
         "--format", choices=("jsonl", "csv", "text"), default=None, help="default: by extension"
     )
-    for column in ("conversation", "speaker", "text", "timestamp"):
+    for column in ("conversation", "speaker", "text", "timestamp", "out_of_scope"):
         reading.add_argument(
-            f"--csv-{column}", metavar="COLUMN", default=None, help=f"the CSV {column} column"
+            f"--csv-{column.replace('_', '-')}",
+            metavar="COLUMN",
+            default=None,
+            help=f"the CSV {column.replace('_', '-')} column",
         )
 
 
@@ -163,6 +166,7 @@ def _train(args: argparse.Namespace) -> int:
             speaker=args.csv_speaker,
             text=args.csv_text,
             timestamp=args.csv_timestamp,
+            out_of_scope=args.csv_out_of_scope,
         ),
     )
     result = run_training(options, progress=progress)
@@ -262,6 +266,17 @@ def evaluate(commands: CommandSet) -> None:
         help="for conversations without one (default: the one the model was trained with, if any)",
     )
     parser.add_argument("--device", choices=DEVICES, default=None, help="default: $CHATBOT_DEVICE or auto")
+    for flag, key, meaning in (
+        ("--handover-below", "handover_below", "mean token log-prob"),
+        ("--handover-unlike-below", "handover_unlike_below", "similarity to the training customer turns"),
+    ):
+        parser.add_argument(
+            flag,
+            type=float,
+            default=defaults[key],
+            help=f"the engine's threshold on the {meaning} for the handover figures "
+            f"(default: {defaults[key]})",
+        )
     parser.add_argument("--json", metavar="OUT.json", type=Path, default=None, help="write every figure")
     parser.add_argument("--markdown", metavar="OUT.md", type=Path, default=None, help="write the table")
     parser.set_defaults(run=_eval)
@@ -280,6 +295,8 @@ def _eval(args: argparse.Namespace) -> int:
             system_prompt=args.system_prompt,
             device=args.device,
             progress=progress,
+            handover_below=args.handover_below,
+            handover_unlike_below=args.handover_unlike_below,
         )
     except ImportError as error:
         raise _missing("`chatbot eval`", "transformers, rouge-score and sacrebleu", error) from error

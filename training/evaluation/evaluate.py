@@ -18,6 +18,13 @@ by ONNX Runtime, exactly as ``chatbot serve`` runs it.
   0 to 1, averaged over replies) and corpus BLEU (``sacrebleu``, 0 to 100, its standard ``13a``
   tokenizer after each Chinese or Japanese character is split off). Each reply is timed: prompt
   building, generation and decoding, after one untimed warm-up reply.
+- **Handing over.** When customer turns of the test data are labelled out of scope
+  (:class:`~training.transcripts.readers.Turn`), every customer turn gets the engine's two
+  handover signals: the mean token log-probability of the model's greedy reply to it
+  (``confidence``) and its similarity to the model's scope index (``similarity``,
+  :mod:`chatbot.scope`). Each signal, and the two together (either fires), is scored against the
+  labels at the engine's thresholds (precision and recall of "handed over" as "out of scope"),
+  and over a sweep of thresholds (:class:`Handover`).
 - **A retrieval baseline** in the same run, when training conversations are given: the training
   reply whose context is the TF-IDF nearest neighbour of the test context
   (:class:`RetrievalBaseline`), scored and timed on the same replies. A fine-tuned model that does
@@ -61,10 +68,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from chatbot.engine import EngineConfig
 from chatbot.errors import ChatbotError, MessageTooLong
 from chatbot.folder import ModelFolder
 from chatbot.generation import OnnxGenerator
 from chatbot.prompt import build_prompt
+from chatbot.scope import CJK_RANGES, ScopeIndex, words
 from chatbot.textstream import IncrementalDecoder
 from chatbot.types import GenerationConfig, Message, Progress
 from chatbot.versions import model_folder
@@ -83,11 +92,8 @@ NO_BASELINE = "No retrieval baseline:"  # how the note on a missing baseline sta
 AGENT_WEIGHT = 0.5  # weight of the agent's previous turn in the baseline's context (customer = 1)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # created_at of the reference turns given to build_prompt
 
-# A word: a run of letters or digits in any script; Chinese and Japanese, written without spaces,
-# count one character per word.
-_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-WORD = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+")
-CJK_CHARACTER = re.compile(rf"([{_CJK}])")
+# words of any script (chatbot.scope.WORD); each Chinese or Japanese character split off for BLEU
+CJK_CHARACTER = re.compile(rf"([{CJK_RANGES}])")
 
 METRICS_NOTE = (
     "ROUGE-L F1 (0-1) is averaged over replies, on lower-cased words of any script (each Chinese or "
@@ -184,6 +190,7 @@ class Evaluation:
     scores: tuple[Scores, ...]  # the model first, then the retrieval baseline when there is one
     notes: tuple[str, ...] = ()  # what a reader must know: why there is no baseline, skipped turns
     replies: tuple[ReplyRecord, ...] = field(default=(), repr=False)
+    handover: Handover | None = None  # None when no test customer turn is labelled out of scope
 
     def row(self, system: str) -> Scores | None:
         """The row of ``system`` ("model" or "retrieval"), or ``None``."""
@@ -197,9 +204,13 @@ class Evaluation:
         ``perplexity`` (see :class:`Perplexity`); ``scores``: ``model`` and, with a baseline,
         ``retrieval``, each a :class:`Scores` (``system``, ``description``, ``replies``,
         ``rouge_l``, ``bleu``, ``latency_ms_mean``, ``latency_ms_p95``, ``tokens_per_reply``);
-        ``notes``; ``metrics`` (how the scores are computed); with ``replies``, ``replies``: one
-        :class:`ReplyRecord` each (``conversation_id``, ``turn``, ``reference``, ``model``,
-        ``model_latency_ms``, ``model_tokens``, ``retrieval``, ``retrieval_latency_ms``).
+        ``notes``; ``metrics`` (how the scores are computed); ``handover`` (``None`` without
+        labelled out-of-scope turns, else :meth:`Handover.to_dict`: ``messages``, ``labelled``,
+        ``thresholds``, ``decisions`` and ``sweep``, each decision a ``signal``, ``threshold``,
+        ``handed_over``, ``true_positives``, ``precision``, ``recall``); with ``replies``,
+        ``replies``: one :class:`ReplyRecord` each (``conversation_id``, ``turn``, ``reference``,
+        ``model``, ``model_latency_ms``, ``model_tokens``, ``retrieval``, ``retrieval_latency_ms``)
+        and, with handover figures, ``handover.messages_scored``: one :class:`HandoverRecord` each.
         """
         data: dict[str, Any] = {
             "model": {"name": self.model, "path": self.model_dir, "device": self.device},
@@ -209,6 +220,7 @@ class Evaluation:
             "scores": {row.system: row.to_dict() for row in self.scores},
             "notes": list(self.notes),
             "metrics": METRICS_NOTE,
+            "handover": self.handover.to_dict(records=replies) if self.handover else None,
         }
         if replies:
             data["replies"] = [vars(record) for record in self.replies]
@@ -216,8 +228,9 @@ class Evaluation:
 
     def to_markdown(self) -> str:
         """A heading, the perplexity line, the table (a row per system) and the notes."""
+        handover = ["", *self.handover.to_markdown()] if self.handover else []
         return "\n".join(
-            [*_markdown_head(self), "", *_markdown_table(self.scores), "", *_markdown_notes(self)]
+            [*_markdown_head(self), "", *_markdown_table(self.scores), *handover, "", *_markdown_notes(self)]
         )
 
 
@@ -292,6 +305,8 @@ def evaluate_model(
     system_prompt: str | None = None,
     device: str | None = None,
     progress: Progress | None = None,
+    handover_below: float | None = EngineConfig.handover_below,
+    handover_unlike_below: float | None = EngineConfig.handover_unlike_below,
 ) -> Evaluation:
     """Measure the model folder at ``model_dir`` on the ``test`` conversations.
 
@@ -304,6 +319,10 @@ def evaluate_model(
     - ``system_prompt``: for conversations without a system turn of their own, as in training.
     - ``device``: "auto", "cpu" or "cuda" (default ``$CHATBOT_DEVICE`` or auto).
     - ``progress``: called with a line of text at each stage.
+    - ``handover_below``, ``handover_unlike_below``: the engine's handover thresholds
+      (:class:`chatbot.engine.EngineConfig`) the handover figures are given at, when customer turns
+      of ``test`` are labelled out of scope (``max_replies`` then caps the unlabelled turns scored;
+      every labelled one is scored).
 
     Raises :class:`~chatbot.errors.ModelFolderError` for a missing or broken folder and
     :class:`EvaluationError` without test conversations or for an option out of range.
@@ -321,6 +340,8 @@ def evaluate_model(
     answered, too_long = _model_replies(folder, generator, chosen, config, say)
     baseline, baseline_notes = _baseline(train, test, say)
     records = _with_baseline(answered, baseline)
+    thresholds = Thresholds(handover_below, handover_unlike_below)
+    handover = evaluate_handover(folder, generator, test, config, thresholds, system_prompt, max_replies, say)
     settings = {"max_new_tokens": max_new_tokens, "max_replies": max_replies, "system_prompt": system_prompt}
     return Evaluation(
         model=folder.name,
@@ -333,6 +354,7 @@ def evaluate_model(
         scores=_rows(records, baseline),
         notes=(*baseline_notes, *notes, *_skip_notes(too_long, max_new_tokens)),
         replies=tuple(records),
+        handover=handover,
     )
 
 
@@ -368,6 +390,8 @@ def evaluate_files(
     system_prompt: str | None = None,
     device: str | None = None,
     progress: Progress | None = None,
+    handover_below: float | None = EngineConfig.handover_below,
+    handover_unlike_below: float | None = EngineConfig.handover_unlike_below,
 ) -> Evaluation:
     """:func:`evaluate_model` on transcript files, read and redacted as training reads them.
 
@@ -396,6 +420,8 @@ def evaluate_files(
         system_prompt=system_prompt if system_prompt is not None else folder.system_prompt,
         device=device,
         progress=say,
+        handover_below=handover_below,
+        handover_unlike_below=handover_unlike_below,
     )
     if note is None:
         return result
@@ -633,6 +659,7 @@ class _Answer:
     text: str
     seconds: float
     tokens: int = 0
+    confidence: float = float("-inf")  # mean token log-probability, end-of-turn included (as the engine)
 
 
 def _model_replies(
@@ -688,14 +715,16 @@ def model_reply(
         folder, history, system_prompt=case.system_prompt, max_new_tokens=config.max_new_tokens
     )
     decoder = IncrementalDecoder(folder.tokenizer)
-    pieces, count = [], 0
+    pieces, count, logprob = [], 0, 0.0
     for token in generator.generate(prompt.token_ids, config):
         count += 1
+        logprob += token.logprob
         if token.id in generator.stop_token_ids:
             break
         pieces.append(decoder.push(token.id))
     text = ("".join(pieces) + decoder.flush()).strip()
-    return _Answer(text, time.perf_counter() - started, count)
+    confidence = logprob / count if count else float("-inf")
+    return _Answer(text, time.perf_counter() - started, count, confidence)
 
 
 def _message(case: ReplyCase, seq: int, turn: Turn) -> Message:
@@ -713,12 +742,239 @@ def _record(case: ReplyCase, answer: _Answer) -> ReplyRecord:
     )
 
 
+# --- handing over ---------------------------------------------------------------------------
+
+CONFIDENCE = "confidence"  # the mean token log-probability of the reply
+SIMILARITY = "similarity"  # the message's similarity to the scope index
+EITHER = "either"  # a person takes over when either signal fires, as in the engine
+SIGNALS = {
+    CONFIDENCE: "confidence: mean token log-prob of the reply",
+    SIMILARITY: "similarity to the training customer turns",
+    EITHER: "either (what the engine does)",
+}
+CONFIDENCE_SWEEP = (-0.25, -0.5, -1.0, -1.5, -2.0, -2.5, -3.0, -4.0)
+SIMILARITY_SWEEP = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The engine's handover thresholds (``None`` turns a signal off)."""
+
+    confidence: float | None  # EngineConfig.handover_below
+    similarity: float | None  # EngineConfig.handover_unlike_below
+
+
+@dataclass(frozen=True)
+class HandoverRecord:
+    """One customer turn scored: its label and the two signals the engine would see."""
+
+    conversation_id: str
+    turn: int  # 1-based position of the customer turn in its transcript
+    message: str
+    out_of_scope: bool  # the label
+    confidence: float  # mean token log-prob of the model's greedy reply (-inf for an empty one)
+    empty: bool  # the reply was empty (the engine hands those over too)
+    similarity: float | None  # None: the model folder has no scope index
+
+    def handed_over(self, thresholds: Thresholds) -> dict[str, bool]:
+        """Whether each signal (and either) hands this turn over at ``thresholds``."""
+        low = thresholds.confidence
+        unsure = self.empty or (low is not None and self.confidence < low)
+        unlike = (
+            self.similarity is not None
+            and thresholds.similarity is not None
+            and self.similarity < thresholds.similarity
+        )
+        return {CONFIDENCE: unsure, SIMILARITY: unlike, EITHER: unsure or unlike}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """How one signal at one threshold does: of the turns it hands over, how many are labelled out
+    of scope (precision), and how many of the labelled ones it hands over (recall)."""
+
+    signal: str  # confidence, similarity or either
+    threshold: str  # as written in the table, e.g. "< -2.5", "< 0.3", "off"
+    handed_over: int
+    true_positives: int
+    precision: float | None  # None when nothing is handed over
+    recall: float | None  # None without labelled turns
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+@dataclass(frozen=True)
+class Handover:
+    """The handover figures of an evaluation: at the engine's thresholds and over a sweep."""
+
+    messages: int  # customer turns scored
+    labelled: int  # of which labelled out of scope
+    thresholds: Thresholds
+    decisions: tuple[Decision, ...]  # each signal at the engine's thresholds
+    sweep: tuple[Decision, ...]  # each signal over a range of thresholds
+    notes: tuple[str, ...] = ()
+    records: tuple[HandoverRecord, ...] = field(default=(), repr=False)
+
+    def to_dict(self, *, records: bool = False) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "messages": self.messages,
+            "labelled": self.labelled,
+            "thresholds": {"handover_below": self.thresholds.confidence},
+            "decisions": [decision.to_dict() for decision in self.decisions],
+            "sweep": [decision.to_dict() for decision in self.sweep],
+            "notes": list(self.notes),
+        }
+        data["thresholds"]["handover_unlike_below"] = self.thresholds.similarity
+        if records:
+            data["messages_scored"] = [{**vars(r), "confidence": _finite(r.confidence)} for r in self.records]
+        return data
+
+    def to_markdown(self) -> list[str]:
+        head = [
+            "### Handing over",
+            "",
+            f"{self.messages} customer messages, {self.labelled} labelled out of scope. Precision: "
+            "of the messages handed to a person, the share labelled out of scope; recall: of the "
+            "labelled messages, the share handed over.",
+            "",
+        ]
+        sweep = ["", "Threshold sweep (pick the thresholds here; see README, Evaluating):", ""]
+        notes = [f"- {note}" for note in self.notes]
+        return [
+            *head,
+            *_decision_table(self.decisions),
+            *sweep,
+            *_decision_table(self.sweep),
+            *(["", *notes] if notes else []),
+        ]
+
+
+def _decision_table(decisions: Sequence[Decision]) -> list[str]:
+    lines = ["| signal | hand over when | handed over | precision | recall |", "|---|---|---:|---:|---:|"]
+    for d in decisions:
+        cells = [SIGNALS[d.signal], d.threshold, str(d.handed_over), _number(d.precision, 3)]
+        lines.append("| " + " | ".join([*cells, _number(d.recall, 3)]) + " |")
+    return lines
+
+
+def handover_cases(
+    transcripts: Sequence[Transcript], *, system_prompt: str | None = None
+) -> list[tuple[ReplyCase, bool]]:
+    """Every customer turn with the history up to it (a case with no reference reply), and its
+    out-of-scope label."""
+    cases = []
+    for transcript in transcripts:
+        turns = transcript.turns
+        own = turns[0].content if turns and turns[0].role == "system" else None
+        first = 0 if own is None else 1
+        prompt = own if own is not None else system_prompt
+        for index in range(first, len(turns)):
+            if turns[index].role == "user":
+                case = ReplyCase(transcript.id, index + 1, prompt, turns[first : index + 1], "")
+                cases.append((case, turns[index].out_of_scope))
+    return cases
+
+
+def evaluate_handover(
+    folder: ModelFolder,
+    generator: OnnxGenerator,
+    test: Sequence[Transcript],
+    config: GenerationConfig,
+    thresholds: Thresholds,
+    system_prompt: str | None = None,
+    max_messages: int | None = None,
+    say: Progress = _silent,
+) -> Handover | None:
+    """The handover figures on ``test``; ``None`` when none of its customer turns is labelled.
+
+    Every labelled turn is scored, and at most ``max_messages`` unlabelled ones (spread evenly).
+    """
+    cases = handover_cases(test, system_prompt=system_prompt)
+    labelled = [number for number, (_, label) in enumerate(cases) if label]
+    if not labelled:
+        return None
+    others = spread([number for number, (_, label) in enumerate(cases) if not label], max_messages)
+    chosen = [cases[number] for number in sorted({*labelled, *others})]
+    scope = folder.scope
+    say(f"scoring the handover decision on {len(chosen)} customer messages ({len(labelled)} labelled)")
+    records, too_long = [], 0
+    for case, label in chosen:
+        try:
+            answer = model_reply(folder, generator, case, config)
+        except MessageTooLong:
+            too_long += 1
+            continue
+        records.append(_handover_record(case, label, answer, scope))
+    return handover_figures(records, thresholds, _handover_notes(scope, too_long))
+
+
+def _handover_record(
+    case: ReplyCase, label: bool, answer: _Answer, scope: ScopeIndex | None
+) -> HandoverRecord:
+    message = case.history[-1].content
+    return HandoverRecord(
+        conversation_id=case.conversation_id,
+        turn=case.turn,
+        message=message,
+        out_of_scope=label,
+        confidence=answer.confidence,
+        empty=not answer.text,
+        similarity=scope.similarity(message) if scope is not None else None,
+    )
+
+
+def _handover_notes(scope: ScopeIndex | None, too_long: int) -> tuple[str, ...]:
+    notes = []
+    if scope is None:
+        notes.append(
+            "The model folder has no scope index (scope.npz), so the similarity signal is off: "
+            "train the model again with `chatbot train` to have one."
+        )
+    if too_long:
+        notes.append(f"{too_long} customer messages left out: they do not fit the model's window.")
+    return tuple(notes)
+
+
+def handover_figures(
+    records: Sequence[HandoverRecord], thresholds: Thresholds, notes: tuple[str, ...] = ()
+) -> Handover:
+    """The decisions at ``thresholds`` and the sweep (each signal alone; either, with the other
+    signal at its engine threshold)."""
+    at = [_decision(records, thresholds, signal) for signal in SIGNALS]
+    sweep = [_decision(records, Thresholds(t, None), CONFIDENCE) for t in CONFIDENCE_SWEEP]
+    if any(record.similarity is not None for record in records):
+        sweep += [_decision(records, Thresholds(None, t), SIMILARITY) for t in SIMILARITY_SWEEP]
+        sweep += [_decision(records, Thresholds(thresholds.confidence, t), EITHER) for t in SIMILARITY_SWEEP]
+    labelled = sum(record.out_of_scope for record in records)
+    return Handover(len(records), labelled, thresholds, tuple(at), tuple(sweep), notes, tuple(records))
+
+
+def _decision(records: Sequence[HandoverRecord], thresholds: Thresholds, signal: str) -> Decision:
+    flagged = [record for record in records if record.handed_over(thresholds)[signal]]
+    hits = sum(record.out_of_scope for record in flagged)
+    labelled = sum(record.out_of_scope for record in records)
+    return Decision(
+        signal=signal,
+        threshold=_threshold_text(thresholds, signal),
+        handed_over=len(flagged),
+        true_positives=hits,
+        precision=hits / len(flagged) if flagged else None,
+        recall=hits / labelled if labelled else None,
+    )
+
+
+def _threshold_text(thresholds: Thresholds, signal: str) -> str:
+    unsure = "off" if thresholds.confidence is None else f"confidence < {thresholds.confidence:g}"
+    unlike = "off" if thresholds.similarity is None else f"similarity < {thresholds.similarity:g}"
+    if signal == CONFIDENCE:
+        return unsure + (" or an empty reply" if thresholds.confidence is not None else "")
+    if signal == SIMILARITY:
+        return unlike
+    return f"{unsure}, or {unlike}"
+
+
 # --- the retrieval baseline -----------------------------------------------------------------
-
-
-def words(text: str) -> list[str]:
-    """Lower-cased words of any script; each Chinese or Japanese character is a word."""
-    return WORD.findall(text.lower())
 
 
 class RetrievalBaseline:

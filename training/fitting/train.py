@@ -34,6 +34,7 @@ from chatbot import settings
 from chatbot.card import read_card
 from chatbot.errors import ChatbotError, ModelFolderError
 from chatbot.folder import ModelFolder, trained_system_prompt
+from chatbot.scope import SCOPE_FILE, ScopeIndex
 from chatbot.template import DEFAULT_CHAT_TEMPLATE, END_OF_TEXT, END_OF_TURN
 from chatbot.types import Progress
 from training.card import new_card, set_card_entry, update_card, write_card
@@ -400,6 +401,7 @@ def _finish(run: _Run, trainer: Trainer, tokenizer: PreTrainedTokenizerBase, say
         (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle of the options; the card has them
         tokenizer.save_pretrained(staging, save_jinja_files=False)
         write_card(staging, _card(run, trainer))
+        write_scope(staging, [t for t in run.conversations.transcripts if t.id in run.train_ids], say)
         clock = time.monotonic()
         export_onnx(staging, progress=say)
         build_variants(staging, progress=say)
@@ -414,6 +416,26 @@ def _finish(run: _Run, trainer: Trainer, tokenizer: PreTrainedTokenizerBase, say
     shutil.rmtree(_work_dir(run.options), ignore_errors=True)
     say(f"wrote {folder}; read {folder / REPORT_FILE}")
     return TrainResult(folder, card.get("metrics", {}))
+
+
+def write_scope(folder: Path, transcripts: Sequence[Transcript], say: Progress) -> dict[str, Any]:
+    """Index the customer turns of the training ``transcripts`` into ``folder`` (``scope.npz``,
+    ``scope.json``: the out-of-scope signal, :mod:`chatbot.scope`) and record it in the card.
+
+    Turns labelled out of scope are left out of the index (they are what it should not be like)
+    and counted in its header and the card; they are still trained on."""
+    turns = [turn for transcript in transcripts for turn in transcript.turns if turn.role == "user"]
+    indexed = [turn.content for turn in turns if not turn.out_of_scope]
+    index = ScopeIndex.build(indexed)
+    about = {"customer_turns": len(turns), "labelled_out_of_scope_left_out": len(turns) - len(indexed)}
+    index.save(folder, **about)
+    entry = {"file": SCOPE_FILE, "distinct_turns_indexed": len(index), **about}
+    set_card_entry(folder, ["scope"], entry)
+    say(
+        f"scope index: {len(index)} distinct customer turns of {len(turns)}"
+        f" ({about['labelled_out_of_scope_left_out']} labelled out of scope left out)"
+    )
+    return entry
 
 
 def _card(run: _Run, trainer: Trainer) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from training.transcripts.readers import CsvColumns, ReadReport, Transcript, Turn, read_transcripts
+from training.transcripts.readers import CsvColumns, ReadReport, Transcript, read_transcripts
 from training.transcripts.redact import KINDS, PLACEHOLDERS, Redactor
 
 AUTHORS = ("correction", "person", "bot")  # the marks of chatbot.feedback's export
@@ -52,6 +52,7 @@ class Conversations:
             "read": self.read.read,
             "kept": self.read.kept,
             "rejected": self.read.by_reason(),
+            "out_of_scope_turns": self.read.out_of_scope,
             "redacted": {kind: self.redacted.get(kind, 0) for kind in KINDS},
             "written_by": {author: self.written_by.get(author, 0) for author in AUTHORS},
         }
@@ -107,7 +108,7 @@ def _json_records(text: str) -> Iterator[Any]:
 
 
 def _redacted(transcript: Transcript, redactor: Redactor) -> Transcript:
-    turns = tuple(Turn(turn.role, redactor(turn.content)) for turn in transcript.turns)
+    turns = tuple(replace(turn, content=redactor(turn.content)) for turn in transcript.turns)
     return replace(transcript, turns=turns)
 
 

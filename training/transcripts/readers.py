@@ -15,6 +15,16 @@ that accounts for every conversation it read: kept, or rejected with file, line 
 Each may be gzipped (``chats.jsonl.gz``). In every format consecutive turns by one speaker are
 merged, text is stripped, empty turns are left out, and a conversation needs at least one agent
 (``assistant``) turn. Whole files that cannot be read raise :class:`TranscriptError`.
+
+**Out-of-scope labels.** A customer turn may be labelled as something the bot should hand to a
+person rather than answer ("What's the weather like?" to a shop): ``Turn.out_of_scope``. JSON
+Lines: ``"out_of_scope": true`` on a message, or on the conversation (then every customer turn of
+it); CSV: an ``out_of_scope`` column (``true``/``false``, ``yes``/``no``, ``1``/``0``, empty is
+false); plain text: ``Customer [out of scope]: ...``. A label that is not one of those, or on
+an agent or system turn, rejects the conversation (reason ``bad-label``) with its file and line.
+Merged customer turns are out of scope when any part was. Labelled turns are kept like any
+other: training learns the agent's answer to them; the scope index of the model leaves them out
+and says how many (:mod:`chatbot.scope`); ``chatbot eval`` scores the handover decision on them.
 """
 
 from __future__ import annotations
@@ -59,10 +69,17 @@ COLUMN_NAMES: dict[str, tuple[str, ...]] = {
     "speaker": ("speaker", "role", "author", "sender", "from", "author_type"),
     "text": ("text", "message", "body", "content", "comment"),
     "timestamp": ("timestamp", "time", "created_at", "date"),
+    "out_of_scope": ("out_of_scope", "off_topic"),
 }
 REQUIRED_COLUMNS = ("conversation", "speaker", "text")
 
-TEXT_PREFIX = re.compile(r"\s*(customer|agent|user|assistant|system)\s*:(.*)", re.IGNORECASE)
+TEXT_PREFIX = re.compile(
+    r"\s*(customer|agent|user|assistant|system)\s*(?:\[([^\]]*)\])?\s*:(.*)", re.IGNORECASE
+)
+TEXT_LABEL = re.compile(r"out[\s_-]+of[\s_-]+scope", re.IGNORECASE)  # Customer [out of scope]: ...
+# CSV label cells (lower case, stripped); an empty cell is false
+LABEL_VALUES = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False, "": False}
+LABEL_HELP = "true or false (also yes/no, 1/0; empty is false)"
 ROLE_HELP = "customer/user, agent/assistant or system"
 
 
@@ -75,10 +92,15 @@ class TranscriptError(ChatbotError):
 
 @dataclass(frozen=True)
 class Turn:
-    """One turn of a transcript: who spoke (``user`` is the customer, ``assistant`` the agent)."""
+    """One turn of a transcript: who spoke (``user`` is the customer, ``assistant`` the agent).
+
+    ``out_of_scope`` marks a customer turn the bot should hand to a person (see the module's
+    docstring for how each format labels it).
+    """
 
     role: Role
     content: str
+    out_of_scope: bool = False
 
 
 @dataclass(frozen=True)
@@ -100,7 +122,7 @@ class Rejection:
     """A conversation (or line) that was not kept, and why.
 
     ``reason`` is a short code: ``bad-json``, ``missing-field``, ``unknown-role``, ``no-speaker``,
-    ``empty-text`` or ``no-agent-turn``; ``detail`` says what was found.
+    ``bad-label``, ``empty-text`` or ``no-agent-turn``; ``detail`` says what was found.
     """
 
     source: str
@@ -120,6 +142,7 @@ class ReadReport:
     read: int = 0
     kept: int = 0
     rejected: list[Rejection] = field(default_factory=list)
+    out_of_scope: int = 0  # customer turns labelled out of scope in the kept conversations
 
     def by_reason(self) -> dict[str, int]:
         """The number of rejections per reason, most frequent first."""
@@ -136,6 +159,8 @@ class ReadReport:
         )
         if self.rejected:
             head += " (" + ", ".join(f"{reason} {n}" for reason, n in self.by_reason().items()) + ")"
+        if self.out_of_scope:
+            head += f"; {_plural(self.out_of_scope, 'customer turn')} labelled out of scope"
         return "\n".join([head, *(str(rejection) for rejection in self.rejected)])
 
 
@@ -147,6 +172,7 @@ class CsvColumns:
     speaker: str | None = None
     text: str | None = None
     timestamp: str | None = None
+    out_of_scope: str | None = None
 
 
 @dataclass(frozen=True)
@@ -167,6 +193,7 @@ class _Row:
     speaker: str
     text: str
     timestamp: str | None
+    label: str | None  # the out-of-scope cell, when the file has that column
 
 
 def _plural(n: int, noun: str) -> str:
@@ -209,6 +236,7 @@ def _tally(
     if isinstance(record, Transcript):
         transcripts.append(record)
         report.kept += 1
+        report.out_of_scope += sum(turn.out_of_scope for turn in record.turns)
         return
     if strict:
         raise TranscriptError(
@@ -356,10 +384,11 @@ def _merge_turns(turns: Iterable[Turn]) -> tuple[Turn, ...]:
         content = turn.content.strip()
         if not content:
             continue
+        out_of_scope = turn.out_of_scope
         if merged and merged[-1].role == turn.role:
             content = f"{merged[-1].content}\n{content}"
-            merged.pop()
-        merged.append(Turn(turn.role, content))
+            out_of_scope = merged.pop().out_of_scope or out_of_scope
+        merged.append(Turn(turn.role, content, out_of_scope))
     return tuple(merged)
 
 
@@ -427,12 +456,16 @@ def _draft_from_json(value: object, source: str, line: int) -> _Draft | Rejectio
     if not isinstance(value, dict) or not isinstance(messages, list):
         detail = f'expected an object with a "messages" list, got {_json_kind(value, "messages")}'
         return Rejection(source, line, "missing-field", detail)
+    whole = value.get("out_of_scope", False)
+    if not isinstance(whole, bool):
+        detail = f'the conversation\'s "out_of_scope" is {whole!r}; expected true or false'
+        return Rejection(source, line, "bad-label", detail)
     turns: list[Turn] = []
     for number, message in enumerate(messages, start=1):
         turn = _turn_from_json(message, number, source, line)
         if isinstance(turn, Rejection):
             return turn
-        turns.append(turn)
+        turns.append(Turn(turn.role, turn.content, True) if whole and turn.role == "user" else turn)
     raw_id = value.get("id")
     conversation_id = _default_id(source, line) if raw_id in (None, "") else str(raw_id)
     return _Draft(conversation_id, source, line, tuple(turns))
@@ -450,7 +483,18 @@ def _turn_from_json(message: object, number: int, source: str, line: int) -> Tur
     if mapped is None:
         detail = f"message {number} has role {role!r}; expected {ROLE_HELP}"
         return Rejection(source, line, "unknown-role", detail)
-    return Turn(mapped, content)
+    label = message.get("out_of_scope", False)
+    if not isinstance(label, bool):
+        detail = f'message {number} has "out_of_scope": {label!r}; expected true or false'
+        return Rejection(source, line, "bad-label", detail)
+    if label and mapped != "user":
+        return _agent_label(source, line, f"message {number}")
+    return Turn(mapped, content, label)
+
+
+def _agent_label(source: str, line: int, where: str) -> Rejection:
+    detail = f"{where} is labelled out of scope, but only a customer turn can be"
+    return Rejection(source, line, "bad-label", detail)
 
 
 def _json_kind(value: object, key: str | None = None) -> str:
@@ -479,7 +523,8 @@ def _read_csv(text: str, source: str, columns: CsvColumns) -> Iterator[_Draft | 
             yield Rejection(source, line, "missing-field", "the row has no conversation id")
             continue
         timestamp = None if index["timestamp"] is None else _cell(cells, index["timestamp"])
-        row = _Row(line, _cell(cells, index["speaker"]), _cell(cells, index["text"]), timestamp)
+        label = None if index["out_of_scope"] is None else _cell(cells, index["out_of_scope"])
+        row = _Row(line, _cell(cells, index["speaker"]), _cell(cells, index["text"]), timestamp, label)
         groups.setdefault(conversation, []).append(row)
     for conversation, rows in groups.items():
         yield _csv_conversation(conversation, rows, source)
@@ -546,7 +591,13 @@ def _csv_conversation(conversation: str, rows: list[_Row], source: str) -> _Draf
         if role is None:
             detail = f"conversation {conversation!r}: speaker {row.speaker!r}; expected {ROLE_HELP}"
             return Rejection(source, row.line, "unknown-role", detail)
-        turns.append(Turn(role, row.text))
+        label = LABEL_VALUES.get((row.label or "").strip().lower())
+        if label is None:
+            detail = f"conversation {conversation!r}: out-of-scope cell {row.label!r}; expected {LABEL_HELP}"
+            return Rejection(source, row.line, "bad-label", detail)
+        if label and role != "user":
+            return _agent_label(source, row.line, f"conversation {conversation!r}: a {row.speaker!r} row")
+        turns.append(Turn(role, row.text, label))
     return _Draft(conversation, source, rows[0].line, tuple(turns))
 
 
@@ -592,15 +643,21 @@ def _read_text(text: str, source: str) -> Iterator[_Draft | Rejection]:
 def _text_conversation(block: list[tuple[int, str]], source: str) -> _Draft | Rejection:
     """One block of lines as a conversation; a line without a prefix continues the turn above."""
     start = block[0][0]
-    turns: list[tuple[Role, list[str]]] = []
+    turns: list[tuple[Role, list[str], bool]] = []
     for number, line_text in block:
         match = TEXT_PREFIX.match(line_text)
         if match:
-            turns.append((SPEAKER_ROLES[match[1].lower()], [match[2]]))
+            role, marker = SPEAKER_ROLES[match[1].lower()], match[2]
+            if marker is not None and not TEXT_LABEL.fullmatch(marker.strip()):
+                detail = f"line {number} has the marker [{marker}]; the one marker is [out of scope]"
+                return Rejection(source, number, "bad-label", detail)
+            if marker is not None and role != "user":
+                return _agent_label(source, number, f"line {number}")
+            turns.append((role, [match[3]], marker is not None))
         elif turns:
             turns[-1][1].append(line_text.rstrip())
         else:
             detail = f"line {number} has no speaker; start each turn with 'Customer:' or 'Agent:'"
             return Rejection(source, number, "no-speaker", detail)
-    raw = tuple(Turn(role, "\n".join(lines).strip()) for role, lines in turns)
+    raw = tuple(Turn(role, "\n".join(lines).strip(), label) for role, lines, label in turns)
     return _Draft(_default_id(source, start), source, start, raw)
