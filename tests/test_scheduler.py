@@ -182,7 +182,7 @@ def test_fixed_slots_fill_holes_and_run_in_batch_buckets(folder: ModelFolder) ->
     configs = [GenerationConfig(max_new_tokens=3 + 5 * (i % 3)) for i in range(9)]  # leave out of order
     alone = [[t.id for t in _generator(folder).generate(p, c)] for p, c in zip(prompts, configs, strict=True)]
     assert _at_once(generator, prompts, configs) == alone
-    assert len(slots._bindings) > 2  # several bucket sizes ran
+    assert len(slots._bindings) >= 2  # more than one bucket size ran (which ones depends on thread timing)
     spec = folder.spec
     assert slots.nbytes == 5 * 2 * spec.n_layer * spec.n_positions * spec.n_head * spec.head_dim * 4
 
