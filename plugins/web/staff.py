@@ -48,6 +48,7 @@ from plugins.web.staff_access import SESSION_S, STAFF_COOKIE, SignInLimit, Staff
 from plugins.web.staff_pages import render
 
 PREFIX = "/staff"
+REVIEW_DAYS = 30  # what the review shows when no start date is given
 Endpoint = Callable[[Request], Awaitable[Response]]
 _STATUS = {HandoverError: 409, InvalidMessage: 422, UnknownConversation: 404, UnknownMessage: 404}
 
@@ -268,7 +269,7 @@ class StaffConsole:
             title="Review",
             items=items,
             models=models,
-            since=query.get("since", ""),
+            since=_since(request),
             until=query.get("until", ""),
             model=model or "",
             back=f"{self.base}/review" + (f"?{request.url.query}" if request.url.query else ""),
@@ -369,10 +370,16 @@ def _attribute(text: str) -> str:
 
 
 def _filters(request: Request) -> tuple[datetime | None, datetime | None, str | None]:
-    """``since`` and ``until`` (dates, ``until`` inclusive) and ``model`` from the query."""
+    """``since`` and ``until`` (dates, ``until`` inclusive) and ``model`` from the query; without
+    ``since``, the last :data:`REVIEW_DAYS` days (a page never reads the whole history)."""
     query = request.query_params
-    since, until = _day(query.get("since", ""), "since"), _day(query.get("until", ""), "until")
+    since, until = _day(_since(request), "since"), _day(query.get("until", ""), "until")
     return since, until + timedelta(days=1) if until else None, query.get("model") or None
+
+
+def _since(request: Request) -> str:
+    default = (datetime.now(UTC) - timedelta(days=REVIEW_DAYS)).date().isoformat()
+    return request.query_params.get("since") or default
 
 
 def _day(text: str, name: str) -> datetime | None:
