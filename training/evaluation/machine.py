@@ -1,0 +1,201 @@
+"""What the machine under `chatbot bench` can do: its CPU, its load, its read bandwidth and its
+GEMM throughput, measured in the bench's own run with the bench's thread count.
+
+These are the limits the bench's figures are held against (:mod:`training.evaluation.floors`):
+a decode step at batch 1 reads every weight once, so it cannot beat bytes / read bandwidth; a
+prompt's prefill is matrix products, so it cannot beat their FLOPs / GEMM throughput.
+
+* Read bandwidth: a 1 GiB buffer (written first, so every page is real memory rather than the
+  kernel's shared zero page) reduced with numpy's ``bitwise_or`` over 64-bit words, split into one
+  chunk per thread, the threads started together (numpy lets go of the GIL in the loop). The
+  best of several passes is the figure a floor uses: a floor must not sit above what the machine
+  did; the median says how much it moved.
+* GEMM throughput: one ONNX Runtime session per shape, the weight an initializer as in our
+  graphs, ``intra_op_num_threads`` = the bench's threads: ``MatMulInteger`` (uint8 activations ×
+  int8 weights, the kernel behind the int8 graph's ``MatMulIntegerToFloat``) and ``MatMul``
+  (fp32). The fastest of several runs after a warm-up.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# the flags that decide which int8 and fp32 kernels ONNX Runtime and CTranslate2 can use
+RELEVANT_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+)
+BANDWIDTH_BYTES = 1 << 30  # 1 GiB: far beyond any last-level cache
+BANDWIDTH_PASSES = 5
+GEMM_RUNS = 10
+
+
+@dataclass(frozen=True)
+class Gemm:
+    """One matrix product: (m × k) · (k × n), ``count`` times in a prompt's prefill."""
+
+    m: int
+    k: int
+    n: int
+    count: int = 1
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.m * self.k * self.n * self.count
+
+
+# ---------------------------------------------------------------------------------------------
+# The CPU and its load
+
+
+def cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
+    """The CPU's model name and which of :data:`RELEVANT_FLAGS` it has (from /proc/cpuinfo)."""
+    model, flags = platform.processor() or platform.machine(), set[str]()
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            model = value.strip()
+        elif key.strip() == "flags":
+            flags = set(value.split())
+        if flags and key.strip() == "flags":
+            break
+    return {
+        "model": model,
+        "flags": [flag for flag in RELEVANT_FLAGS if flag in flags],
+        "lacks": [flag for flag in RELEVANT_FLAGS if flag not in flags] if flags else [],
+    }
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages, where the platform has them."""
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Read bandwidth
+
+
+def read_bandwidth(
+    threads: int, size: int = BANDWIDTH_BYTES, passes: int = BANDWIDTH_PASSES
+) -> dict[str, Any]:
+    """GB/s read by ``threads`` threads reducing a ``size``-byte buffer: best and median of ``passes``."""
+    words = np.ones(size // 8, dtype=np.uint64)  # written: every page is backed
+    chunks = np.array_split(words, threads)
+    rates = []
+    for _ in range(passes):
+        workers = [threading.Thread(target=np.bitwise_or.reduce, args=(chunk,)) for chunk in chunks]
+        started = time.perf_counter()
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        rates.append(words.nbytes / (time.perf_counter() - started) / 1e9)
+    del words, chunks
+    return {
+        "read_bandwidth_gbs": max(rates),
+        "read_bandwidth_median_gbs": statistics.median(rates),
+        "read_bandwidth_how": f"numpy bitwise_or reduction of {size / 2**30:.3g} GiB as 64-bit words, "
+        f"{threads} thread(s) on a chunk each; best of {passes} passes",
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# GEMM throughput
+
+
+def gemm_ms(gemm: Gemm, precision: str, threads: int, runs: int = GEMM_RUNS) -> float:
+    """Milliseconds of one ``gemm`` (count ignored) in ONNX Runtime: the fastest of ``runs``."""
+    import onnxruntime as ort
+
+    session_options = ort.SessionOptions()
+    session_options.intra_op_num_threads = threads
+    session = ort.InferenceSession(
+        _gemm_model(gemm, precision), session_options, providers=["CPUExecutionProvider"]
+    )
+    rng = np.random.default_rng(0)
+    a: np.ndarray[Any, Any] = (
+        rng.integers(0, 256, (gemm.m, gemm.k), dtype=np.uint8)
+        if precision == "int8"
+        else rng.standard_normal((gemm.m, gemm.k), dtype=np.float32)
+    )
+    session.run(None, {"a": a})
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        session.run(None, {"a": a})
+        times.append(time.perf_counter() - started)
+    return min(times) * 1e3
+
+
+def _gemm_model(gemm: Gemm, precision: str) -> bytes:
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight: np.ndarray[Any, Any]
+    if precision == "int8":
+        weight = rng.integers(-63, 64, (gemm.k, gemm.n), dtype=np.int8)  # 7 bits, as our int8 graphs
+        node = helper.make_node("MatMulInteger", ["a", "b", "a_zero"], ["y"])
+        initializers = [
+            numpy_helper.from_array(weight, "b"),
+            numpy_helper.from_array(np.array(128, np.uint8), "a_zero"),
+        ]
+        types = TensorProto.UINT8, TensorProto.INT32
+    elif precision == "fp32":
+        weight = rng.standard_normal((gemm.k, gemm.n), dtype=np.float32)
+        node = helper.make_node("MatMul", ["a", "b"], ["y"])
+        initializers = [numpy_helper.from_array(weight, "b")]
+        types = TensorProto.FLOAT, TensorProto.FLOAT
+    else:
+        raise ValueError(f"no GEMM measured for {precision!r}: int8 or fp32")
+    graph = helper.make_graph(
+        [node],
+        "gemm",
+        [helper.make_tensor_value_info("a", types[0], [gemm.m, gemm.k])],
+        [helper.make_tensor_value_info("y", types[1], [gemm.m, gemm.n])],
+        initializers,
+    )
+    return bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+
+
+def gemm_throughput(
+    gemms: dict[str, Gemm], threads: int, precisions: tuple[str, ...] = ("int8", "fp32")
+) -> dict[str, dict[str, dict[str, float]]]:
+    """For each precision and named shape: its milliseconds (one product) and GOPS."""
+    measured: dict[str, dict[str, dict[str, float]]] = {}
+    for precision in precisions:
+        measured[precision] = {}
+        for name, gemm in gemms.items():
+            ms = gemm_ms(gemm, precision, threads)
+            one = Gemm(gemm.m, gemm.k, gemm.n)
+            measured[precision][name] = {
+                "m": gemm.m,
+                "k": gemm.k,
+                "n": gemm.n,
+                "ms": ms,
+                "gops": one.flops / ms / 1e6,
+            }
+    return measured
