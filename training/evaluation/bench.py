@@ -592,7 +592,7 @@ class _Sides:
         self._add(
             Contender(
                 "ours" if served else variant,
-                f"ours (ONNX Runtime, `{variant}`)" if served else f"ours on `{variant}` (batch 1 only)",
+                f"ours (ONNX Runtime, `{variant}`)" if served else f"ours on `{variant}`",
                 partial(timed_stream, stream),
                 partial(_threaded, generator, self.prompt, self.config) if served else None,
                 variant=variant,
