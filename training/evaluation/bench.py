@@ -64,7 +64,7 @@ import numpy as np
 
 from chatbot import settings
 from chatbot.errors import ChatbotError, ModelFolderError
-from chatbot.folder import ModelFolder
+from chatbot.folder import GRAPH_FORMAT, ModelFolder
 from chatbot.generation import Generator
 from chatbot.loader import REFERENCE, choose_variant, load_generator
 from chatbot.paths import write_text_atomically
@@ -152,6 +152,10 @@ def run_bench(
     sides = _Sides(folder, prompt, options, progress)
     run_rounds(sides.contenders, options.runs, progress)
     run_batch_rounds(sides.contenders, options.concurrency, options.concurrency_runs, progress)
+    if "read_bandwidth" in facts:
+        progress("machine: read bandwidth again, at the end")
+        facts["read_bandwidth"]["end"] = _in_child(limits.read_bandwidth, _cpus())
+        facts["read_bandwidth_gbs"] = max(max(way.values()) for way in facts["read_bandwidth"].values())
     # last: its longer prompts grow the cache, which the figures above must not pay for
     progress("ours: a conversation's second turn, and new ones with the same system prompt")
     with quiet_torch():
@@ -195,7 +199,10 @@ def _machine(
 def _machine_limits(path: Path, prompt_tokens: int, threads: int) -> dict[str, Any]:
     """Read bandwidth and GEMM throughput at the prefill's shapes; run in a child process, so its
     1 GiB buffer and weights stay out of the bench's peak memory and its threads out of the way."""
-    facts = limits.read_bandwidth(threads)
+    facts: dict[str, Any] = {
+        "read_bandwidth": {"start": limits.read_bandwidth(threads)},
+        "read_bandwidth_how": limits.bandwidth_how(threads),
+    }
     gemm = limits.gemm_throughput(prefill_gemms(ModelFolder(path), prompt_tokens), threads)
     facts["gemm"] = gemm
     facts["gemm_int8_gops"] = gemm["int8"]["mlp_in"]["gops"]
@@ -471,17 +478,22 @@ def _build_fast_variants(path: Path, progress: Progress) -> None:
     build_variants(path, progress=progress)
     for variant in _cpu_variants():
         if variant not in DEFAULT_VARIANTS:
-            _try_variant(partial(build_variant, path, variant, progress=progress), variant, progress)
+            _try_variant(path, variant, partial(build_variant, path, variant, progress=progress), progress)
 
 
 def _add_missing_variants(folder: Path, progress: Progress) -> None:
-    """Build the CPU variants a config folder built by an earlier chatbot lacks."""
+    """Build the CPU variants a config folder lacks (it was built by an earlier chatbot), except
+    those that failed with this graph format before (``card.json``'s ``bench_unbuilt``)."""
     from training.export.fused_graph import build_variant
 
+    loaded = ModelFolder(folder)
+    unbuilt = loaded.card.get("bench_unbuilt") or {}
     for variant in _cpu_variants():
-        if variant not in ModelFolder(folder).variants:
-            progress(f"building the {variant} graph of {folder}; once, later runs reuse it")
-            _try_variant(partial(_in_child, build_variant, folder, variant), variant, progress)
+        failed = unbuilt.get(variant) if isinstance(unbuilt, dict) else None
+        if variant in loaded.variants or (isinstance(failed, dict) and failed.get("format") == GRAPH_FORMAT):
+            continue
+        progress(f"building the {variant} graph of {folder}; once, later runs reuse it")
+        _try_variant(folder, variant, partial(_in_child, build_variant, folder, variant), progress)
 
 
 def _cpu_variants() -> list[str]:
@@ -490,11 +502,17 @@ def _cpu_variants() -> list[str]:
     return [name for name, precision in VARIANTS.items() if getattr(precision, "device", "") == "cpu"]
 
 
-def _try_variant(build: Callable[[], Any], variant: str, progress: Progress) -> None:
+def _try_variant(folder: Path, variant: str, build: Callable[[], Any], progress: Progress) -> None:
+    """``build()``; a failure (a variant failing its parity check on random weights, say) is said,
+    and recorded in the card so that later runs do not try again until the graph format changes."""
+    from training.card import set_card_entry
+
     try:
         build()
-    except Exception as error:  # a variant failing its parity check must not stop the bench
-        progress(f"the {variant} graph was not built ({type(error).__name__}: {error}); timed without it")
+    except Exception as error:  # whatever it is, the bench goes on without that graph
+        reason = f"{type(error).__name__}: {error}"
+        progress(f"the {variant} graph was not built ({reason}); timed without it")
+        set_card_entry(folder, ["bench_unbuilt", variant], {"error": reason, "format": GRAPH_FORMAT})
 
 
 def _ensure_cuda_variant(path: Path, progress: Progress) -> None:

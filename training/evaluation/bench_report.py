@@ -58,9 +58,13 @@ def _machine_line(machine: dict[str, Any]) -> str:
     if "read_bandwidth_gbs" not in machine:
         return f"{line} {machine.get('limits_missing', 'Its limits were not measured.')}"
     gemm = machine["gemm"]["int8"]["mlp_in"]
+    ways = "; ".join(
+        f"{when}: " + ", ".join(f"{way} {value:.1f}" for way, value in measured.items())
+        for when, measured in machine["read_bandwidth"].items()
+    )
     return (
         f"{line} Its limits, measured in this run: read bandwidth {machine['read_bandwidth_gbs']:.1f} GB/s "
-        f"(median {machine['read_bandwidth_median_gbs']:.1f}; {machine['read_bandwidth_how']}); GEMM at "
+        f"({ways}; {machine['read_bandwidth_how']}); GEMM at "
         f"({gemm['m']} × {gemm['k']}) · ({gemm['k']} × {gemm['n']}): int8 {machine['gemm_int8_gops']:.0f} "
         f"GOPS, fp32 {machine['gemm_fp32_gflops']:.0f} GFLOP/s ({machine['gemm_how']})."
     )

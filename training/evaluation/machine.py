@@ -6,10 +6,12 @@ a decode step at batch 1 reads every weight once, so it cannot beat bytes / read
 prompt's prefill is matrix products, so it cannot beat their FLOPs / GEMM throughput.
 
 * Read bandwidth: a 1 GiB buffer (written first, so every page is real memory rather than the
-  kernel's shared zero page) reduced with numpy's ``bitwise_or`` over 64-bit words, split into one
-  chunk per thread, the threads started together (numpy lets go of the GIL in the loop). The
-  best of several passes is the figure a floor uses: a floor must not sit above what the machine
-  did; the median says how much it moved.
+  kernel's shared zero page) read two ways: reduced with numpy's ``bitwise_or`` over 64-bit
+  words, split into one chunk per thread, the threads started together (numpy lets go of the
+  GIL in the loop); and streamed by ONNX Runtime's int8 kernel as the weight of one token's
+  product, as a decode step streams its weights. The best pass of either is the figure a floor
+  uses: a floor must not sit above what the machine did. (On a quiet 2-core AMD EPYC the two
+  gave 42 and 45 GB/s; on a busy one, both moved by a quarter.)
 * GEMM throughput: one ONNX Runtime session per shape, the weight an initializer as in our
   graphs, ``intra_op_num_threads`` = the bench's threads: ``MatMulInteger`` (uint8 activations ×
   int8 weights, the kernel behind the int8 graph's ``MatMulIntegerToFloat``) and ``MatMul``
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import os
 import platform
-import statistics
 import threading
 import time
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ RELEVANT_FLAGS = (
     "amx_bf16",
 )
 BANDWIDTH_BYTES = 1 << 30  # 1 GiB: far beyond any last-level cache
+GEMV_BYTES = 1 << 28  # 256 MiB of int8 weights: 8× a 32 MiB L3 (ONNX Runtime holds copies of it)
 BANDWIDTH_PASSES = 5
 GEMM_RUNS = 10
 
@@ -101,8 +103,26 @@ def load_average() -> list[float] | None:
 
 def read_bandwidth(
     threads: int, size: int = BANDWIDTH_BYTES, passes: int = BANDWIDTH_PASSES
-) -> dict[str, Any]:
-    """GB/s read by ``threads`` threads reducing a ``size``-byte buffer: best and median of ``passes``."""
+) -> dict[str, float]:
+    """GB/s read from a ``size``-byte buffer by ``threads`` threads, the best of ``passes``, two ways:
+    numpy reducing it, and ONNX Runtime's int8 kernel streaming it as one token's weights."""
+    return {
+        "numpy": _numpy_bandwidth(threads, size, passes),
+        "onnxruntime_int8_gemv": _gemv_bandwidth(threads, min(size, GEMV_BYTES), passes),
+    }
+
+
+def bandwidth_how(threads: int, size: int = BANDWIDTH_BYTES, passes: int = BANDWIDTH_PASSES) -> str:
+    gemv = min(size, GEMV_BYTES)
+    return (
+        f"the best of {passes} passes with {threads} thread(s), two ways, at the start and at the end of "
+        f"the run: numpy's bitwise_or reduction of a written {size / 2**30:.3g} GiB buffer as 64-bit "
+        f"words, one chunk per thread; ONNX Runtime's MatMulInteger of one token by a "
+        f"(4096 × {gemv // 4096}) int8 weight ({gemv / 2**20:.0f} MiB)"
+    )
+
+
+def _numpy_bandwidth(threads: int, size: int, passes: int) -> float:
     words = np.ones(size // 8, dtype=np.uint64)  # written: every page is backed
     chunks = np.array_split(words, threads)
     rates = []
@@ -114,27 +134,33 @@ def read_bandwidth(
         for worker in workers:
             worker.join()
         rates.append(words.nbytes / (time.perf_counter() - started) / 1e9)
-    del words, chunks
-    return {
-        "read_bandwidth_gbs": max(rates),
-        "read_bandwidth_median_gbs": statistics.median(rates),
-        "read_bandwidth_how": f"numpy bitwise_or reduction of {size / 2**30:.3g} GiB as 64-bit words, "
-        f"{threads} thread(s) on a chunk each; best of {passes} passes",
-    }
+    return max(rates)
+
+
+def _gemv_bandwidth(threads: int, size: int, passes: int) -> float:
+    gemm = Gemm(1, 4096, size // 4096)
+    ms = gemm_ms(gemm, "int8", threads, runs=passes, weight=np.ones((gemm.k, gemm.n), dtype=np.int8))
+    return gemm.k * gemm.n / ms / 1e6
 
 
 # ---------------------------------------------------------------------------------------------
 # GEMM throughput
 
 
-def gemm_ms(gemm: Gemm, precision: str, threads: int, runs: int = GEMM_RUNS) -> float:
+def gemm_ms(
+    gemm: Gemm,
+    precision: str,
+    threads: int,
+    runs: int = GEMM_RUNS,
+    weight: np.ndarray[Any, Any] | None = None,
+) -> float:
     """Milliseconds of one ``gemm`` (count ignored) in ONNX Runtime: the fastest of ``runs``."""
     import onnxruntime as ort
 
     session_options = ort.SessionOptions()
     session_options.intra_op_num_threads = threads
     session = ort.InferenceSession(
-        _gemm_model(gemm, precision), session_options, providers=["CPUExecutionProvider"]
+        _gemm_model(gemm, precision, weight), session_options, providers=["CPUExecutionProvider"]
     )
     rng = np.random.default_rng(0)
     a: np.ndarray[Any, Any] = (
@@ -151,13 +177,13 @@ def gemm_ms(gemm: Gemm, precision: str, threads: int, runs: int = GEMM_RUNS) -> 
     return min(times) * 1e3
 
 
-def _gemm_model(gemm: Gemm, precision: str) -> bytes:
+def _gemm_model(gemm: Gemm, precision: str, given: np.ndarray[Any, Any] | None = None) -> bytes:
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
     weight: np.ndarray[Any, Any]
     if precision == "int8":
-        weight = rng.integers(-63, 64, (gemm.k, gemm.n), dtype=np.int8)  # 7 bits, as our int8 graphs
+        weight = given if given is not None else rng.integers(-63, 64, (gemm.k, gemm.n), dtype=np.int8)
         node = helper.make_node("MatMulInteger", ["a", "b", "a_zero"], ["y"])
         initializers = [
             numpy_helper.from_array(weight, "b"),
