@@ -106,7 +106,9 @@ def test_the_machine_and_each_variant_are_held_against_their_floors(
     assert set(bandwidth) == {"start", "end"} and set(bandwidth["end"]) == {"numpy", "onnxruntime_int8_gemv"}
     assert machine["read_bandwidth_gbs"] == max(max(way.values()) for way in bandwidth.values()) > 0
     assert machine["gemm_int8_gops"] > 0 and machine["gemm_fp32_gflops"] > 0
-    assert set(machine["gemm"]) == {"int8", "fp32"}
+    assert set(machine["gemm"]) == {"int8", "fp32"} and set(machine["limits"]) == {"start", "end"}
+    fastest = min(machine["limits"][when]["gemm"]["int8"]["mlp_in"]["ms"] for when in ("start", "end"))
+    assert machine["gemm"]["int8"]["mlp_in"]["ms"] == fastest
     assert set(machine["gemm"]["int8"]) == {"qkv", "attention_out", "mlp_in", "mlp_out", "lm_head"}
     assert f"Machine: {machine['cpu']}, " in stdout and "read bandwidth" in stdout
     variant = results["variants"]["cpu-int8"]  # the tiny folder has the served graph only
