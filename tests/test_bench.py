@@ -71,6 +71,67 @@ def test_bench_writes_both_tables_and_the_json_with_ratios(measured: tuple[str, 
     assert "A new conversation's first turn (48 tokens: a 16-token system prompt" in stdout
 
 
+def test_the_sides_are_interleaved_and_each_figure_has_its_spread(
+    measured: tuple[str, dict[str, Any]],
+) -> None:
+    stdout, results = measured
+    assert results["load_order"][0] == "ours" and results["load_order"][-1] == "transformers"
+    for side in ("ours", "transformers"):
+        spread = results[side]["spread"]
+        for figure in ("first_token_ms", "decode_ms_per_token"):
+            assert spread[figure]["q1"] <= spread[figure]["median"] <= spread[figure]["q3"]
+            assert len(results[side]["runs"][figure]) == 1  # --runs 1: one round
+        assert set(results[side]["tokens_per_s_spread"]) == {"1", "2"}
+    ratios = results["ratios"]["transformers"]
+    assert ratios["first_token_iqr"][0] <= ratios["first_token"] <= ratios["first_token_iqr"][1]
+    assert len(ratios["decode_iqr"]) == 2 and set(ratios["tokens_per_s_iqr"]) == {"1", "2"}
+    scaling = results["ours"]["scaling"]
+    assert scaling["base"] == 1 and scaling["vs_base"]["1"] == 1 and scaling["vs_base"]["2"] > 0
+    assert scaling["target"] == 4
+    assert (
+        "| conversations at once | ours, one thread each through the scheduler (tokens/s) | ours against 1"
+        in stdout
+    )
+    assert "Ours with 2 conversations at once: " in stdout and "issue 21's target" in stdout
+
+
+def test_the_machine_and_each_variant_are_held_against_their_floors(
+    measured: tuple[str, dict[str, Any]],
+) -> None:
+    stdout, results = measured
+    machine = results["machine"]
+    assert machine["cpu"] and isinstance(machine["cpu_flags"], list) and machine["threads"] >= 1
+    assert machine["load_average_start"] is None or len(machine["load_average_start"]) == 3
+    bandwidth = machine["read_bandwidth"]
+    assert set(bandwidth) == {"start", "end"} and set(bandwidth["end"]) == {"numpy", "onnxruntime_int8_gemv"}
+    assert machine["read_bandwidth_gbs"] == max(max(way.values()) for way in bandwidth.values()) > 0
+    assert machine["gemm_int8_gops"] > 0 and machine["gemm_fp32_gflops"] > 0
+    assert set(machine["gemm"]) == {"int8", "fp32"} and set(machine["limits"]) == {"start", "end"}
+    fastest = min(machine["limits"][when]["gemm"]["int8"]["mlp_in"]["ms"] for when in ("start", "end"))
+    assert machine["gemm"]["int8"]["mlp_in"]["ms"] == fastest
+    assert set(machine["gemm"]["int8"]) == {"qkv", "attention_out", "mlp_in", "mlp_out", "lm_head"}
+    assert f"Machine: {machine['cpu']}, " in stdout and "read bandwidth" in stdout
+    variant = results["variants"]["cpu-int8"]  # the tiny folder has the served graph only
+    assert variant["served"] and variant["precision"] == "int8" and results["ours"]["variant"] == "cpu-int8"
+    assert (
+        variant["bytes_per_token"]
+        == sum(variant["weight_bytes_by_dtype"].values()) + variant["kv_cache_bytes_per_token"]
+    )
+    assert variant["weight_bytes_by_dtype"]["int8"] > variant["weight_bytes_by_dtype"]["float"]
+    assert variant["decode_floor_ms"] == pytest.approx(
+        variant["bytes_per_token"] / (machine["read_bandwidth_gbs"] * 1e9) * 1e3
+    )
+    assert variant["decode_vs_floor"] == pytest.approx(
+        variant["decode_ms_per_token"] / variant["decode_floor_ms"]
+    )
+    assert variant["first_token_floor_ms"] > 0 and variant["prefill_flops"] > 0
+    assert variant["first_token_vs_floor"] == pytest.approx(
+        variant["first_token_ms"] / variant["first_token_floor_ms"]
+    )
+    assert "| our graph | read per token (MB: weights + KV cache) |" in stdout
+    assert "| `cpu-int8` (served), int8 |" in stdout
+
+
 def test_the_fast_graphs_perplexity_is_measured_on_held_out_data(
     measured: tuple[str, dict[str, Any]],
 ) -> None:
@@ -122,6 +183,59 @@ def test_a_missing_ctranslate2_is_said_in_the_table(measured: tuple[str, dict[st
     assert "ctranslate2" not in results["ratios"]
 
 
+def test_a_gathered_table_costs_one_row_a_token_and_a_product_reads_all(tiny_model_dir: Path) -> None:
+    import onnx
+
+    from training.evaluation.floors import graph_reads
+
+    path = tiny_model_dir / "onnx" / "cpu-int8" / "model.onnx"
+    graph = onnx.load(str(path)).graph
+    arrays = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    sizes = {name: array.nbytes for name, array in arrays.items()}
+    gathered = {n.input[0] for n in graph.node if n.op_type == "Gather"} & set(sizes)
+    uses = [(n.op_type, i, name) for n in graph.node for i, name in enumerate(n.input)]
+    multiplied = {name for op, i, name in uses if (op, i) != ("Gather", 0)} & set(sizes)
+    assert gathered and not gathered & multiplied  # the int8 graph has its own LM head
+    rows = sum(sizes[name] // arrays[name].shape[0] for name in gathered)
+    reads = graph_reads(path)
+    assert reads.weight_bytes == sum(sizes[name] for name in multiplied) + rows
+    assert reads.precision == "int8" and reads.kv_itemsize == 4
+    assert graph_reads(tiny_model_dir / "onnx" / "model.onnx").precision == "fp32"
+
+
+def test_the_cpu_model_and_the_flags_that_matter_are_read(tmp_path: Path) -> None:
+    from training.evaluation.machine import cpu
+
+    info = tmp_path / "cpuinfo"
+    info.write_text(
+        "processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu avx2 fma avx512f avx512_vnni\n"
+    )
+    found = cpu(info)
+    assert found["model"] == "AMD EPYC 9R14" and found["flags"] == ["avx2", "fma", "avx512f", "avx512_vnni"]
+    assert "amx_int8" in found["lacks"] and "avx2" not in found["lacks"]
+    assert cpu(tmp_path / "missing")["lacks"] == []
+
+
+def test_rounds_alternate_the_sides_and_ratios_are_paired_within_a_round() -> None:
+    from training.evaluation.rounds import Contender, paired_ratios, run_rounds
+
+    ran: list[str] = []
+    # each round the machine slows down; the peer stays 3x slower than ours within the round
+    speed = {"ours": [1.0, 2.0, 4.0], "peer": [3.0, 6.0, 12.0]}
+
+    def reply(key: str) -> tuple[float, float, int]:
+        ran.append(key)
+        first = speed[key][ran.count(key) - 1]
+        return first, first * 5, 5
+
+    sides = [Contender(key, key, lambda key=key: reply(key)) for key in ("ours", "peer")]
+    run_rounds(sides, 3, lambda _: None)
+    assert ran == ["ours", "peer"] * 3
+    ratios = paired_ratios(*sides)
+    assert ratios["first_token"] == pytest.approx(3) and ratios["decode"] == pytest.approx(3)
+    assert ratios["first_token_iqr"] == pytest.approx([3, 3])
+
+
 def test_an_unknown_config_is_refused_with_the_names(tmp_path: Path) -> None:
     result = bench("--config", "gpt5", env={"XDG_CACHE_HOME": str(tmp_path)})
     assert result.returncode == 1
@@ -167,3 +281,22 @@ def test_a_config_folder_is_built_once_then_reused_and_rebuilt_when_incomplete(
     said.clear()
     ensure_bench_model("tiny", progress=said.append)
     assert said[0].startswith("building") and (folder / "onnx" / "model.onnx").is_file()
+
+
+def test_a_variant_that_does_not_build_is_left_out_and_not_tried_again(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chatbot import ModelFolder
+    from chatbot.folder import GRAPH_FORMAT
+    from training.evaluation import bench
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    monkeypatch.setattr(bench, "_cpu_variants", lambda: ["cpu-int8", "cpu-int3"])  # the builder lacks int3
+    said: list[str] = []
+    bench._add_missing_variants(folder, said.append)
+    assert said[0].startswith("building the cpu-int3 graph") and "cpu-int3 graph was not built" in said[1]
+    assert ModelFolder(folder).card["bench_unbuilt"]["cpu-int3"]["format"] == GRAPH_FORMAT
+    said.clear()
+    bench._add_missing_variants(folder, said.append)
+    assert said == []

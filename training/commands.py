@@ -315,8 +315,10 @@ def bench(commands: CommandSet) -> None:
         "bench",
         help="measure speed and memory against transformers generate and CTranslate2",
         description="Time to first token, decode ms/token and tokens/s with N conversations at once for "
-        "our ONNX engine, transformers generate and (when installed) CTranslate2, on the same weights: "
-        "a model folder, or a named shape with random weights built once in the cache (--config).",
+        "our ONNX engine (each of the folder's graphs for the device), transformers generate and (when "
+        "installed) CTranslate2, on the same weights, timed in interleaved rounds; the machine's read "
+        "bandwidth and GEMM throughput, and each graph against the floors they set: a model folder, or a "
+        "named shape with random weights built once in the cache (--config).",
     )
     parser.add_argument(
         "model_dir", metavar="MODEL_DIR", type=Path, nargs="?", help="a model folder (or versions root)"
@@ -330,8 +332,8 @@ def bench(commands: CommandSet) -> None:
     for flag, key, meaning in (
         ("--prompt-tokens", "prompt_tokens", "prompt length"),
         ("--new-tokens", "new_tokens", "tokens generated per reply"),
-        ("--runs", "runs", "timed runs after a warm-up; medians"),
-        ("--concurrency-runs", "concurrency_runs", "runs per tokens/s figure; medians"),
+        ("--runs", "runs", "timed rounds after a warm-up, every side once a round; medians"),
+        ("--concurrency-runs", "concurrency_runs", "rounds per tokens/s figure; medians"),
     ):
         parser.add_argument(
             flag, type=int, default=defaults[key], help=f"{meaning} (default: {defaults[key]})"

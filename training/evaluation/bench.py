@@ -4,29 +4,38 @@ The model is a folder (``chatbot bench MODEL_DIR``) or a named shape with random
 (``chatbot bench --config gpt2``, see :data:`CONFIGS`), built once in the cache and reused; speed
 does not depend on the values of the weights, and the prompts are random token ids, never text.
 
-The sides, each measured after a warm-up as medians of several runs on the same random prompt:
+The sides, all loaded and warmed up first, then timed in interleaved rounds
+(:mod:`training.evaluation.rounds`): each round times one reply of every side in turn, so a
+slow minute of a shared machine slows them all, and each round's ratio is paired.
 
-* ours: the engine's generator (:func:`_our_generator`); N conversations at once are N threads,
-  each calling ``generator.generate``;
+* ours: the engine's generator (:func:`_our_generator`) on each graph of the folder that runs on
+  the device: the one it serves (``ours``) and the others (e.g. ``cpu-fp32``, or a ``cpu-int4``
+  when there is one) at batch 1; N conversations at once are N threads, each calling
+  ``generator.generate``;
 * CTranslate2 (when ``import ctranslate2`` works: ``pip install 'chatbot[bench]'``): the folder
   converted to int8 once (cached next to it); N conversations are one ``generate_batch``; CPU only;
-* transformers ``generate`` (eager, fp32 on the CPU, fp16 on the GPU); N conversations are one
-  batched call with N copies; on the GPU also ``generate(cache_implementation="static")``, which
-  compiles its decode step with torch.compile (the fastest transformers route, GPU.md).
+* transformers ``generate`` (eager, fp32 on the CPU, fp16 on the GPU), timed through a streamer
+  so its first token is timed as the others' are; N conversations are one batched call with N
+  copies; on the GPU also ``generate(cache_implementation="static")``, which compiles its decode
+  step with torch.compile (the fastest transformers route, GPU.md).
 
 ``device="cuda"`` runs every side on the GPU: ours on the ``cuda-fp16`` graph (built in the
 folder when missing) through the scheduler with its CUDA graphs.
 
 For each: time to first token (the prompt's forward pass and the first pick), decode
-milliseconds per token at batch 1 (the rest of the reply, divided by its tokens), aggregate
-tokens/s for each N of ``concurrency``, and the process's peak resident memory after that side
-ran (the sides run one after the other in one process, so the figure is cumulative). Ours also:
-the first token of a conversation's second turn with its first turn kept, and of a new
-conversation whose system prompt earlier ones started with, each against the same prompt from
-scratch (the CPU scheduler keeps both; see :mod:`chatbot.scheduler`). Everybody
-generates greedily and exactly ``new_tokens`` tokens: stop tokens are ignored. The results are
-printed as markdown tables with ratios against each peer (> 1× means ours is faster), and written
-as ``bench.md`` and ``bench.json``.
+milliseconds per token at batch 1 (the rest of the reply, divided by its tokens), medians of the
+rounds with their spread, aggregate tokens/s for each N of ``concurrency`` (interleaved the same
+way), and the process's peak resident memory once that side was loaded and warm (cumulative).
+Before any side loads, the machine's own limits are measured in the same run
+(:mod:`training.evaluation.machine`: CPU model and flags, load average, read bandwidth, GEMM
+throughput at the prompt's shapes), and each of our graphs is held against its floors
+(:mod:`training.evaluation.floors`): bytes read per decoded token / bandwidth, and the prefill's
+matrix products / GEMM throughput. Ours also: the first token of a conversation's second turn
+with its first turn kept, and of a new conversation whose system prompt earlier ones started
+with, each against the same prompt from scratch (the CPU scheduler keeps both; see
+:mod:`chatbot.scheduler`). Everybody generates greedily and exactly ``new_tokens`` tokens: stop
+tokens are ignored. The results are printed as markdown tables with ratios against each peer
+(> 1× means ours is faster), and written as ``bench.md`` and ``bench.json``.
 """
 
 from __future__ import annotations
@@ -40,36 +49,44 @@ import platform
 import resource
 import shutil
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import partial
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from chatbot import settings
 from chatbot.errors import ChatbotError, ModelFolderError
-from chatbot.folder import ModelFolder
+from chatbot.folder import GRAPH_FORMAT, ModelFolder
 from chatbot.generation import Generator
 from chatbot.loader import REFERENCE, choose_variant, load_generator
 from chatbot.paths import write_text_atomically
 from chatbot.types import GenerationConfig, Progress
 from chatbot.versions import model_folder
-
-if TYPE_CHECKING:
-    pass
-
+from training.evaluation import machine as limits
+from training.evaluation.bench_report import markdown
+from training.evaluation.floors import prefill_gemms, variant_floors
+from training.evaluation.rounds import (
+    Contender,
+    figures,
+    paired_ratios,
+    quiet_torch,
+    run_batch_rounds,
+    run_rounds,
+    timed_stream,
+)
 
 BENCH_EXTRA = "pip install 'chatbot[bench]'"
 CT2_QUANTIZATION = "int8"
 FOLLOW_UP_TOKENS = 32  # the new message of the second turn that `chatbot bench` times
+SCALING_TARGET = 4.0  # issue 21: 32 conversations at once should give at least 4× one's tokens/s
 RECIPE = 6  # bump when a config folder must be built again (new files, new export options)
 
 
@@ -106,22 +123,6 @@ class BenchOptions:
     data: tuple[str, ...] = ()  # held-out transcripts to measure the variant's perplexity on
 
 
-@dataclass
-class Side:
-    """One contender's figures (milliseconds, tokens/s, MiB)."""
-
-    name: str
-    first_token_ms: float
-    decode_ms_per_token: float
-    tokens: int
-    peak_rss_mib: float
-    tokens_per_s: dict[int, float] = field(default_factory=dict)
-    # ours only: the first token of a conversation's second turn, with its first turn kept
-    follow_up: dict[str, Any] = field(default_factory=dict)
-    # ours only: the first token of a new conversation whose system prompt others had before
-    shared_system: dict[str, Any] = field(default_factory=dict)
-
-
 # ---------------------------------------------------------------------------------------------
 # The run
 
@@ -146,17 +147,19 @@ def run_bench(
         _ensure_cuda_variant(Path(model_dir), progress)
     folder = model_folder(model_dir)
     prompt = _prompt(folder, options)
-    progress(f"prompt {len(prompt)} random tokens, {options.new_tokens} new tokens, {options.runs} runs")
-    ours = _measure_ours(folder, prompt, options, progress)
-    peers: dict[str, Side | str] = {
-        "ctranslate2": _ctranslate2_side(folder, prompt, ours.tokens, options, progress),
-        "transformers": _measure_transformers(folder.path, prompt, ours.tokens, options, progress),
-    }
-    if options.device == "cuda":
-        peers["transformers-static"] = _measure_transformers(
-            folder.path, prompt, ours.tokens, options, progress, static=True
-        )
-    results = _results(folder, config, prompt, options, ours, peers)
+    facts = _machine(folder, len(prompt), options, progress)
+    progress(f"prompt {len(prompt)} random tokens, {options.new_tokens} new tokens, {options.runs} rounds")
+    sides = _Sides(folder, prompt, options, progress)
+    run_rounds(sides.contenders, options.runs, progress)
+    run_batch_rounds(sides.contenders, options.concurrency, options.concurrency_runs, progress)
+    if options.device == "cpu":
+        progress("machine: read bandwidth and GEMM throughput again, at the end")
+        _best_limits(facts, _in_child(_machine_limits, folder.path, len(prompt), _cpus()))
+    # last: its longer prompts grow the cache, which the figures above must not pay for
+    progress("ours: a conversation's second turn, and new ones with the same system prompt")
+    with quiet_torch():
+        kept = _kept_turns(sides.generator, folder, prompt, sides.config, options)
+    results = _results(folder, config, prompt, options, facts, sides, kept)
     results["quality"] = _quality(folder, config, options, progress)
     table = markdown(results)
     options.out.mkdir(parents=True, exist_ok=True)
@@ -164,6 +167,66 @@ def run_bench(
     write_text_atomically(options.out / "bench.md", table)
     progress(f"wrote {options.out / 'bench.md'} and {options.out / 'bench.json'}")
     return results
+
+
+def _machine(
+    folder: ModelFolder, prompt_tokens: int, options: BenchOptions, progress: Progress
+) -> dict[str, Any]:
+    """The machine, its load before the bench loads anything, and (on the CPU) its own limits."""
+    cpu = limits.cpu()
+    threads = _cpus()
+    facts: dict[str, Any] = {
+        "load_average_start": limits.load_average(),
+        "cpu": cpu["model"],
+        "cpu_flags": cpu["flags"],
+        "cpu_lacks": cpu["lacks"],
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "threads": threads,
+        "platform": platform.platform(),
+        "device": options.device,
+        "gpu": _gpu_name() if options.device == "cuda" else None,
+    }
+    if options.device != "cpu":
+        facts["limits_missing"] = "the machine's limits and the floors are measured for the CPU only"
+        return facts
+    progress(f"machine: {cpu['model']}; read bandwidth and GEMM throughput with {threads} threads")
+    start = _in_child(_machine_limits, folder.path, prompt_tokens, threads)
+    facts["limits"] = {"start": start}
+    facts["read_bandwidth_how"] = limits.bandwidth_how(threads)
+    facts["gemm_how"] = (
+        f"ONNX Runtime MatMulInteger (uint8 × int8) and MatMul (fp32), {threads} threads, the weight an "
+        f"initializer; fastest of {limits.GEMM_RUNS} runs at the start and at the end of the run; the "
+        "figures above are at the MLP's first product, (prompt × hidden) · (hidden × 4·hidden)"
+    )
+    return facts
+
+
+def _machine_limits(path: Path, prompt_tokens: int, threads: int) -> dict[str, Any]:
+    """Read bandwidth and GEMM throughput at the prefill's shapes; run in a child process, so its
+    1 GiB buffer and weights stay out of the bench's peak memory and its threads out of the way."""
+    return {
+        "read_bandwidth": limits.read_bandwidth(threads),
+        "gemm": limits.gemm_throughput(prefill_gemms(ModelFolder(path), prompt_tokens), threads),
+    }
+
+
+def _best_limits(facts: dict[str, Any], end: dict[str, Any]) -> None:
+    """Add the end's measurement to ``facts`` and keep the best of start and end: what the machine
+    did when it was least disturbed is what the floors hold our figures against."""
+    facts["limits"]["end"] = end
+    measured = facts["limits"].values()
+    facts["read_bandwidth"] = {when: m["read_bandwidth"] for when, m in facts["limits"].items()}
+    facts["read_bandwidth_gbs"] = max(max(m["read_bandwidth"].values()) for m in measured)
+    facts["gemm"] = {
+        precision: {
+            name: min((m["gemm"][precision][name] for m in measured), key=lambda g: g["ms"])
+            for name in shapes
+        }
+        for precision, shapes in end["gemm"].items()
+    }
+    facts["gemm_int8_gops"] = facts["gemm"]["int8"]["mlp_in"]["gops"]
+    facts["gemm_fp32_gflops"] = facts["gemm"]["fp32"]["mlp_in"]["gops"]
 
 
 def _prompt(folder: ModelFolder, options: BenchOptions) -> list[int]:
@@ -179,35 +242,112 @@ def _results(
     config: str | None,
     prompt: list[int],
     options: BenchOptions,
-    ours: Side,
-    peers: dict[str, Side | str],
+    facts: dict[str, Any],
+    sides: _Sides,
+    kept: tuple[dict[str, Any], dict[str, Any]],
 ) -> dict[str, Any]:
+    ours = sides.contenders[0]
     results: dict[str, Any] = {
         "model": str(folder.path),
         "config": config,
-        "machine": {
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "device": options.device,
-            "gpu": _gpu_name() if options.device == "cuda" else None,
-        },
+        "machine": facts,
         "settings": {
             **asdict(options),
             "out": str(options.out),
             "prompt_tokens": len(prompt),
-            "new_tokens": ours.tokens,
+            "new_tokens": min(ours.counts),
         },
-        "ours": asdict(ours),
+        "load_order": [c.key for c in sides.contenders],
+        "ours": {
+            **_side(ours, sides.contenders),
+            "variant": ours.variant,
+            "scaling": _scaling(ours),
+            "follow_up": kept[0],
+            "shared_system": kept[1],
+        },
         "ratios": {},
+        "variants": {},
+        "peak_rss_mib_end": _peak_rss_mib(),
     }
-    for key, peer in peers.items():
-        if isinstance(peer, str):
-            results[key] = {"name": _PEER_NAMES[key], "missing": peer}
-        else:
-            results[key] = asdict(peer)
-            results["ratios"][key] = _ratios(ours, peer)
+    for contender in sides.contenders:
+        if contender.variant is not None:
+            results["variants"][contender.variant] = _variant(folder, contender, ours, sides, facts, options)
+    for key in _PEER_NAMES:
+        peer = next((c for c in sides.contenders if c.key == key), None)
+        if peer is not None:
+            results[key] = _side(peer, sides.contenders)
+            results["ratios"][key] = paired_ratios(ours, peer)
+        elif key in sides.missing:
+            results[key] = {"name": _PEER_NAMES[key], "missing": sides.missing[key]}
     return results
+
+
+def _side(contender: Contender, order: list[Contender]) -> dict[str, Any]:
+    loaded = [c.key for c in order[: order.index(contender) + 1]]
+    return {
+        "name": contender.name,
+        **figures(contender),
+        "peak_rss_mib": contender.peak_rss_mib,
+        "peak_rss_after": loaded,
+    }
+
+
+def _scaling(ours: Contender) -> dict[str, Any]:
+    """Ours' tokens/s with N conversations at once against one (issue 21's target: 32 at 4× one)."""
+    rates = {n: statistics.median(values) for n, values in ours.rates.items()}
+    if not rates:
+        return {}
+    base = 1 if 1 in rates else min(rates)
+    return {
+        "base": base,
+        "vs_base": {n: rate / rates[base] for n, rate in rates.items()},
+        "target": SCALING_TARGET,
+    }
+
+
+def _variant(
+    folder: ModelFolder,
+    contender: Contender,
+    ours: Contender,
+    sides: _Sides,
+    facts: dict[str, Any],
+    options: BenchOptions,
+) -> dict[str, Any]:
+    """A graph of ours: its figures, what it reads per token, its floors, and how far above them it runs."""
+    assert contender.variant is not None
+    graph = _graph_path(folder, contender.variant)
+    measured = figures(contender)
+    entry: dict[str, Any] = {
+        "name": contender.name,
+        "graph": str(graph.relative_to(folder.path)),
+        "served": contender is ours,
+        "first_token_ms": measured["first_token_ms"],
+        "decode_ms_per_token": measured["decode_ms_per_token"],
+        "spread": measured["spread"],
+        "peak_rss_mib": contender.peak_rss_mib,
+        "peak_rss_after": _side(contender, sides.contenders)["peak_rss_after"],
+    }
+    if contender is not ours:
+        entry["vs_ours"] = paired_ratios(ours, contender)
+    if "read_bandwidth_gbs" not in facts:
+        entry["floors_missing"] = facts.get("limits_missing", "the machine's limits were not measured")
+        return entry
+    card_entry = (folder.card.get("onnx") or {}).get(contender.variant)
+    precision = card_entry.get("precision") if isinstance(card_entry, dict) else None
+    floors = variant_floors(
+        folder,
+        graph,
+        prompt_tokens=len(sides.prompt),
+        new_tokens=min(contender.counts),
+        bandwidth_gbs=facts["read_bandwidth_gbs"],
+        gemm=facts["gemm"],
+        precision=precision if isinstance(precision, str) else None,
+    )
+    entry.update(floors)
+    entry["decode_vs_floor"] = entry["decode_ms_per_token"] / floors["decode_floor_ms"]
+    first_floor = floors["first_token_floor_ms"]
+    entry["first_token_vs_floor"] = None if first_floor is None else entry["first_token_ms"] / first_floor
+    return entry
 
 
 def _quality(
@@ -262,15 +402,6 @@ def _measured_quality(
     }
 
 
-def _ratios(ours: Side, peer: Side) -> dict[str, Any]:
-    """Peer / ours for times, ours / peer for tokens/s: above 1 means ours is faster."""
-    return {
-        "first_token": peer.first_token_ms / ours.first_token_ms,
-        "decode": peer.decode_ms_per_token / ours.decode_ms_per_token,
-        "tokens_per_s": {n: ours.tokens_per_s[n] / rate for n, rate in peer.tokens_per_s.items()},
-    }
-
-
 # ---------------------------------------------------------------------------------------------
 # Named configs: a model folder with random weights, built once in the cache
 
@@ -286,6 +417,7 @@ def ensure_bench_model(name: str, *, progress: Progress = print) -> Path:
     folder = bench_model_dir(name)
     if _is_complete(folder, name, config):
         progress(f"reusing {folder} ({config.description})")
+        _add_missing_variants(folder, progress)
         return folder
     progress(f"building {folder} ({config.description}); once, later runs reuse it")
     started = time.perf_counter()
@@ -352,10 +484,49 @@ def _build_bench_model(name: str, folder: Path, progress: Progress) -> None:
 
 
 def _build_fast_variants(path: Path, progress: Progress) -> None:
-    """Build the engine's fast variants (cpu-int8) of the exported folder at ``path``."""
-    from training.export.fused_graph import build_variants
+    """Build the engine's fast CPU variants of the exported folder at ``path``: the default ones
+    (``cpu-int8``) must build; any other (``cpu-fp32``, and whatever the graph builder learns
+    next) is timed and held against its floors when it builds, and left out when it does not."""
+    from training.export.fused_graph import DEFAULT_VARIANTS, build_variant, build_variants
 
     build_variants(path, progress=progress)
+    for variant in _cpu_variants():
+        if variant not in DEFAULT_VARIANTS:
+            _try_variant(path, variant, partial(build_variant, path, variant, progress=progress), progress)
+
+
+def _add_missing_variants(folder: Path, progress: Progress) -> None:
+    """Build the CPU variants a config folder lacks (it was built by an earlier chatbot), except
+    those that failed with this graph format before (``card.json``'s ``bench_unbuilt``)."""
+    from training.export.fused_graph import build_variant
+
+    loaded = ModelFolder(folder)
+    unbuilt = loaded.card.get("bench_unbuilt") or {}
+    for variant in _cpu_variants():
+        failed = unbuilt.get(variant) if isinstance(unbuilt, dict) else None
+        if variant in loaded.variants or (isinstance(failed, dict) and failed.get("format") == GRAPH_FORMAT):
+            continue
+        progress(f"building the {variant} graph of {folder}; once, later runs reuse it")
+        _try_variant(folder, variant, partial(_in_child, build_variant, folder, variant), progress)
+
+
+def _cpu_variants() -> list[str]:
+    from training.export.fused_graph import VARIANTS
+
+    return [name for name, precision in VARIANTS.items() if getattr(precision, "device", "") == "cpu"]
+
+
+def _try_variant(folder: Path, variant: str, build: Callable[[], Any], progress: Progress) -> None:
+    """``build()``; a failure (a variant failing its parity check on random weights, say) is said,
+    and recorded in the card so that later runs do not try again until the graph format changes."""
+    from training.card import set_card_entry
+
+    try:
+        build()
+    except Exception as error:  # whatever it is, the bench goes on without that graph
+        reason = f"{type(error).__name__}: {error}"
+        progress(f"the {variant} graph was not built ({reason}); timed without it")
+        set_card_entry(folder, ["bench_unbuilt", variant], {"error": reason, "format": GRAPH_FORMAT})
 
 
 def _ensure_cuda_variant(path: Path, progress: Progress) -> None:
@@ -386,34 +557,85 @@ def _in_child(function: Callable[..., Any], *args: Any) -> Any:
 # Ours
 
 
-def _our_generator(folder: ModelFolder, device: str = "cpu") -> Generator:
+def _our_generator(folder: ModelFolder, device: str = "cpu", variant: str | None = None) -> Generator:
     """The generator the engine serves with, stop tokens cleared so every reply runs its full length."""
-    generator = load_generator(folder, device=device, max_batch=64)
+    generator = load_generator(folder, device=device, variant=variant, max_batch=64)
     generator.stop_token_ids = ()
     return generator
 
 
-def _measure_ours(folder: ModelFolder, prompt: list[int], options: BenchOptions, progress: Progress) -> Side:
-    variant = choose_variant(folder, options.device)
-    graph = folder.onnx_path if variant == REFERENCE else folder.variant_path(variant)
-    progress(f"ours: {graph.relative_to(folder.path)} ({variant}) on ONNX Runtime, {options.device}")
-    config = GenerationConfig(max_new_tokens=options.new_tokens)
-    with _torch_off():
-        generator = _our_generator(folder, options.device)
+def _device_variants(folder: ModelFolder, device: str) -> list[str]:
+    """Our graphs to time: the one the engine serves on ``device`` first, then the folder's other
+    current variants built for that device (whatever they are: a new one needs no change here)."""
+    served = choose_variant(folder, device)
+    others = [
+        variant
+        for variant in folder.variants
+        if variant != served and _runs_on(folder, variant, device) and folder.variant_is_current(variant)
+    ]
+    return [served, *others]
 
-        def reply() -> Iterator[Any]:
-            return iter(generator.generate(prompt, config))
 
-        first, decode, tokens = _stream_timings(reply, options.runs)
-        side = Side("ours (ONNX Runtime)", first, decode, tokens, 0.0)
-        for n in options.concurrency:
-            progress(f"ours: {n} conversations at once")
-            side.tokens_per_s[n] = _median_rate(partial(_threaded, generator, prompt, config, n), options)
-        side.peak_rss_mib = _peak_rss_mib()
-        # last: its longer prompts grow the cache, which the figures above must not pay for
-        progress("ours: a conversation's second turn, and new ones with the same system prompt")
-        side.follow_up, side.shared_system = _kept_turns(generator, folder, prompt, config, options)
-    return side
+def _runs_on(folder: ModelFolder, variant: str, device: str) -> bool:
+    entry = (folder.card.get("onnx") or {}).get(variant)
+    recorded = entry.get("device") if isinstance(entry, dict) else None
+    return recorded == device if isinstance(recorded, str) else variant.startswith(f"{device}-")
+
+
+def _graph_path(folder: ModelFolder, variant: str) -> Path:
+    return folder.onnx_path if variant == REFERENCE else folder.variant_path(variant)
+
+
+class _Sides:
+    """Every side, loaded and warmed up in turn (one untimed reply each): ours on each of our
+    graphs for the device (the served one first), then CTranslate2 and transformers. The peak
+    resident memory is read after each, so each figure is the process's so far."""
+
+    def __init__(self, folder: ModelFolder, prompt: list[int], options: BenchOptions, progress: Progress):
+        self.prompt = prompt
+        self.config = GenerationConfig(max_new_tokens=options.new_tokens)
+        self.contenders: list[Contender] = []
+        self.missing: dict[str, str] = {}  # a peer that did not run: why
+        variants = _device_variants(folder, options.device)
+        self.generator = self._ours(folder, variants[0], options, progress, served=True)
+        tokens = self.tokens
+        for variant in variants[1:]:
+            self._ours(folder, variant, options, progress, served=False)
+        ctranslate2 = _ctranslate2_side(folder, prompt, tokens, options, progress)
+        if isinstance(ctranslate2, str):
+            self.missing["ctranslate2"] = ctranslate2
+        else:
+            self._add(ctranslate2)
+        self._add(_transformers_side(folder.path, prompt, tokens, options, progress))
+        if options.device == "cuda":
+            self._add(_transformers_side(folder.path, prompt, tokens, options, progress, static=True))
+
+    def _ours(
+        self, folder: ModelFolder, variant: str, options: BenchOptions, progress: Progress, *, served: bool
+    ) -> Generator:
+        graph = _graph_path(folder, variant)
+        progress(f"ours: {graph.relative_to(folder.path)} ({variant}) on ONNX Runtime, {options.device}")
+        with quiet_torch():
+            generator = _our_generator(folder, options.device, variant)
+
+        def stream() -> Iterator[Any]:
+            return iter(generator.generate(self.prompt, self.config))
+
+        self._add(
+            Contender(
+                "ours" if served else variant,
+                f"ours (ONNX Runtime, `{variant}`)" if served else f"ours on `{variant}`",
+                partial(timed_stream, stream),
+                partial(_threaded, generator, self.prompt, self.config) if served else None,
+                variant=variant,
+            )
+        )
+        return generator
+
+    def _add(self, contender: Contender) -> None:
+        _, _, self.tokens = contender.time_reply()  # warm-up
+        contender.peak_rss_mib = _peak_rss_mib()
+        self.contenders.append(contender)
 
 
 def _kept_turns(
@@ -445,7 +667,8 @@ def _kept_turns(
 
     follow_up = _kept_against_scratch(generator, config, options, "bench-follow-up", second_turn)
     shared = _kept_against_scratch(generator, config, options, "bench-system", first_turn)
-    return follow_up, {**shared, "system_tokens": len(prompt)}
+    new_tokens = {"message_tokens": FOLLOW_UP_TOKENS}
+    return {**follow_up, **new_tokens}, {**shared, **new_tokens, "system_tokens": len(prompt)}
 
 
 def _kept_against_scratch(
@@ -510,55 +733,6 @@ def _threaded(generator: Generator, prompt: list[int], config: GenerationConfig,
     return sum(counts), time.perf_counter() - started
 
 
-@contextlib.contextmanager
-def _torch_off() -> Iterator[None]:
-    """One torch thread while another runtime runs, when torch is loaded at all: its idle OpenMP
-    threads would otherwise spin on the same cores (see CPU.md's thread fight)."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-# ---------------------------------------------------------------------------------------------
-# Shared timing
-
-
-def _stream_timings(start: Callable[[], Iterator[Any]], runs: int) -> tuple[float, float, int]:
-    """(first token ms, decode ms/token, tokens): medians over ``runs`` streams after a warm-up."""
-    _timed_stream(start)
-    timings = [_timed_stream(start) for _ in range(runs)]
-    first = statistics.median(f for f, _, _ in timings)
-    decode = statistics.median((total - f) / max(1, count - 1) for f, total, count in timings)
-    return first * 1e3, decode * 1e3, min(count for _, _, count in timings)
-
-
-def _timed_stream(start: Callable[[], Iterator[Any]]) -> tuple[float, float, int]:
-    started = time.perf_counter()
-    first = 0.0
-    count = 0
-    for _ in start():
-        count += 1
-        if count == 1:
-            first = time.perf_counter() - started
-    return first, time.perf_counter() - started, count
-
-
-def _median_rate(measure: Callable[[], tuple[int, float]], options: BenchOptions) -> float:
-    """Median tokens/s of ``measure() -> (tokens, seconds)`` over the options' concurrency runs."""
-    rates = []
-    for _ in range(options.concurrency_runs):
-        tokens, seconds = measure()
-        rates.append(tokens / seconds)
-    return statistics.median(rates)
-
-
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
@@ -576,8 +750,8 @@ _PEER_NAMES = {
 
 def _ctranslate2_side(
     folder: ModelFolder, prompt: list[int], tokens: int, options: BenchOptions, progress: Progress
-) -> Side | str:
-    """CTranslate2's figures, or why there are none."""
+) -> Contender | str:
+    """CTranslate2 as a side, or why there is none."""
     if options.device != "cpu":
         return "measured on the CPU only"
     try:
@@ -589,10 +763,8 @@ def _ctranslate2_side(
     except Exception as error:  # the converter raises many unrelated types
         return f"conversion failed ({type(error).__name__}: {error})"
     progress(f"CTranslate2 {ctranslate2.__version__} ({CT2_QUANTIZATION}) on {converted.name}")
-    with _torch_off():
-        side = _measure_ctranslate2(ctranslate2, converted, prompt, tokens, options, progress)
-    side.peak_rss_mib = _peak_rss_mib()
-    return side
+    with quiet_torch():
+        return _ctranslate2_contender(ctranslate2, converted, prompt, tokens)
 
 
 def _ctranslate2_model(folder: Path, progress: Progress) -> Path:
@@ -637,21 +809,14 @@ def _convert(folder: Path, converted: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _measure_ctranslate2(
-    ctranslate2: Any,
-    converted: Path,
-    prompt: list[int],
-    tokens: int,
-    options: BenchOptions,
-    progress: Progress,
-) -> Side:
+def _ctranslate2_contender(ctranslate2: Any, converted: Path, prompt: list[int], tokens: int) -> Contender:
     generator = ctranslate2.Generator(
         str(converted), device="cpu", compute_type=CT2_QUANTIZATION, intra_threads=_cpus()
     )
     vocabulary = json.loads((converted / "vocabulary.json").read_text(encoding="utf-8"))
     start = [vocabulary[i] for i in prompt]
 
-    def reply() -> Iterator[Any]:
+    def stream() -> Iterator[Any]:
         return iter(generator.generate_tokens(start, max_length=tokens, min_length=tokens))
 
     def batch(n: int) -> tuple[int, float]:
@@ -661,12 +826,8 @@ def _measure_ctranslate2(
         )
         return sum(len(r.sequences_ids[0]) for r in results), time.perf_counter() - started
 
-    first, decode, count = _stream_timings(reply, options.runs)
-    side = Side(f"CTranslate2 {ctranslate2.__version__} ({CT2_QUANTIZATION})", first, decode, count, 0.0)
-    for n in options.concurrency:
-        progress(f"CTranslate2: {n} conversations in one batch")
-        side.tokens_per_s[n] = _median_rate(partial(batch, n), options)
-    return side
+    name = f"CTranslate2 {ctranslate2.__version__} ({CT2_QUANTIZATION})"
+    return Contender("ctranslate2", name, partial(timed_stream, stream), batch)
 
 
 def _cpus() -> int:
@@ -677,7 +838,7 @@ def _cpus() -> int:
 # transformers
 
 
-def _measure_transformers(
+def _transformers_side(
     path: Path,
     prompt: list[int],
     tokens: int,
@@ -685,19 +846,24 @@ def _measure_transformers(
     progress: Progress,
     *,
     static: bool = False,
-) -> Side:
+) -> Contender:
+    """transformers ``generate`` as a side: one reply timed through a streamer (the time of each
+    token as ``generate`` hands it over, as ours is timed), N replies as one batched call."""
     import torch
     from transformers import AutoModelForCausalLM
 
     gpu = options.device == "cuda"
     dtype = torch.float16 if gpu else torch.float32
-    name = f"{_PEER_NAMES['transformers-static' if static else 'transformers']}, {str(dtype).split('.')[-1]}"
+    key = "transformers-static" if static else "transformers"
+    name = f"{_PEER_NAMES[key]}, {str(dtype).split('.')[-1]}"
     progress(f"{name} on the same weights")
+    if not gpu:
+        torch.set_num_threads(_cpus())  # the bench's threads, as the other sides have
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval().to(options.device)
     ids = torch.tensor([prompt], device=options.device)
     extra = {"cache_implementation": "static"} if static else {}
 
-    def generate(count: int, n: int = 1) -> tuple[int, float]:
+    def generate(n: int = 1, streamer: Any = None) -> tuple[int, float]:
         batch = ids.repeat(n, 1)
         started = time.perf_counter()
         with torch.inference_mode():
@@ -705,155 +871,40 @@ def _measure_transformers(
                 batch,
                 attention_mask=torch.ones_like(batch),
                 do_sample=False,
-                max_new_tokens=count,
-                min_new_tokens=count,
+                max_new_tokens=tokens,
+                min_new_tokens=tokens,
                 pad_token_id=model.config.eos_token_id or 0,
+                streamer=streamer,
                 **extra,
             )
         if gpu:
             torch.cuda.synchronize()
         return (out.shape[1] - ids.shape[1]) * n, time.perf_counter() - started
 
-    generate(tokens)  # warm-up (with a static cache: compiles; each batch size once more below)
-    first = statistics.median(generate(1)[1] for _ in range(options.runs))
-    total = statistics.median(generate(tokens)[1] for _ in range(options.runs))
-    decode = (total - first) / max(1, tokens - 1)
-    side = Side(name, first * 1e3, decode * 1e3, tokens, 0.0)
-    for n in options.concurrency:
-        progress(f"{name}: {n} conversations in one batch")
-        if static:
-            generate(tokens, n)  # a new batch size compiles again: not timed
-        side.tokens_per_s[n] = _median_rate(partial(generate, tokens, n), options)
-    side.peak_rss_mib = _peak_rss_mib()
-    return side
+    def reply() -> tuple[float, float, int]:
+        clock = _token_clock()
+        started = time.perf_counter()
+        generate(streamer=clock)
+        times = clock.times[1:]  # the first put is the prompt
+        return times[0] - started, times[-1] - started, len(times)
+
+    return Contender(key, name, reply, generate, on_torch=True, compiles_per_batch=static)
 
 
-# ---------------------------------------------------------------------------------------------
-# The tables
+def _token_clock() -> Any:
+    """A transformers streamer that notes when each put arrives (the prompt's first, then each
+    new token's); reading the token waits for the device, so a GPU's times are real too."""
+    from transformers.generation.streamers import BaseStreamer
 
+    class TokenClock(BaseStreamer):
+        def __init__(self) -> None:
+            self.times: list[float] = []
 
-def markdown(results: dict[str, Any]) -> str:
-    """The results as markdown tables (what `chatbot bench` prints)."""
-    settings, machine = results["settings"], results["machine"]
-    config = f" (`--config {results['config']}`)" if results.get("config") else ""
-    where = f"GPU ({machine['gpu']})" if machine.get("device") == "cuda" else "CPU"
-    lines = [
-        f"# chatbot bench: {results['model']}{config}",
-        "",
-        f"Prompt {settings['prompt_tokens']} random tokens, {settings['new_tokens']} new tokens (greedy), "
-        f"{where}, {machine['cpus']} CPUs; medians of {settings['runs']} runs after a warm-up "
-        f"(tokens/s: of {settings['concurrency_runs']} runs). Ratios above 1× mean ours is faster. "
-        "The sides run one after another in one process, so each peak RSS is the process's so far.",
-        "",
-        *_batch_one_table(results),
-        "",
-        *_concurrency_table(results),
-        "",
-        _follow_up_line(results["ours"].get("follow_up") or {}),
-        "",
-        _shared_system_line(results["ours"].get("shared_system") or {}),
-        "",
-        _quality_line(results.get("quality")),
-        "",
-    ]
-    return "\n".join(lines)
+        def put(self, value: Any) -> None:
+            value.tolist()
+            self.times.append(time.perf_counter())
 
+        def end(self) -> None:
+            pass
 
-def _follow_up_line(follow_up: dict[str, Any]) -> str:
-    if not follow_up:
-        return "A conversation's second turn: not measured."
-    kept, scratch = follow_up["first_token_ms"], follow_up["scratch_first_token_ms"]
-    if not follow_up["kept_tokens"]:
-        return (
-            f"A conversation's second turn ({follow_up['prompt_tokens']} tokens): first token in "
-            f"{kept:.2f} ms; nothing of the first turn is kept on this path (the CPU scheduler keeps it)."
-        )
-    return (
-        f"A conversation's second turn ({follow_up['prompt_tokens']} tokens: the first prompt, its "
-        f"reply and {FOLLOW_UP_TOKENS} new tokens): first token in {kept:.2f} ms with the first turn's "
-        f"keys and values kept ({follow_up['kept_tokens']} tokens not prefilled), {scratch:.2f} ms "
-        f"from scratch ({scratch / kept:.2f}×)."
-    )
-
-
-def _shared_system_line(shared: dict[str, Any]) -> str:
-    if not shared:
-        return "A new conversation with a system prompt others had: not measured."
-    kept, scratch = shared["first_token_ms"], shared["scratch_first_token_ms"]
-    what = (
-        f"A new conversation's first turn ({shared['prompt_tokens']} tokens: a "
-        f"{shared['system_tokens']}-token system prompt, the bench's prompt, that earlier conversations "
-        f"started with, and {FOLLOW_UP_TOKENS} tokens of its own): first token in {kept:.2f} ms"
-    )
-    if not shared["kept_tokens"]:
-        return f"{what}; nothing is shared between conversations on this path (the CPU scheduler shares it)."
-    return (
-        f"{what} with the system prompt's keys and values kept ({shared['kept_tokens']} tokens not "
-        f"prefilled), {scratch:.2f} ms from scratch ({scratch / kept:.2f}×)."
-    )
-
-
-def _quality_line(quality: dict[str, Any] | None) -> str:
-    if not quality:
-        return "Quality: not measured."
-    variant = quality["variant"]
-    if "missing" in quality:
-        return f"Quality of `{variant}`: {quality['missing']}."
-    return (
-        f"Quality: perplexity of `{variant}` {quality['perplexity']:.4f} against "
-        f"{quality['reference']:.4f} for the reference export ({quality['change']:+.2%}); "
-        f"{quality['source']}."
-    )
-
-
-def _sides(results: dict[str, Any]) -> list[str]:
-    """The keys of the sides in the results: ours first, then the peers in the order they ran."""
-    return ["ours", *(key for key in _PEER_NAMES if key in results)]
-
-
-def _batch_one_table(results: dict[str, Any]) -> list[str]:
-    lines = [
-        "| batch 1 | time to first token (ms) | decode (ms/token) | peak RSS of the process (MiB) |",
-        "|---|---:|---:|---:|",
-    ]
-    ran: list[str] = []
-    for key in _sides(results):
-        side = results[key]
-        if "missing" in side:
-            lines.append(f"| {side['name']} | {side['missing']} | | |")
-            continue
-        ran.append(key)
-        lines.append(
-            f"| {side['name']} | {side['first_token_ms']:.2f} | {side['decode_ms_per_token']:.2f} "
-            f"| {side['peak_rss_mib']:.0f} (after {', '.join(ran)}) |"
-        )
-    for key, ratio in results["ratios"].items():
-        lines.append(
-            f"| {results[key]['name']} / ours | {ratio['first_token']:.2f}× | {ratio['decode']:.2f}× | |"
-        )
-    return lines
-
-
-def _concurrency_table(results: dict[str, Any]) -> list[str]:
-    peers = _sides(results)[1:]
-    names = [results[key]["name"] for key in peers]
-    lines = [
-        "| conversations at once | ours, one thread each through the scheduler (tokens/s) | "
-        + " | ".join(f"{name}, one batch (tokens/s)" for name in names)
-        + " | "
-        + " | ".join(f"ours / {key}" for key in peers)
-        + " |",
-        "|---:|---:|" + "---:|" * (2 * len(peers)),
-    ]
-    for n, rate in results["ours"]["tokens_per_s"].items():
-        rates = [_cell(results[key].get("tokens_per_s", {}), n, "{:.0f}") for key in peers]
-        ratios = [
-            _cell(results["ratios"].get(key, {}).get("tokens_per_s", {}), n, "{:.2f}×") for key in peers
-        ]
-        lines.append(f"| {n} | {rate:.0f} | {' | '.join(rates)} | {' | '.join(ratios)} |")
-    return lines
-
-
-def _cell(values: dict[Any, float], n: Any, form: str) -> str:
-    value = values.get(n)
-    return "–" if value is None else form.format(value)
+    return TokenClock()
