@@ -16,7 +16,7 @@ quantises its activations to 7 bits, so a folder built on one machine serves cor
 Example::
 
     from chatbot.cpu import int8_kind
-    int8_kind()  # "vnni" on an AVX-512 VNNI machine, unless $CHATBOT_CPU_INT8 says otherwise
+    int8_kind()  # "vnni" on an AVX-512 VNNI machine, unless $CHATBOT_CPU says otherwise
 """
 
 from __future__ import annotations
@@ -43,14 +43,14 @@ _NUMPY_FEATURES = {"amx": {"AMX_INT8"}, "vnni": {"AVX512VNNI", "AVXVNNI"}}
 
 
 def int8_kind() -> str:
-    """``$CHATBOT_CPU_INT8`` when set, else this CPU's int8 kind: amx, vnni or avx2 (anything
+    """``$CHATBOT_CPU`` when set, else this CPU's int8 kind: amx, vnni or avx2 (anything
     without VNNI counts as avx2, the kind that needs the most care)."""
-    wanted = settings.cpu_int8()
+    wanted = settings.cpu()
     if wanted == "auto":
         return detected_int8_kind()
     if wanted not in INT8_KINDS:
         raise ChatbotError(
-            f"CHATBOT_CPU_INT8={wanted!r} is not a kind of int8 CPU",
+            f"CHATBOT_CPU={wanted!r} is not a kind of int8 CPU",
             hint=f"set it to auto (detect it), or one of {', '.join(INT8_KINDS)}",
         )
     return wanted

@@ -203,9 +203,9 @@ def test_chatbot_export_builds_the_variants_it_is_asked_for(tiny_model_dir: Path
 def _built_for(kind: str, tiny_model_dir: Path, where: Path, monkeypatch: pytest.MonkeyPatch) -> ModelFolder:
     """A copy of the tiny model whose cpu-int8 graph was built as on a ``kind`` CPU."""
     shutil.copytree(tiny_model_dir, where)
-    monkeypatch.setenv("CHATBOT_CPU_INT8", kind)
+    monkeypatch.setenv("CHATBOT_CPU", kind)
     build_variant(where, "cpu-int8")
-    monkeypatch.delenv("CHATBOT_CPU_INT8")
+    monkeypatch.delenv("CHATBOT_CPU")
     return ModelFolder(where)
 
 
@@ -255,7 +255,7 @@ def test_an_int8_folder_built_on_one_kind_of_cpu_serves_on_the_other(
     # serving it as each kind of CPU would; claiming VNNI on an AVX2-only CPU would saturate
     served_on = ["avx2"] if detected_int8_kind() == "avx2" else ["avx2", "vnni", "amx"]
     for kind in served_on:
-        monkeypatch.setenv("CHATBOT_CPU_INT8", kind)
+        monkeypatch.setenv("CHATBOT_CPU", kind)
         saturates = built_on == "vnni" and kind == "avx2"
         assert int8_activations(entry) == ("u7" if saturates else "u8")
         assert bool(variant_initializers(folder, "cpu-int8")) == saturates
@@ -310,7 +310,7 @@ def test_auto_serves_int4_where_it_is_faster_and_within_3_percent(
     if change is not None:
         card["onnx"]["cpu-int4"]["perplexity"] = {"value": 1.0 + change, "reference": 1.0, "change": change}
     (path / "card.json").write_text(json.dumps(card))
-    monkeypatch.setenv("CHATBOT_CPU_INT8", kind)
+    monkeypatch.setenv("CHATBOT_CPU", kind)
     folder = ModelFolder(path)
     assert choose_variant(folder, "cpu") == served
     assert int4_serves(folder) == (served == "cpu-int4")
@@ -320,7 +320,7 @@ def test_auto_serves_int4_where_it_is_faster_and_within_3_percent(
 def test_a_wrong_cpu_kind_setting_says_what_to_set(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("CHATBOT_CPU_INT8", "sse2")
-    with pytest.raises(ChatbotError, match="CHATBOT_CPU_INT8='sse2'") as error:
+    monkeypatch.setenv("CHATBOT_CPU", "sse2")
+    with pytest.raises(ChatbotError, match="CHATBOT_CPU='sse2'") as error:
         choose_variant(ModelFolder(tiny_model_dir), "cpu")
     assert "avx2, vnni, amx" in str(error.value.hint)
