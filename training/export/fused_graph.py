@@ -36,7 +36,6 @@ import math
 import os
 import shutil
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -86,7 +85,6 @@ class Precision:
     device: str  # the device it is built for
     rel_tolerance: float  # largest logit difference / largest reference logit magnitude
     min_greedy_agreement: float  # share of checked positions whose greedy token must be the reference's
-    lm_head: str | None = None  # the LM head's precision, when not the layers'
 
 
 VARIANTS: dict[str, Precision] = {
@@ -295,15 +293,6 @@ class _GraphWriter:
             self._zero_points.add(rank)
         return name
 
-    @contextmanager
-    def precision_of(self, precision: str) -> Iterator[None]:
-        """MatMuls written inside run in ``precision`` (the LM head's may differ from the layers')."""
-        saved, self.precision = self.precision, precision
-        try:
-            yield
-        finally:
-            self.precision = saved
-
     def reduce_max(self, x: str, out: str, *, keepdims: int) -> None:
         """ReduceMax over the last axis (an attribute before opset 18, an input since)."""
         if self.opset < 18:
@@ -337,13 +326,10 @@ def build_graph(
     precision: str,
     *,
     weight_levels: int = WEIGHT_LEVELS,
-    lm_head: str | None = None,
 ) -> onnx.ModelProto:
-    """The fused GPT-2 decoder as an ONNX model (see the module docstring for its shape).
-
-    ``weight_levels``: int8's largest |quantised weight|; ``lm_head``: the LM head's precision
-    when it differs from the layers' (int4 keeps it int8 by default: see :data:`VARIANTS`)."""
-    return _Builder(config, weights, precision, weight_levels=weight_levels, lm_head=lm_head).model()
+    """The fused GPT-2 decoder as an ONNX model (see the module docstring for its shape);
+    ``weight_levels``: int8's largest |quantised weight|."""
+    return _Builder(config, weights, precision, weight_levels=weight_levels).model()
 
 
 class _Builder:
@@ -356,12 +342,10 @@ class _Builder:
         precision: str,
         *,
         weight_levels: int = WEIGHT_LEVELS,
-        lm_head: str | None = None,
     ) -> None:
         self.config = config
         self.weights = weights
         self.w = _GraphWriter(precision, weight_levels)
-        self.lm_head = lm_head or precision
 
     def model(self) -> onnx.ModelProto:
         from onnx import TensorProto, helper
@@ -397,8 +381,7 @@ class _Builder:
         last = w.constant("last_position", np.array(-1, dtype=np.int64))
         w.node("Gather", [normed, last], ["last_hidden"], axis=1)  # (batch, n_embd)
         lm_head = weights.get("lm_head.weight", weights["wte.weight"]).T  # untied copy: see CPU.md
-        with w.precision_of(self.lm_head):
-            w.matmul("last_hidden", lm_head, None, "logits", rank=2)  # (batch, vocab)
+        w.matmul("last_hidden", lm_head, None, "logits", rank=2)  # (batch, vocab)
         w.node("ArgMax", ["logits"], ["next_token"], axis=-1, keepdims=0)
         self.next_step_inputs()
         graph = helper.make_graph(w.nodes, "gpt2_fused", inputs, outputs, w.initializers)
@@ -510,9 +493,7 @@ def build_variant(
     quantized = _quantization(precision)
     say(f"writing the fused {precision.name} graph ({variant}) from {folder / 'model.safetensors'}")
     levels = quantized.get("weight_levels", WEIGHT_LEVELS)
-    model = build_graph(
-        config, load_weights(folder), precision.name, weight_levels=levels, lm_head=precision.lm_head
-    )
+    model = build_graph(config, load_weights(folder), precision.name, weight_levels=levels)
     with temporary_folder(folder) as tmp:
         path = tmp / "model.onnx"
         _save(model, path)
@@ -556,12 +537,11 @@ def _quantization(precision: Precision) -> dict[str, Any]:
     """What the card records of a quantised graph: the int8 weights' range, chosen by this CPU's
     int8 kind (:mod:`chatbot.cpu`: 8 bits where VNNI or AMX sum exactly, 7 on AVX2), and the
     kind it was built on; nothing for float graphs."""
-    int8 = {precision.name, precision.lm_head} & {"int8"}
-    if not int8 and precision.name != "int4":
+    if precision.name not in ("int8", "int4"):
         return {}
     kind = int8_kind()
     entry: dict[str, Any] = {"built_for": kind}
-    if int8:
+    if precision.name == "int8":
         entry["weight_levels"] = WEIGHT_LEVELS if kind == "avx2" else FULL_WEIGHT_LEVELS
     if precision.name == "int4":
         entry["block_size"] = INT4_BLOCK
