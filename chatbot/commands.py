@@ -91,7 +91,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         "--variant",
         default=None,
         help="graph to serve: auto (the folder's fast variant for the device), reference, cpu-int8, "
-        "cpu-fp32 (default: $CHATBOT_VARIANT or auto)",
+        "cpu-int4, cpu-fp32 (default: $CHATBOT_VARIANT or auto)",
     )
     add_generation_options(parser)
 

@@ -130,7 +130,8 @@ class FusedSession:
     >>> session.step(cache, 0, [[5, 6, 7]], [0])                                          # doctest: +SKIP
 
     A session may be shared; a cache may not (one thread steps it at a time). With the CUDA
-    provider, ``cuda_graphs`` lets :class:`FixedSlots` replay its decode steps from CUDA graphs.
+    provider, ``cuda_graphs`` lets :class:`FixedSlots` replay its decode steps from CUDA graphs;
+    ``initializers`` replace the graph's own (the int8 activations for this CPU: :mod:`chatbot.cpu`).
     """
 
     def __init__(
@@ -141,6 +142,7 @@ class FusedSession:
         providers: list[str] | None = None,
         threads: int | None = None,
         cuda_graphs: bool = False,
+        initializers: dict[str, np.ndarray] | None = None,
     ) -> None:
         providers = providers or [CPU]
         self.device = "cuda" if providers[0] == CUDA else "cpu"
@@ -157,6 +159,7 @@ class FusedSession:
             threads=threads,
             hint="build the variant again with `chatbot export MODEL_DIR`",
             log_severity=3,
+            initializers=initializers,
         )
         self.device = "cuda" if CUDA in self.session.get_providers() else "cpu"  # what it really runs on
         self.path = path

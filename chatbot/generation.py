@@ -110,11 +110,16 @@ def open_session(
     hint: str,
     threads: int | None = None,
     log_severity: int = 2,
+    initializers: dict[str, np.ndarray] | None = None,
 ) -> ort.InferenceSession:
     """An ONNX Runtime session on ``path``; :class:`ModelFolderError` naming the file and ``hint``
-    when ONNX Runtime cannot load it."""
+    when ONNX Runtime cannot load it. ``initializers`` replace the graph's own of the same names."""
     options = ort.SessionOptions()
     options.log_severity_level = log_severity
+    # ONNX Runtime reads these values where they lie: they are kept with the session below
+    values = {name: ort.OrtValue.ortvalue_from_numpy(value) for name, value in (initializers or {}).items()}
+    for name, value in values.items():
+        options.add_initializer(name, value)
     if threads:
         options.intra_op_num_threads = threads
     try:
@@ -125,6 +130,7 @@ def open_session(
     except Exception as error:  # ORT raises Fail, InvalidProtobuf, InvalidGraph... from pybind
         raise ModelFolderError(f"{path} cannot be loaded by ONNX Runtime: {error}", hint=hint) from error
     _check_cuda(session, providers, path)
+    session.chatbot_initializers = values
     return session
 
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
+
 from chatbot import settings
+from chatbot.cpu import int8_initializers, int8_kind
 from chatbot.errors import ChatbotError, ModelFolderError
 from chatbot.folder import ModelFolder
 from chatbot.fused import FusedSession
@@ -21,18 +24,25 @@ log = logging.getLogger(__name__)
 REFERENCE = "reference"
 # what "auto" serves on each device when the folder has it
 AUTO_VARIANTS = {"cpu": "cpu-int8", "cuda": "cuda-fp16"}
+INT4 = "cpu-int4"
+# the CPUs' int8 kinds (chatbot.cpu) on which cpu-int4 decoded faster than cpu-int8 (README, "Speed")
+INT4_FASTER_ON = frozenset({"vnni"})
+INT4_MAX_PERPLEXITY_CHANGE = 0.03  # cpu-int4 serves by default only within 3 % of the reference
 
 
 def choose_variant(folder: ModelFolder, device: str, variant: str | None = None) -> str:
     """The graph to serve on ``device``: ``variant``, else ``$CHATBOT_VARIANT``, else "auto".
 
     "auto" is the fast variant built for the device (``cpu-int8`` on a CPU, ``cuda-fp16`` on a
-    GPU) when the folder has it, and the reference export otherwise; "reference" always serves
-    ``onnx/model.onnx``.
+    GPU) when the folder has it, and the reference export otherwise; on a CPU where int4 is the
+    faster, ``cpu-int4`` when its perplexity is within 3 % of the reference's
+    (:func:`int4_serves`); "reference" always serves ``onnx/model.onnx``.
     """
     wanted = variant or settings.variant()
     if wanted == "auto":
         fast = AUTO_VARIANTS.get(device)
+        if device == "cpu" and int4_serves(folder):
+            return INT4
         if fast is None or fast not in folder.variants:
             return REFERENCE
         if not folder.variant_is_current(fast):  # keep serving, slower, and say how to fix it
@@ -65,6 +75,27 @@ def choose_variant(folder: ModelFolder, device: str, variant: str | None = None)
     return wanted
 
 
+def int4_serves(folder: ModelFolder, kind: str | None = None) -> bool:
+    """Whether "auto" serves ``cpu-int4`` on a ``kind`` CPU (default: this one): the folder has it,
+    built by this version, it decoded faster than int8 on that kind of CPU, and its card records a
+    perplexity within :data:`INT4_MAX_PERPLEXITY_CHANGE` of the reference export's (measured by
+    ``chatbot train``; a graph of unknown quality is never chosen for the customer)."""
+    if INT4 not in folder.variants or not folder.variant_is_current(INT4):
+        return False
+    if (kind or int8_kind()) not in INT4_FASTER_ON:
+        return False
+    perplexity = (folder.card.get("onnx") or {}).get(INT4, {}).get("perplexity") or {}
+    change = perplexity.get("change")
+    return isinstance(change, int | float) and change <= INT4_MAX_PERPLEXITY_CHANGE
+
+
+def variant_initializers(folder: ModelFolder, variant: str) -> dict[str, np.ndarray]:
+    """What ``variant`` of ``folder`` is loaded with on this CPU: its int8 activations where its
+    8-bit weights would saturate AVX2 (:mod:`chatbot.cpu`); nothing for other graphs."""
+    entry = (folder.card.get("onnx") or {}).get(variant)
+    return int8_initializers(entry) if isinstance(entry, dict) else {}
+
+
 def load_generator(
     folder: ModelFolder, *, device: str | None = None, variant: str | None = None, max_batch: int = 32
 ) -> Generator:
@@ -77,7 +108,11 @@ def load_generator(
         return OnnxGenerator(folder, device=device)
     cuda_graphs = settings.cuda_graphs()
     session = FusedSession(
-        folder.variant_path(chosen), folder.spec, providers=providers, cuda_graphs=cuda_graphs
+        folder.variant_path(chosen),
+        folder.spec,
+        providers=providers,
+        cuda_graphs=cuda_graphs,
+        initializers=variant_initializers(folder, chosen),
     )
     return BatchingGenerator(
         session,

@@ -45,6 +45,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CHATBOT_DEVICE", "auto", flag="--device"),
     Setting("CHATBOT_VARIANT", "auto", flag="--variant"),
     Setting("CHATBOT_CUDA_GRAPHS", "1"),
+    Setting("CHATBOT_CPU", "auto"),
     Setting("CHATBOT_PREFIX_CACHE_MB", "256"),
     Setting("CHATBOT_LOG_FORMAT", "text"),
     Setting("CHATBOT_LOG_CONTENT", ""),
@@ -109,6 +110,12 @@ def device() -> str:
 def variant() -> str:
     """``$CHATBOT_VARIANT``: the graph to serve, auto by default."""
     return read("CHATBOT_VARIANT") or "auto"
+
+
+def cpu() -> str:
+    """``$CHATBOT_CPU``: the CPU's int8 instructions (auto: detected; avx2, vnni or amx to
+    say so, e.g. to build or serve a folder as another machine would)."""
+    return (read("CHATBOT_CPU") or "auto").lower()
 
 
 def cuda_graphs() -> bool:

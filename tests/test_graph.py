@@ -15,11 +15,12 @@ import onnx
 import pytest
 
 from chatbot import GenerationConfig, ModelFolder, OnnxGenerator
+from chatbot.cpu import detected_int8_kind, int8_activations
 from chatbot.errors import ChatbotError, ExportError, ModelFolderError
 from chatbot.fused import FusedSession
-from chatbot.loader import choose_variant, load_generator
+from chatbot.loader import choose_variant, int4_serves, load_generator, variant_initializers
 from chatbot.scheduler import BatchingGenerator
-from training.export.fused_graph import build_variant, fused_logits
+from training.export.fused_graph import VARIANTS, build_variant, fused_logits
 
 # the CPU graphs' fused operators (training.export.fused_graph)
 FUSED_OPS = {"LayerNormalization", "GroupQueryAttention", "FastGelu"}
@@ -64,7 +65,7 @@ def test_the_int8_graph_is_fused_and_recorded_in_the_card(tiny_model_dir: Path) 
     assert entry["path"] == "onnx/cpu-int8/model.onnx" and entry["precision"] == "int8"
     parity = entry["parity"]
     assert parity["max_rel_diff"] <= parity["tolerance"] and parity["greedy_agreement"] >= 0.9
-    assert folder.variants == ["cpu-int8"]
+    assert sorted(folder.variants) == ["cpu-int4", "cpu-int8"]
 
 
 def test_the_fp32_graph_matches_the_reference_step_by_step(fp32_dir: Path) -> None:
@@ -174,6 +175,7 @@ def test_chatbot_export_builds_the_variants_it_is_asked_for(tiny_model_dir: Path
     folder = tmp_path / "model"
     shutil.copytree(tiny_model_dir, folder)
     shutil.rmtree(folder / "onnx" / "cpu-int8")
+    shutil.rmtree(folder / "onnx" / "cpu-int4")
     result = subprocess.run(
         [
             sys.executable,
@@ -196,3 +198,129 @@ def test_chatbot_export_builds_the_variants_it_is_asked_for(tiny_model_dir: Path
         and "built onnx/cpu-fp32/model.onnx" in result.stdout
     )
     assert sorted(ModelFolder(folder).variants) == ["cpu-fp32", "cpu-int8"]
+
+
+def _built_for(kind: str, tiny_model_dir: Path, where: Path, monkeypatch: pytest.MonkeyPatch) -> ModelFolder:
+    """A copy of the tiny model whose cpu-int8 graph was built as on a ``kind`` CPU."""
+    shutil.copytree(tiny_model_dir, where)
+    monkeypatch.setenv("CHATBOT_CPU", kind)
+    build_variant(where, "cpu-int8")
+    monkeypatch.delenv("CHATBOT_CPU")
+    return ModelFolder(where)
+
+
+PROMPTS = ("Where is my order?", "I want a refund for order 778", "My parcel never came")
+
+
+def _prompts(folder: ModelFolder) -> list[list[int]]:
+    render = folder.template.render
+    return [
+        folder.encode(render([{"role": "user", "content": text}], add_generation_prompt=True))
+        for text in PROMPTS
+    ]
+
+
+def _greedy_replies(generator: OnnxGenerator | BatchingGenerator, folder: ModelFolder) -> list[list[int]]:
+    config = GenerationConfig(max_new_tokens=24)
+    return [[t.id for t in generator.generate(prompt, config)] for prompt in _prompts(folder)]
+
+
+def _agreement(folder: ModelFolder, variant: str, expected: list[list[int]]) -> float:
+    """The share of the reference's greedy reply tokens that ``variant``, loaded as the engine
+    loads it on this CPU, picks too after the same tokens (a random tiny model has near-ties,
+    and one flipped pick sends a free-running reply elsewhere)."""
+    session = FusedSession(
+        folder.variant_path(variant), folder.spec, initializers=variant_initializers(folder, variant)
+    )
+    same = total = 0
+    for prompt, reply in zip(_prompts(folder), expected, strict=True):
+        picks = [int(row.argmax()) for row in fused_logits(session, prompt + reply, len(prompt))]
+        same += sum(a == b for a, b in zip(picks, reply, strict=False))
+        total += len(reply)
+    return same / total
+
+
+@pytest.mark.parametrize("built_on", ["avx2", "vnni"])
+def test_an_int8_folder_built_on_one_kind_of_cpu_serves_on_the_other(
+    built_on: str, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = _built_for(built_on, tiny_model_dir, tmp_path / "model", monkeypatch)
+    entry = folder.card["onnx"]["cpu-int8"]
+    assert entry["built_for"] == built_on and entry["weight_levels"] == (63 if built_on == "avx2" else 127)
+    tolerance = VARIANTS["cpu-int8"].rel_tolerance
+    assert entry["parity"]["max_rel_diff"] <= tolerance
+    if built_on == "vnni":  # how an AVX2-only CPU serves it, checked when it was built
+        assert entry["parity_u7"]["max_rel_diff"] <= tolerance
+    expected = _greedy_replies(OnnxGenerator(folder, device="cpu"), folder)
+    # serving it as each kind of CPU would; claiming VNNI on an AVX2-only CPU would saturate
+    served_on = ["avx2"] if detected_int8_kind() == "avx2" else ["avx2", "vnni", "amx"]
+    for kind in served_on:
+        monkeypatch.setenv("CHATBOT_CPU", kind)
+        saturates = built_on == "vnni" and kind == "avx2"
+        assert int8_activations(entry) == ("u7" if saturates else "u8")
+        assert bool(variant_initializers(folder, "cpu-int8")) == saturates
+        assert _agreement(folder, "cpu-int8", expected) >= VARIANTS["cpu-int8"].min_greedy_agreement, kind
+        assert _greedy_replies(load_generator(folder, device="cpu", variant="cpu-int8"), folder)
+
+
+def test_the_int4_graph_is_block_quantised_and_recorded_in_the_card(tiny_model_dir: Path) -> None:
+    folder = ModelFolder(tiny_model_dir)
+    ops = _ops(folder.variant_path("cpu-int4"))
+    n_layer = folder.spec.n_layer
+    assert ops["MatMulNBits"] == 4 * n_layer + 1 and not {"MatMulIntegerToFloat", "MatMul"} & set(ops)
+    model = onnx.load(str(folder.variant_path("cpu-int4")), load_external_data=False)
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            assert attributes["bits"] == 4 and attributes["block_size"] == 32
+            assert attributes["accuracy_level"] == 4  # int8 compute
+    entry = folder.card["onnx"]["cpu-int4"]
+    assert entry["precision"] == "int4" and entry["block_size"] == 32
+    parity = entry["parity"]
+    assert parity["max_rel_diff"] <= parity["tolerance"]
+    assert parity["greedy_agreement"] >= parity["min_greedy_agreement"]
+    expected = _greedy_replies(OnnxGenerator(folder, device="cpu"), folder)
+    assert _agreement(folder, "cpu-int4", expected) >= VARIANTS["cpu-int4"].min_greedy_agreement
+    assert _greedy_replies(load_generator(folder, device="cpu", variant="cpu-int4"), folder)
+
+
+@pytest.mark.parametrize(
+    ("change", "kind", "served"),
+    [
+        (0.01, "vnni", "cpu-int4"),
+        (0.029, "vnni", "cpu-int4"),
+        (0.05, "vnni", "cpu-int8"),  # over 3 % worse than the reference
+        (None, "vnni", "cpu-int8"),  # not measured: never served by default
+        (0.01, "avx2", "cpu-int8"),  # not faster there
+        (0.01, "amx", "cpu-int8"),  # not measured there
+    ],
+)
+def test_auto_serves_int4_where_it_is_faster_and_within_3_percent(
+    change: float | None,
+    kind: str,
+    served: str,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, path)
+    card = json.loads((path / "card.json").read_text())
+    card["onnx"]["cpu-int4"].pop("perplexity", None)
+    if change is not None:
+        card["onnx"]["cpu-int4"]["perplexity"] = {"value": 1.0 + change, "reference": 1.0, "change": change}
+    (path / "card.json").write_text(json.dumps(card))
+    monkeypatch.setenv("CHATBOT_CPU", kind)
+    folder = ModelFolder(path)
+    assert choose_variant(folder, "cpu") == served
+    assert int4_serves(folder) == (served == "cpu-int4")
+    assert choose_variant(folder, "cpu", "cpu-int8") == "cpu-int8"  # asked for, whatever auto says
+
+
+def test_a_wrong_cpu_kind_setting_says_what_to_set(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CHATBOT_CPU", "sse2")
+    with pytest.raises(ChatbotError, match="CHATBOT_CPU='sse2'") as error:
+        choose_variant(ModelFolder(tiny_model_dir), "cpu")
+    assert "avx2, vnni, amx" in str(error.value.hint)

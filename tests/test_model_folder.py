@@ -84,6 +84,8 @@ def test_folder_has_the_contract_files(tiny_model_dir: Path) -> None:
         "onnx/model.onnx",
         "onnx/cpu-int8",
         "onnx/cpu-int8/model.onnx",
+        "onnx/cpu-int4",
+        "onnx/cpu-int4/model.onnx",
     }
     assert expected <= names
     assert "chat_template.jinja" not in names

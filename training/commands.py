@@ -190,7 +190,8 @@ def export(commands: CommandSet) -> None:
         action="append",
         default=None,
         metavar="NAME",
-        help="fast graph to build from the weights: cpu-int8 (default), cpu-fp32, cuda-fp16; repeatable",
+        help="fast graph to build from the weights: cpu-int8 and cpu-int4 (default), cpu-fp32, cuda-fp16; "
+        "repeatable",
     )
     parser.add_argument("--reference-only", action="store_true", help="build no fast variant")
     parser.add_argument(

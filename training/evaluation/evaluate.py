@@ -578,9 +578,16 @@ def variant_perplexity(
     through its KV cache: the fused graph scores the last position only, as it does when serving."""
     from chatbot.fused import FusedSession
     from chatbot.generation import choose_providers
+    from chatbot.loader import variant_initializers
     from training.export.fused_graph import fused_logits
 
-    session = FusedSession(folder.variant_path(variant), folder.spec, providers=choose_providers(device))
+    initializers = variant_initializers(folder, variant)
+    session = FusedSession(
+        folder.variant_path(variant),
+        folder.spec,
+        providers=choose_providers(device),
+        initializers=initializers,
+    )
 
     def score(ids: list[int]) -> np.ndarray:
         return np.stack(list(fused_logits(session, ids, 1)))

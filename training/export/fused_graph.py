@@ -16,7 +16,9 @@ cache (README, "Fast graphs" and "Speed", says why that matters), one layer bein
 * ``int8``: every MatMul is a MatMulIntegerToFloat over int8 weights with one scale per output column,
   its input quantised row by row in the graph (a blocked QuantizeLinear, so opset 21), so a
   row's result never depends on its batch (the embedding tables stay float: a Gather reads one
-  row of them);
+  row of them); the weights' range fits the CPU's int8 instructions (:mod:`chatbot.cpu`);
+* ``int4``: every MatMul of the layers and the LM head is a MatMulNBits over 4-bit weights in
+  blocks of 32 inputs, one scale each, its input quantised to int8 per block by the kernel;
   ``fp16``: half-precision weights and KV cache for CUDA; ``fp32``: exact, for checks;
 * on the CPU (``int8``, ``fp32``) each SkipLayerNormalization is written as Add(s) and a
   LayerNormalization instead: ONNX Runtime's CPU SkipLayerNormalization took 3× as long for a
@@ -40,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from chatbot.cpu import ACTIVATIONS, detected_int8_kind, int8_initializers, int8_kind
 from chatbot.errors import ExportError, ModelFolderError
 from chatbot.folder import GRAPH_FORMAT, read_json_object
 from chatbot.fused import FixedSlots, FusedSession, past_names, present_names
@@ -61,15 +64,24 @@ if TYPE_CHECKING:
 OPSET = 17
 INT8_OPSET = 21
 MS_DOMAIN = "com.microsoft"
-MS_OPS = {"SkipLayerNormalization", "GroupQueryAttention", "FastGelu", "Gelu", "MatMulIntegerToFloat"}
-WEIGHT_LEVELS = 63  # int8 weights use 7 bits (see _GraphWriter._int8_matmul)
+MS_OPS = {
+    "SkipLayerNormalization",
+    "GroupQueryAttention",
+    "FastGelu",
+    "Gelu",
+    "MatMulIntegerToFloat",
+    "MatMulNBits",
+}
+WEIGHT_LEVELS = 63  # int8 weights use 7 bits where the CPU multiplies in int16 pairs (AVX2)
+FULL_WEIGHT_LEVELS = 127  # and 8 bits where it does not (VNNI, AMX): see chatbot.cpu
+INT4_BLOCK = 32  # int4 weights: one scale per 32 inputs of an output column
 
 
 @dataclass(frozen=True)
 class Precision:
     """How one variant stores its weights, and how close to the reference it must stay."""
 
-    name: str  # fp32 | fp16 | int8
+    name: str  # fp32 | fp16 | int8 | int4
     device: str  # the device it is built for
     rel_tolerance: float  # largest logit difference / largest reference logit magnitude
     min_greedy_agreement: float  # share of checked positions whose greedy token must be the reference's
@@ -82,10 +94,14 @@ VARIANTS: dict[str, Precision] = {
     # 8-bit weights on AVX2 were off by 7-40 % (saturation, see _GraphWriter._int8_matmul).
     # Quality is judged by perplexity.
     "cpu-int8": Precision("int8", "cpu", rel_tolerance=0.15, min_greedy_agreement=0.75),
+    # int4 (blocks of 32 weights, activations int8 per block) moves logits more: ~30 % of their
+    # range on a random GPT-2 124M with 47 % of greedy picks the same. Judged by perplexity (the
+    # engine serves it only within 3 % of the reference: chatbot.loader).
+    "cpu-int4": Precision("int4", "cpu", rel_tolerance=0.5, min_greedy_agreement=0.3),
     "cpu-fp32": Precision("fp32", "cpu", rel_tolerance=1e-4, min_greedy_agreement=1.0),
     "cuda-fp16": Precision("fp16", "cuda", rel_tolerance=1e-2, min_greedy_agreement=0.95),
 }
-DEFAULT_VARIANTS = ("cpu-int8",)
+DEFAULT_VARIANTS = ("cpu-int8", "cpu-int4")
 SUPPORTED_ACTIVATIONS = {"gelu_new": "FastGelu", "gelu_pytorch_tanh": "FastGelu", "gelu": "Gelu"}
 
 
@@ -161,10 +177,11 @@ def load_weights(folder: Path) -> dict[str, np.ndarray]:
 class _GraphWriter:
     """Collects nodes and initializers; turns weights into the variant's precision."""
 
-    def __init__(self, precision: str) -> None:
+    def __init__(self, precision: str, weight_levels: int = WEIGHT_LEVELS) -> None:
         from onnx import TensorProto
 
         self.precision = precision
+        self.weight_levels = weight_levels  # int8: largest |quantised weight| (63 or 127)
         self.float_type = TensorProto.FLOAT16 if precision == "fp16" else TensorProto.FLOAT
         self.uint8 = TensorProto.UINT8
         self.nodes: list[Any] = []
@@ -173,7 +190,7 @@ class _GraphWriter:
         self._zero_points: set[int] = set()
         self._last_axis = False
         # int8 quantises rows with a blocked QuantizeLinear, new in opset 21
-        self.opset = INT8_OPSET if precision == "int8" else OPSET
+        self.opset = INT8_OPSET if precision in ("int8", "int4") else OPSET
 
     def constant(self, name: str, array: np.ndarray) -> str:
         from onnx import numpy_helper
@@ -200,6 +217,9 @@ class _GraphWriter:
         if self.precision == "int8":
             self._int8_matmul(x, weight, bias, out, rank)
             return
+        if self.precision == "int4":
+            self._int4_matmul(x, weight, bias, out)
+            return
         if bias is None:
             self.node("MatMul", [x, self.floats(base, weight)], [out])
             return
@@ -214,24 +234,28 @@ class _GraphWriter:
         uses one scale for the whole tensor). Activations: symmetric, max|row| / 127, stored as
         uint8 around 128 by one blocked QuantizeLinear (opset 21, one block per row), which is
         the same arithmetic as Div, Round, Add and Cast in one pass over the row (2x as fast for
-        the 128 x 3072 rows of a prompt's MLP). Weights: one scale per output column, 7 bits
-        (|q| <= 63): AVX2 multiplies uint8 by int8 in pairs summed into int16, which saturates
-        with 8-bit weights (the ``reduce_range`` of ONNX Runtime's own quantiser, for the same reason).
+        the 128 x 3072 rows of a prompt's MLP). Weights: one scale per output column, 8 bits
+        (|q| <= 127) when built on a CPU with VNNI or AMX, which sum the products exactly, and 7
+        bits (|q| <= 63) on AVX2, which multiplies uint8 by int8 in pairs summed into int16 and
+        saturates with 8-bit weights (the ``reduce_range`` of ONNX Runtime's own quantiser). An
+        AVX2-only CPU loads a graph with 8-bit weights with 7-bit activations instead (|row| / 63
+        around 64, the initializers of :data:`chatbot.cpu.ACTIVATIONS`), so it never saturates.
         """
         if not self._int8_constants:
             self.constant("int8.eps", np.array(1e-12, dtype=np.float32))
-            self.constant("int8.inv_127", np.array(1 / 127, dtype=np.float32))
-            self.constant("int8.zero_point", np.array(128, dtype=np.uint8))
+            for name, value in ACTIVATIONS["u8"].items():  # load-time overridable (chatbot.cpu)
+                self.constant(name, value)
             self.constant("int8.one", np.array(1.0, dtype=np.float32))
             self._int8_constants = True
-        scale = np.abs(weight).max(axis=0) / WEIGHT_LEVELS  # (out,) one per output column
+        levels = self.weight_levels
+        scale = np.abs(weight).max(axis=0) / levels  # (out,) one per output column
         scale[scale == 0] = 1.0
-        quantized = np.clip(np.round(weight / scale), -WEIGHT_LEVELS, WEIGHT_LEVELS).astype(np.int8)
+        quantized = np.clip(np.round(weight / scale), -levels, levels).astype(np.int8)
         q = out + ".q"
         self.node("Abs", [x], [q + ".abs"])
         self.reduce_max(q + ".abs", q + ".max", keepdims=1)  # (..., 1)
         self.node("Max", [q + ".max", "int8.eps"], [q + ".range"])
-        self.node("Mul", [q + ".range", "int8.inv_127"], [q + ".row_scale"])
+        self.node("Mul", [q + ".range", "int8.inv_levels"], [q + ".row_scale"])
         zero_point = self._row_zero_points(q + ".row_scale", rank)
         quantize = [x, q + ".row_scale", zero_point]
         self.node("QuantizeLinear", quantize, [q + ".u8"], axis=-1, block_size=weight.shape[0])
@@ -245,6 +269,18 @@ class _GraphWriter:
             return
         self.node("Mul", [q + ".columns", q + ".row_scale"], [q + ".nobias"])
         self.node("Add", [q + ".nobias", self.floats(out + ".bias", bias)], [out])
+
+    def _int4_matmul(self, x: str, weight: np.ndarray, bias: np.ndarray | None, out: str) -> None:
+        """``x @ weight`` with 4-bit weights in blocks of :data:`INT4_BLOCK` along the input axis
+        (ONNX Runtime's ``MatMulNBits``; with ``accuracy_level`` 4 it quantises each row of ``x``
+        to int8 per block itself, so a row's result never depends on its batch)."""
+        k, n = weight.shape
+        packed, scales = quantize_int4(weight)
+        inputs = [x, self.constant(out + ".weight", packed), self.constant(out + ".weight.scale", scales)]
+        product = out if bias is None else out + ".nobias"
+        self.node("MatMulNBits", inputs, [product], K=k, N=n, bits=4, block_size=INT4_BLOCK, accuracy_level=4)
+        if bias is not None:
+            self.node("Add", [product, self.floats(out + ".bias", bias)], [out])
 
     def _row_zero_points(self, row_scale: str, rank: int) -> str:
         """128 for each row (QuantizeLinear wants its zero point shaped like its scale); written
@@ -268,18 +304,48 @@ class _GraphWriter:
         self.node("ReduceMax", [x, "last_axis"], [out], keepdims=keepdims)
 
 
-def build_graph(config: Gpt2Config, weights: dict[str, np.ndarray], precision: str) -> onnx.ModelProto:
-    """The fused GPT-2 decoder as an ONNX model (see the module docstring for its shape)."""
-    return _Builder(config, weights, precision).model()
+def quantize_int4(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``weight`` (in, out) as ``MatMulNBits`` wants it: (out, blocks, 16) bytes of two 4-bit
+    values (low nibble first, stored as q + 8 for q in -8..7) and (out * blocks,) float scales,
+    one per :data:`INT4_BLOCK` inputs of a column (max |w| / 7; inputs padded with zeros)."""
+    k, n = weight.shape
+    blocks = -(-k // INT4_BLOCK)
+    padded = np.zeros((n, blocks * INT4_BLOCK), dtype=np.float32)
+    padded[:, :k] = weight.T
+    grouped = padded.reshape(n, blocks, INT4_BLOCK)  # (out, blocks, 32)
+    scale = np.abs(grouped).max(axis=-1) / 7  # (out, blocks)
+    scale[scale == 0] = 1.0
+    q = (np.clip(np.round(grouped / scale[..., None]), -8, 7) + 8).astype(np.uint8)
+    packed = q[..., 0::2] | (q[..., 1::2] << 4)  # (out, blocks, 16)
+    return np.ascontiguousarray(packed), scale.reshape(-1).astype(np.float32)
+
+
+def build_graph(
+    config: Gpt2Config,
+    weights: dict[str, np.ndarray],
+    precision: str,
+    *,
+    weight_levels: int = WEIGHT_LEVELS,
+) -> onnx.ModelProto:
+    """The fused GPT-2 decoder as an ONNX model (see the module docstring for its shape);
+    ``weight_levels``: int8's largest |quantised weight|."""
+    return _Builder(config, weights, precision, weight_levels=weight_levels).model()
 
 
 class _Builder:
     """Writes the decoder block by block from ``weights`` (keys as in GPT-2's safetensors)."""
 
-    def __init__(self, config: Gpt2Config, weights: dict[str, np.ndarray], precision: str) -> None:
+    def __init__(
+        self,
+        config: Gpt2Config,
+        weights: dict[str, np.ndarray],
+        precision: str,
+        *,
+        weight_levels: int = WEIGHT_LEVELS,
+    ) -> None:
         self.config = config
         self.weights = weights
-        self.w = _GraphWriter(precision)
+        self.w = _GraphWriter(precision, weight_levels)
 
     def model(self) -> onnx.ModelProto:
         from onnx import TensorProto, helper
@@ -424,16 +490,26 @@ def build_variant(
     if not reference.is_file():
         raise ModelFolderError(f"{reference} is missing", hint=f"run `chatbot export {folder}` first")
     config = folder_config(folder)
+    quantized = _quantization(precision)
     say(f"writing the fused {precision.name} graph ({variant}) from {folder / 'model.safetensors'}")
-    model = build_graph(config, load_weights(folder), precision.name)
+    levels = quantized.get("weight_levels", WEIGHT_LEVELS)
+    model = build_graph(config, load_weights(folder), precision.name, weight_levels=levels)
     with temporary_folder(folder) as tmp:
         path = tmp / "model.onnx"
         _save(model, path)
         say(f"checking {variant} against the reference on {sequences} sequences, {decode_steps} decode steps")
-        parity = measure_variant_parity(
-            folder, path, precision, sequences=sequences, decode_steps=decode_steps
-        )
-        _check(parity, precision, variant)
+        checks = {}
+        for activations in _checked_activations(quantized):
+            parity = measure_variant_parity(
+                folder,
+                path,
+                precision,
+                sequences=sequences,
+                decode_steps=decode_steps,
+                initializers=int8_initializers(quantized, "avx2" if activations == "u7" else "vnni"),
+            )
+            _check(parity, precision, f"{variant} ({activations} activations)" if quantized else variant)
+            checks[activations] = parity
         target = folder / "onnx" / variant
         if target.exists():
             shutil.rmtree(target)
@@ -447,11 +523,38 @@ def build_variant(
         "device": precision.device,
         "nodes": len(model.graph.node),
         "built_at": utc_now(),
-        "parity": parity,
+        **quantized,
+        "parity": checks.get("u8") or checks["u7"],
     }
+    if "u7" in checks:  # how it serves on an AVX2-only CPU (chatbot.cpu)
+        entry["parity_u7"] = checks["u7"]
     set_card_entry(folder, ("onnx", variant), entry)
-    say(f"wrote onnx/{variant}/model.onnx ({entry['nodes']} nodes, {_describe(parity)})")
+    say(f"wrote onnx/{variant}/model.onnx ({entry['nodes']} nodes, {_describe(entry['parity'])})")
     return entry
+
+
+def _quantization(precision: Precision) -> dict[str, Any]:
+    """What the card records of a quantised graph: the int8 weights' range, chosen by this CPU's
+    int8 kind (:mod:`chatbot.cpu`: 8 bits where VNNI or AMX sum exactly, 7 on AVX2), and the
+    kind it was built on; nothing for float graphs."""
+    if precision.name not in ("int8", "int4"):
+        return {}
+    kind = int8_kind()
+    entry: dict[str, Any] = {"built_for": kind}
+    if precision.name == "int8":
+        entry["weight_levels"] = WEIGHT_LEVELS if kind == "avx2" else FULL_WEIGHT_LEVELS
+    if precision.name == "int4":
+        entry["block_size"] = INT4_BLOCK
+    return entry
+
+
+def _checked_activations(quantized: dict[str, Any]) -> list[str]:
+    """The activation schemes to check a graph in: uint8 (how VNNI and AMX serve it), and with
+    8-bit int8 weights also the 7-bit activations an AVX2-only CPU serves it with (exact on every
+    CPU); 8-bit weights with uint8 cannot be checked on an AVX2-only CPU (it saturates)."""
+    if quantized.get("weight_levels", WEIGHT_LEVELS) <= WEIGHT_LEVELS:
+        return ["u8"]
+    return ["u7"] if detected_int8_kind() == "avx2" else ["u8", "u7"]
 
 
 def _precision(variant: str) -> Precision:
@@ -476,13 +579,20 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
 
 
 def measure_variant_parity(
-    folder: Path, path: Path, precision: Precision, *, sequences: int, decode_steps: int
+    folder: Path,
+    path: Path,
+    precision: Precision,
+    *,
+    sequences: int,
+    decode_steps: int,
+    initializers: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Compare the graph at ``path`` with the folder's reference export, position by position."""
+    """Compare the graph at ``path`` with the folder's reference export, position by position
+    (``initializers``: replacing the graph's own, as :mod:`chatbot.cpu` does for a CPU)."""
     from chatbot.folder import ModelFolder
 
     spec = ModelFolder(folder).spec
-    fused = FusedSession(path, spec, providers=_providers(precision))
+    fused = FusedSession(path, spec, providers=_providers(precision), initializers=initializers)
     reference = load_session(folder / "onnx" / "model.onnx")
     limit = min(spec.n_positions, MAX_PARITY_LENGTH)
     worst_abs, worst_rel, same, compared = 0.0, 0.0, 0, 0
