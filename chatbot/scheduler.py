@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from chatbot.drafting import draft
 from chatbot.fused import FixedSlots, FusedSession, KVCache, StepResult
 from chatbot.generation import Token, reply_budget
 from chatbot.sampling import Sampler, log_softmax
@@ -71,6 +72,10 @@ class _Reply:
     generated: list[int] = field(default_factory=list)  # the tokens handed out
     shared: int = 0  # leading prompt tokens other conversations may share (system prompt), < len(prompt)
     reused: int = 0  # prompt tokens whose keys and values were kept (the last turn, a shared prefix)
+
+    def history(self) -> list[int]:
+        """The conversation so far: the prompt and the tokens handed out."""
+        return self.prompt + self.generated
 
     def cached_tokens(self) -> np.ndarray:
         """The tokens whose keys and values are in the cache (the last one handed out is not yet)."""
@@ -200,6 +205,19 @@ class _GrowingRows:
         starts = np.array([reply.length for reply in active], dtype=np.int64)
         return self.session.step(self.cache, 0, ids, starts)
 
+    def room(self, reply: _Reply) -> int:
+        """The most tokens a step may feed ``reply`` (what its row of the cache holds)."""
+        return self.cache.length - reply.length
+
+    def verify(self, reply: _Reply, drafted: list[int]) -> StepResult:
+        """One step feeding ``reply`` (alone in the batch: slot 0) its last token and its draft;
+        the greedy pick after every position fed comes back in ``StepResult.tokens``. The keys
+        and values of drafted tokens that turn out wrong stay past the row's end: later steps
+        overwrite them. (ONNX Runtime's CPU GroupQueryAttention takes several new tokens over a
+        cache for one row only, hence one reply.)"""
+        ids = np.array([[reply.last, *drafted]], dtype=np.int64)
+        return self.session.step(self.cache, reply.slot, ids, [reply.length], scored=ids.shape[1])
+
     def remove(self, active: list[_Reply], reply: _Reply) -> None:
         if reply.key is not None:
             self.kept.keep(reply.key, reply.cached_tokens(), self.cache, reply.slot, reply.shared)
@@ -257,6 +275,11 @@ class BatchingGenerator:
 
     ``max_batch`` bounds the replies in progress (more wait their turn); ``kept_bytes`` the
     memory for conversations' keys and values between turns (CPU; see the module docstring).
+    ``draft_tokens`` (CPU, 0: off): speculative decoding of greedy replies. While a greedy reply
+    is alone in the batch, each step feeds it up to that many tokens drafted from its own
+    conversation (:mod:`chatbot.drafting`) and keeps those the graph's greedy picks agree with:
+    the same tokens as one at a time, in fewer steps. ``drafted_tokens`` and
+    ``accepted_tokens`` count them.
     """
 
     def __init__(
@@ -267,6 +290,7 @@ class BatchingGenerator:
         max_batch: int = 32,
         fixed_slots: bool | None = None,
         kept_bytes: int = 0,
+        draft_tokens: int = 0,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")
@@ -281,6 +305,11 @@ class BatchingGenerator:
         self._waiting: list[_Reply] = []
         self._active: list[_Reply] = []
         self.reused_tokens = 0  # prompt tokens not prefilled: their keys and values were kept
+        # speculative decoding needs the CPU's rows and a graph that scores every position it is fed
+        can_draft = isinstance(self._rows, _GrowingRows) and session.scores_drafts
+        self.draft_tokens = max(0, draft_tokens) if can_draft else 0
+        self.drafted_tokens = 0  # tokens proposed by drafts
+        self.accepted_tokens = 0  # of them, those greedy decoding agreed with
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
 
@@ -371,10 +400,43 @@ class BatchingGenerator:
     def _decode(self) -> None:
         """One step for every reply in progress; then the finished ones leave."""
         batch = list(self._active)
+        drafted = self._draft(batch)
+        if drafted:
+            self._verify(batch[0], drafted)
+            return
         result = self._rows.decode(batch)
         for reply in batch:
             reply.length += 1
         self._hand_out([(reply, reply.slot) for reply in batch], result)
+
+    def _draft(self, batch: list[_Reply]) -> list[int]:
+        """The tokens to feed after a greedy reply alone in the batch ([]: a plain step)."""
+        if not self.draft_tokens or len(batch) != 1 or not batch[0].sampler.argmax_only:
+            return []
+        reply = batch[0]
+        assert isinstance(self._rows, _GrowingRows)
+        # never past the budget (one more token comes from the step) or the row's end
+        most = min(self.draft_tokens, reply.budget - reply.written - 1, self._rows.room(reply) - 1)
+        return draft(reply.history(), tokens=most) if most > 0 else []
+
+    def _verify(self, reply: _Reply, drafted: list[int]) -> None:
+        """One step over the reply's last token and its draft: it takes the greedy picks up to
+        the first that differs from the draft (and that one), as far as it goes on."""
+        assert isinstance(self._rows, _GrowingRows)
+        result = self._rows.verify(reply, drafted)
+        picks, logprobs = result.tokens[0], result.logprobs[0]
+        agreed = 0
+        while agreed < len(drafted) and drafted[agreed] == int(picks[agreed]):
+            agreed += 1
+        self.drafted_tokens += len(drafted)
+        self.accepted_tokens += agreed
+        for token, logprob in zip(picks[: agreed + 1], logprobs[: agreed + 1], strict=True):
+            reply.length += 1  # the position of the token fed before it
+            reply.sampler.accept(int(token))
+            self._give(reply, Token(int(token), float(logprob)))
+            if self._finished(reply):
+                break
+        self._retire([reply])
 
     def _hand_out(self, rows: list[tuple[_Reply, int]], result: StepResult) -> None:
         """Pick each reply's next token from its row of ``result``; retire the finished replies.
@@ -393,10 +455,19 @@ class BatchingGenerator:
                 logprob = float(log_softmax(logits)[token])
                 if token != graph_pick:
                     self._rows.overruled()
-            reply.tokens.put(Token(token, logprob))
-            reply.last, reply.written = token, reply.written + 1
-            reply.generated.append(token)
-        for reply, _ in rows:
-            if reply.abandoned or reply.written >= reply.budget or reply.last in self.stop_token_ids:
+            self._give(reply, Token(token, logprob))
+        self._retire([reply for reply, _ in rows])
+
+    def _give(self, reply: _Reply, token: Token) -> None:
+        reply.tokens.put(token)
+        reply.last, reply.written = token.id, reply.written + 1
+        reply.generated.append(token.id)
+
+    def _finished(self, reply: _Reply) -> bool:
+        return reply.abandoned or reply.written >= reply.budget or reply.last in self.stop_token_ids
+
+    def _retire(self, replies: list[_Reply]) -> None:
+        for reply in replies:
+            if self._finished(reply):
                 self._rows.remove(self._active, reply)  # first: its turn is kept before the reader hears
                 reply.tokens.put(_DONE)

@@ -46,6 +46,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CHATBOT_VARIANT", "auto", flag="--variant"),
     Setting("CHATBOT_CUDA_GRAPHS", "1"),
     Setting("CHATBOT_PREFIX_CACHE_MB", "256"),
+    Setting("CHATBOT_DRAFT_TOKENS", "4"),
     Setting("CHATBOT_LOG_FORMAT", "text"),
     Setting("CHATBOT_LOG_CONTENT", ""),
     Setting("CHATBOT_MODELS", "models", flag="--root"),
@@ -68,6 +69,7 @@ _KNOWN = {setting.variable for setting in SETTINGS}
 loaded_from_file: dict[str, Path] = {}
 
 DEFAULT_PREFIX_CACHE_MB = 256
+DEFAULT_DRAFT_TOKENS = 4
 LOG_FORMATS = ("text", "json")
 
 
@@ -130,6 +132,18 @@ def prefix_cache_bytes() -> int:
             hint=f"set it to a number such as {DEFAULT_PREFIX_CACHE_MB}, or 0 to keep nothing between turns",
         )
     return int(megabytes * 2**20)
+
+
+def draft_tokens() -> int:
+    """``$CHATBOT_DRAFT_TOKENS`` (default 4): the tokens the CPU scheduler drafts per step for
+    greedy replies (speculative decoding, README "Speed"); 0 turns it off."""
+    value = read("CHATBOT_DRAFT_TOKENS").strip() or str(DEFAULT_DRAFT_TOKENS)
+    if not value.isdigit():
+        raise ChatbotError(
+            f"CHATBOT_DRAFT_TOKENS={value!r} is not a whole number of tokens",
+            hint=f"set it to a number such as {DEFAULT_DRAFT_TOKENS}, or 0 to turn speculative decoding off",
+        )
+    return int(value)
 
 
 def log_format() -> str:
