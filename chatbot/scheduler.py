@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from chatbot.drafting import draft
+from chatbot.drafting import RecentReplies, draft
 from chatbot.fused import FixedSlots, FusedSession, KVCache, StepResult
 from chatbot.generation import Token, reply_budget
 from chatbot.sampling import Sampler, log_softmax
@@ -72,10 +72,13 @@ class _Reply:
     generated: list[int] = field(default_factory=list)  # the tokens handed out
     shared: int = 0  # leading prompt tokens other conversations may share (system prompt), < len(prompt)
     reused: int = 0  # prompt tokens whose keys and values were kept (the last turn, a shared prefix)
+    prompt_ids: np.ndarray | None = None  # the prompt as an array (drafting's, made once)
 
-    def history(self) -> list[int]:
+    def history(self) -> np.ndarray:
         """The conversation so far: the prompt and the tokens handed out."""
-        return self.prompt + self.generated
+        if self.prompt_ids is None:
+            self.prompt_ids = np.asarray(self.prompt, dtype=np.int64)
+        return np.concatenate([self.prompt_ids, np.asarray(self.generated, dtype=np.int64)])
 
     def cached_tokens(self) -> np.ndarray:
         """The tokens whose keys and values are in the cache (the last one handed out is not yet)."""
@@ -277,8 +280,8 @@ class BatchingGenerator:
     memory for conversations' keys and values between turns (CPU; see the module docstring).
     ``draft_tokens`` (CPU, 0: off): speculative decoding of greedy replies. While a greedy reply
     is alone in the batch, each step feeds it up to that many tokens drafted from its own
-    conversation (:mod:`chatbot.drafting`) and keeps those the graph's greedy picks agree with:
-    the same tokens as one at a time, in fewer steps. ``drafted_tokens`` and
+    conversation and the bot's recent replies (:mod:`chatbot.drafting`) and keeps those the
+    graph's greedy picks agree with: the same tokens as one at a time, in fewer steps. ``drafted_tokens`` and
     ``accepted_tokens`` count them.
     """
 
@@ -310,6 +313,8 @@ class BatchingGenerator:
         self.draft_tokens = max(0, draft_tokens) if can_draft else 0
         self.drafted_tokens = 0  # tokens proposed by drafts
         self.accepted_tokens = 0  # of them, those greedy decoding agreed with
+        self.verify_steps = 0  # steps that fed a draft
+        self._recent = RecentReplies()  # the bot's recent replies, drafted from after the conversation
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
 
@@ -417,7 +422,9 @@ class BatchingGenerator:
         assert isinstance(self._rows, _GrowingRows)
         # never past the budget (one more token comes from the step) or the row's end
         most = min(self.draft_tokens, reply.budget - reply.written - 1, self._rows.room(reply) - 1)
-        return draft(reply.history(), tokens=most) if most > 0 else []
+        if most < 1:
+            return []
+        return draft(np.concatenate([self._recent.tokens, reply.history()]), tokens=most)
 
     def _verify(self, reply: _Reply, drafted: list[int]) -> None:
         """One step over the reply's last token and its draft: it takes the greedy picks up to
@@ -430,6 +437,7 @@ class BatchingGenerator:
             agreed += 1
         self.drafted_tokens += len(drafted)
         self.accepted_tokens += agreed
+        self.verify_steps += 1
         for token, logprob in zip(picks[: agreed + 1], logprobs[: agreed + 1], strict=True):
             reply.length += 1  # the position of the token fed before it
             reply.sampler.accept(int(token))
@@ -471,3 +479,5 @@ class BatchingGenerator:
             if self._finished(reply):
                 self._rows.remove(self._active, reply)  # first: its turn is kept before the reader hears
                 reply.tokens.put(_DONE)
+                if self.draft_tokens:
+                    self._recent.add(reply.generated)

@@ -435,3 +435,17 @@ def test_drafts_come_from_the_latest_earlier_occurrence() -> None:
     assert draft([9, 2, 3, 8, 2, 3, 7, 1, 2, 3], tokens=2) == [7, 1]  # the longest match wins
     assert draft([3, 2, 4, 2, 3, 5, 7, 2, 3], tokens=9) == [5, 7, 2, 3]
     assert draft([1, 2, 3], tokens=4) == [] and draft([4], tokens=2) == [] and draft([4, 4], tokens=0) == []
+
+
+def test_drafts_also_come_from_the_bots_recent_replies(folder: ModelFolder) -> None:
+    prompt = _prompts(folder, 1)[0]
+    generator = _generator(folder, draft_tokens=4)
+    generator.stop_token_ids = ()
+    first = [t.id for t in generator.generate(prompt, GenerationConfig(max_new_tokens=30))]
+    before = generator.accepted_tokens
+    assert (
+        generator._recent.tokens.tolist() == first
+    )  # white-box: what drafts come from after the conversation
+    again = [t.id for t in generator.generate(prompt, GenerationConfig(max_new_tokens=30))]
+    assert again == first  # another conversation asking the same: its reply was written before
+    assert generator.accepted_tokens - before > before  # more of it came from drafts than the first time

@@ -60,6 +60,7 @@ from chatbot.folder import ModelFolder
 from chatbot.generation import Generator
 from chatbot.loader import REFERENCE, choose_variant, load_generator
 from chatbot.paths import write_text_atomically
+from chatbot.scheduler import BatchingGenerator
 from chatbot.types import GenerationConfig, Progress
 from chatbot.versions import model_folder
 
@@ -158,6 +159,7 @@ def run_bench(
         )
     results = _results(folder, config, prompt, options, ours, peers)
     results["quality"] = _quality(folder, config, options, progress)
+    results["speculative"] = _speculative(folder, prompt, options, progress)
     table = markdown(results)
     options.out.mkdir(parents=True, exist_ok=True)
     write_text_atomically(options.out / "bench.json", json.dumps(results, indent=2) + "\n")
@@ -260,6 +262,31 @@ def _measured_quality(
         "source": f"measured on {len(data.transcripts)} conversations of --data "
         f"({ours.learnt_tokens} agent tokens)",
     }
+
+
+def _speculative(
+    folder: ModelFolder, prompt: list[int], options: BenchOptions, progress: Progress
+) -> dict[str, Any]:
+    """Speculative decoding at batch 1, apart: on ``--data`` (real text) and on the random prompt."""
+    from training.evaluation.speculative import held_out_prompts, measure_speculative
+
+    if options.device != "cpu":
+        return {}
+    measure = partial(measure_speculative, folder, new_tokens=options.new_tokens, progress=progress)
+    with _torch_off():
+        found = {"random": measure([prompt], stop=False, rounds=options.runs)}
+        if options.data:
+            found["held_out"] = measure(held_out_prompts(folder, options.data), rounds=3)
+    return found
+
+
+def _speculative_lines(found: dict[str, Any]) -> list[str]:
+    from training.evaluation.speculative import section
+
+    sources = {"held_out": "--data, real text", "random": "the random prompt: random weights flatter drafts"}
+    return [
+        line for key, source in sources.items() if key in found for line in (section(found[key], source), "")
+    ]
 
 
 def _ratios(ours: Side, peer: Side) -> dict[str, Any]:
@@ -390,6 +417,8 @@ def _our_generator(folder: ModelFolder, device: str = "cpu") -> Generator:
     """The generator the engine serves with, stop tokens cleared so every reply runs its full length."""
     generator = load_generator(folder, device=device, max_batch=64)
     generator.stop_token_ids = ()
+    if isinstance(generator, BatchingGenerator):  # plain decoding: drafts are measured apart (_speculative)
+        generator.draft_tokens = 0
     return generator
 
 
@@ -755,6 +784,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         _quality_line(results.get("quality")),
         "",
+        *_speculative_lines(results.get("speculative") or {}),
     ]
     return "\n".join(lines)
 
