@@ -361,6 +361,9 @@ class BatchingGenerator:
             while (item := reply.tokens.get()) is not _DONE:
                 if isinstance(item, BaseException):
                     raise item
+                if isinstance(item, list):  # the tokens of one step that verified a draft
+                    yield from item
+                    continue
                 assert isinstance(item, Token)
                 yield item
         finally:
@@ -438,12 +441,15 @@ class BatchingGenerator:
         self.drafted_tokens += len(drafted)
         self.accepted_tokens += agreed
         self.verify_steps += 1
+        taken = []
         for token, logprob in zip(picks[: agreed + 1], logprobs[: agreed + 1], strict=True):
             reply.length += 1  # the position of the token fed before it
             reply.sampler.accept(int(token))
-            self._give(reply, Token(int(token), float(logprob)))
+            taken.append(Token(int(token), float(logprob)))
+            self._record(reply, taken[-1].id)
             if self._finished(reply):
                 break
+        reply.tokens.put(taken)  # one hand-over (one wake-up of the reader) for them all
         self._retire([reply])
 
     def _hand_out(self, rows: list[tuple[_Reply, int]], result: StepResult) -> None:
@@ -463,13 +469,14 @@ class BatchingGenerator:
                 logprob = float(log_softmax(logits)[token])
                 if token != graph_pick:
                     self._rows.overruled()
-            self._give(reply, Token(token, logprob))
+            reply.tokens.put(Token(token, logprob))
+            self._record(reply, token)
         self._retire([reply for reply, _ in rows])
 
-    def _give(self, reply: _Reply, token: Token) -> None:
-        reply.tokens.put(token)
-        reply.last, reply.written = token.id, reply.written + 1
-        reply.generated.append(token.id)
+    def _record(self, reply: _Reply, token: int) -> None:
+        """``token`` was handed to ``reply``'s reader: it is the token to feed next."""
+        reply.last, reply.written = token, reply.written + 1
+        reply.generated.append(token)
 
     def _finished(self, reply: _Reply) -> bool:
         return reply.abandoned or reply.written >= reply.budget or reply.last in self.stop_token_ids

@@ -46,7 +46,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CHATBOT_VARIANT", "auto", flag="--variant"),
     Setting("CHATBOT_CUDA_GRAPHS", "1"),
     Setting("CHATBOT_PREFIX_CACHE_MB", "256"),
-    Setting("CHATBOT_DRAFT_TOKENS", "4"),
+    Setting("CHATBOT_DRAFT_TOKENS", "6"),
     Setting("CHATBOT_LOG_FORMAT", "text"),
     Setting("CHATBOT_LOG_CONTENT", ""),
     Setting("CHATBOT_MODELS", "models", flag="--root"),
@@ -69,7 +69,7 @@ _KNOWN = {setting.variable for setting in SETTINGS}
 loaded_from_file: dict[str, Path] = {}
 
 DEFAULT_PREFIX_CACHE_MB = 256
-DEFAULT_DRAFT_TOKENS = 4
+DEFAULT_DRAFT_TOKENS = 6
 LOG_FORMATS = ("text", "json")
 
 
@@ -135,7 +135,7 @@ def prefix_cache_bytes() -> int:
 
 
 def draft_tokens() -> int:
-    """``$CHATBOT_DRAFT_TOKENS`` (default 4): the tokens the CPU scheduler drafts per step for
+    """``$CHATBOT_DRAFT_TOKENS`` (default 6): the tokens the CPU scheduler drafts per step for
     greedy replies (speculative decoding, README "Speed"); 0 turns it off."""
     value = read("CHATBOT_DRAFT_TOKENS").strip() or str(DEFAULT_DRAFT_TOKENS)
     if not value.isdigit():

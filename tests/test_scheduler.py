@@ -435,6 +435,7 @@ def test_drafts_come_from_the_latest_earlier_occurrence() -> None:
     assert draft([9, 2, 3, 8, 2, 3, 7, 1, 2, 3], tokens=2) == [7, 1]  # the longest match wins
     assert draft([3, 2, 4, 2, 3, 5, 7, 2, 3], tokens=9) == [5, 7, 2, 3]
     assert draft([1, 2, 3], tokens=4) == [] and draft([4], tokens=2) == [] and draft([4, 4], tokens=0) == []
+    assert draft([7, 1, 2, 3, 4, 5, 6, 7], tokens=6) == [1, 2]  # a one-token match drafts two
 
 
 def test_drafts_also_come_from_the_bots_recent_replies(folder: ModelFolder) -> None:

@@ -11,7 +11,7 @@ fill with the earlier prompts' replies, as a server's would. The figures are the
 rounds of the decode time per token (after the first token) summed over all prompts. The
 replies must be token for token the same, or the run fails.
 
->>> measure_speculative(folder, prompts, draft_tokens=4, rounds=3)  # doctest: +SKIP
+>>> measure_speculative(folder, prompts, draft_tokens=6, rounds=3)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from chatbot.folder import ModelFolder
 from chatbot.fused import FusedSession
 from chatbot.loader import choose_variant
 from chatbot.scheduler import BatchingGenerator
+from chatbot.settings import DEFAULT_DRAFT_TOKENS
 from chatbot.types import GenerationConfig, Progress
 
 
@@ -51,7 +52,7 @@ def measure_speculative(
     prompts: list[list[int]],
     *,
     new_tokens: int = 64,
-    draft_tokens: int = 4,
+    draft_tokens: int = DEFAULT_DRAFT_TOKENS,
     rounds: int = 3,
     stop: bool = True,
     progress: Progress | None = None,
