@@ -33,12 +33,21 @@ grows with the replies in progress, a leaving reply's row filled by the last one
 slot and the decode step feeds itself from a CUDA graph (:class:`_FixedRows`). A greedy reply
 takes the graph's own pick and log-probability; the logits come to the host only for replies
 that sample or penalise repetition.
+
+Speculative decoding (CPU, ``draft_tokens``): while a greedy reply is alone in the batch, each
+step feeds it its last token and up to ``draft_tokens`` more, drafted from its conversation and
+the bot's recent replies (:mod:`chatbot.drafting`), and the graph scores every position fed.
+The reply takes the greedy picks up to the first that differs from the draft, and that one: the
+tokens of plain greedy decoding, several a step. Keys and values of the draft's rejected tokens
+lie past the row's end and the next step overwrites them. (ONNX Runtime's CPU attention takes
+several new tokens over a cache for one row only; a batch of several replies decodes plainly.)
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +62,7 @@ from chatbot.types import GenerationConfig
 
 _DONE = object()
 MIN_KEPT = 16  # fewer shared tokens than this: prefill the prompt whole
+READER_WAIT_S = 0.005  # the most the next step waits for new replies' readers to take their first token
 
 
 @dataclass(eq=False)
@@ -73,6 +83,7 @@ class _Reply:
     shared: int = 0  # leading prompt tokens other conversations may share (system prompt), < len(prompt)
     reused: int = 0  # prompt tokens whose keys and values were kept (the last turn, a shared prefix)
     prompt_ids: np.ndarray | None = None  # the prompt as an array (drafting's, made once)
+    taken: threading.Event = field(default_factory=threading.Event)  # the reader has its first token
 
     def history(self) -> np.ndarray:
         """The conversation so far: the prompt and the tokens handed out."""
@@ -278,11 +289,8 @@ class BatchingGenerator:
 
     ``max_batch`` bounds the replies in progress (more wait their turn); ``kept_bytes`` the
     memory for conversations' keys and values between turns (CPU; see the module docstring).
-    ``draft_tokens`` (CPU, 0: off): speculative decoding of greedy replies. While a greedy reply
-    is alone in the batch, each step feeds it up to that many tokens drafted from its own
-    conversation and the bot's recent replies (:mod:`chatbot.drafting`) and keeps those the
-    graph's greedy picks agree with: the same tokens as one at a time, in fewer steps. ``drafted_tokens`` and
-    ``accepted_tokens`` count them.
+    ``draft_tokens`` (CPU, 0: off): speculative decoding of greedy replies, see the module
+    docstring; ``drafted_tokens``, ``accepted_tokens`` and ``verify_steps`` count what it did.
     """
 
     def __init__(
@@ -359,6 +367,7 @@ class BatchingGenerator:
             self._wake.notify()
         try:
             while (item := reply.tokens.get()) is not _DONE:
+                reply.taken.set()
                 if isinstance(item, BaseException):
                     raise item
                 if isinstance(item, list):  # the tokens of one step that verified a draft
@@ -386,6 +395,7 @@ class BatchingGenerator:
             try:
                 for reply in admitted:
                     self._admit(reply)
+                self._await_readers(admitted)
                 if self._active:
                     self._decode()
             except Exception as error:  # a failed step fails the replies in it, not the server
@@ -404,6 +414,19 @@ class BatchingGenerator:
         reply.length = len(reply.prompt)
         self._active.append(reply)
         self._hand_out([(reply, 0)], result)
+
+    def _await_readers(self, admitted: list[_Reply]) -> None:
+        """Let the readers of first tokens take them before the next step (a bounded wait).
+
+        Otherwise the next step starts at once and keeps the CPU's cores busy (ONNX Runtime's
+        threads, which also spin between steps), and a woken reader waits for a core: on this
+        project's shared 2-core machine 2-5 ms for the first token while other work ran, where
+        the hand-over alone is ~0.2 ms (README, "The scheduler's own cost").
+        """
+        deadline = time.monotonic() + READER_WAIT_S
+        for reply in admitted:
+            if reply.written:
+                reply.taken.wait(max(0.0, deadline - time.monotonic()))
 
     def _decode(self) -> None:
         """One step for every reply in progress; then the finished ones leave."""
