@@ -10,7 +10,11 @@ batch may hold sequences of different lengths.
 
 The graph returns the last position's ``logits`` (batch, vocab), its own greedy pick
 ``next_token`` (batch,) with that token's ``next_logprob``, and the next single-token step's
-``next_position_ids`` and ``next_seqlens_k``.
+``next_position_ids`` and ``next_seqlens_k``. Graphs written since speculative decoding also
+take ``score_from`` ([-n]: score the last n positions; [-1] for the last only) and return the
+greedy pick after each of them, ``greedy_tokens`` (batch, scored) with ``greedy_logprobs``: a
+step that feeds a row's last token and tokens drafted after it learns in one go how many of
+them greedy decoding would have written (:attr:`FusedSession.scores_drafts`, ``StepResult.tokens``).
 
 Two ways to step it:
 
@@ -37,6 +41,8 @@ from chatbot.generation import CPU, CUDA, cache_dtype, open_session
 INPUTS = ("input_ids", "position_ids", "seqlens_k", "total_sequence_length")
 OUTPUTS = ("logits", "next_token", "next_logprob", "next_position_ids", "next_seqlens_k")
 HOST_OUTPUTS = OUTPUTS[:3]  # what FusedSession.step brings back
+SCORED = "score_from"  # input of newer graphs: the first position scored, from the end ([-1]: the last)
+SCORED_OUTPUTS = ("greedy_tokens", "greedy_logprobs")  # (batch, scored): the pick after each one
 LENGTH_STEP = 128  # the cache's length grows in steps of this many positions
 
 
@@ -68,6 +74,7 @@ class KVCache:
         # the IOBinding of the last step's rows, kept while they and the buffers stay (decode
         # steps over the same rows rebind only their four small inputs: ~0.3-1 ms a token less)
         self.binding: tuple[FusedSession, int, int, ort.IOBinding] | None = None
+        self.scored = 1  # the positions the binding's last step scored (its greedy outputs' width)
         self.reserve(capacity, length)
 
     def reserve(self, capacity: int, length: int = 1) -> None:
@@ -109,10 +116,15 @@ class StepResult:
         next_token: np.ndarray,
         next_logprob: np.ndarray,
         logits: np.ndarray | Callable[[], np.ndarray],
+        tokens: np.ndarray | None = None,
+        logprobs: np.ndarray | None = None,
     ) -> None:
         self.next_token = next_token  # (rows,) int64
         self.next_logprob = next_logprob  # (rows,) float32
         self._logits = logits
+        # (rows, scored) the greedy pick after each scored position, and its log-probability
+        self.tokens = tokens if tokens is not None else next_token[:, None]
+        self.logprobs = logprobs if logprobs is not None else next_logprob[:, None]
 
     @property
     def logits(self) -> np.ndarray:
@@ -168,6 +180,11 @@ class FusedSession:
         self._present = present_names(spec.n_layer)
         self._check_io()
         self.cache_dtype = cache_dtype(self.session, self._past[0])
+        inputs = {i.name for i in self.session.get_inputs()}
+        outputs = {o.name for o in self.session.get_outputs()}
+        # whether a step can score every position it feeds (graphs older than speculative decoding cannot)
+        self.scores_drafts = SCORED in inputs and set(SCORED_OUTPUTS) <= outputs
+        self._host_outputs = HOST_OUTPUTS + (SCORED_OUTPUTS if self.scores_drafts else ())
         self.logits_dtype = np.float16 if self.cache_dtype == np.float16 else np.float32
 
     def _check_io(self) -> None:
@@ -189,12 +206,15 @@ class FusedSession:
         first_row: int,
         ids: np.ndarray | list[list[int]],
         starts: np.ndarray | list[int],
+        *,
+        scored: int = 1,
     ) -> StepResult:
         """Run ``ids`` (rows, sequence) on slots ``first_row ..``; row r's tokens go at ``starts[r]``.
 
         All rows have the same number of new tokens (one, when decoding a batch); the cache
-        rows before ``starts[r]`` must hold that row's earlier tokens. CPU only: the cache is
-        host memory.
+        rows before ``starts[r]`` must hold that row's earlier tokens. ``scored``: the last
+        positions whose greedy picks come back in ``StepResult.tokens`` (more than one needs a
+        graph that :attr:`scores_drafts`). CPU only: the cache is host memory.
         """
         if self.device != "cpu":
             raise ValueError("FusedSession.step binds host memory: use FixedSlots on the GPU")
@@ -209,9 +229,23 @@ class FusedSession:
         binding.bind_cpu_input("position_ids", starts[:, None] + np.arange(length, dtype=np.int64))
         binding.bind_cpu_input("seqlens_k", (ends - 1).astype(np.int32))
         binding.bind_cpu_input("total_sequence_length", np.array(int(ends.max()), dtype=np.int32))
+        if self.scores_drafts:  # bound every step: the cache keeps the binding between steps
+            binding.bind_cpu_input(SCORED, np.array([-scored], dtype=np.int64))
+            if scored != cache.scored:  # their shape changes: let the run allocate them anew
+                for name in SCORED_OUTPUTS:
+                    binding.bind_output(name, "cpu")
+                cache.scored = scored
+        elif scored != 1:
+            raise ValueError(f"{self.path} scores the last position only: build the variant again")
         self.session.run_with_iobinding(binding)
-        logits, next_token, next_logprob = (value.numpy() for value in binding.get_outputs()[:3])
-        return StepResult(next_token.copy(), next_logprob.copy(), logits)  # (logits: see StepResult)
+        outputs = binding.get_outputs()
+        logits, next_token, next_logprob = (value.numpy() for value in outputs[:3])
+        tokens, logprobs = (
+            (outputs[3].numpy().copy(), outputs[4].numpy().copy()) if self.scores_drafts else (None, None)
+        )
+        return StepResult(
+            next_token.copy(), next_logprob.copy(), logits, tokens, logprobs
+        )  # (see StepResult)
 
     def _cache_binding(self, cache: KVCache, first_row: int, rows: int) -> ort.IOBinding:
         """A binding of slots ``first_row ..`` of ``cache`` as past and present, and of the host
@@ -220,14 +254,14 @@ class FusedSession:
         if kept is not None and kept[0] is self and kept[1:3] == (first_row, rows):
             return kept[3]
         binding = self.session.io_binding()
-        for name in HOST_OUTPUTS:  # first, so that they come first in get_outputs()
+        for name in self._host_outputs:  # first, so that they come first in get_outputs()
             binding.bind_output(name, "cpu")
         for past, present, buffer in zip(self._past, self._present, cache.buffers, strict=True):
             view = buffer[first_row : first_row + rows]  # contiguous: whole rows of a C-order array
             address = view.ctypes.data  # the same memory in and out: GQA writes the new keys in place
             binding.bind_input(past, "cpu", 0, cache.dtype, list(view.shape), address)
             binding.bind_output(present, "cpu", 0, cache.dtype, list(view.shape), address)
-        cache.binding = (self, first_row, rows, binding)
+        cache.binding, cache.scored = (self, first_row, rows, binding), 1
         return binding
 
 
@@ -274,6 +308,7 @@ class FixedSlots:
         self._logits = self._zeros((slots, spec.vocab_size), session.logits_dtype)
         self._logprob = self._zeros((slots,), np.float32)
         self._total = np.array(self.length, dtype=np.int32)  # fixed: every row says its own length
+        self._last_only = np.array([-1], dtype=np.int64)  # score_from: the last position
         self._bindings: dict[tuple[int, int], tuple[ort.IOBinding, ort.RunOptions]] = {}
         self._set = 0  # the input set the next decode step reads
 
@@ -300,6 +335,8 @@ class FixedSlots:
         for name, array in inputs.items():
             binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, device, 0))
         binding.bind_cpu_input("total_sequence_length", np.array(length, dtype=np.int32))
+        if session.scores_drafts:
+            binding.bind_cpu_input(SCORED, self._last_only)
         for name in OUTPUTS:  # first, so that they come first in get_outputs()
             binding.bind_output(name, device)
         self._bind_cache(binding, slot, 1)
@@ -366,6 +403,8 @@ class FixedSlots:
         bind("position_ids", self._positions[current], np.int64, [bucket, 1], False)
         bind("seqlens_k", self._seqlens[current], np.int32, [bucket], False)
         binding.bind_cpu_input("total_sequence_length", self._total)
+        if self.session.scores_drafts:
+            binding.bind_cpu_input(SCORED, self._last_only)
         self._bind_cache(binding, 0, bucket)
         options = ort.RunOptions()
         if self.session.cuda_graphs:  # one graph per (batch size, input set)

@@ -119,4 +119,5 @@ def load_generator(
         stop_token_ids=folder.stop_token_ids,
         max_batch=max_batch,
         kept_bytes=settings.prefix_cache_bytes(),
+        draft_tokens=settings.draft_tokens(),
     )

@@ -33,18 +33,28 @@ grows with the replies in progress, a leaving reply's row filled by the last one
 slot and the decode step feeds itself from a CUDA graph (:class:`_FixedRows`). A greedy reply
 takes the graph's own pick and log-probability; the logits come to the host only for replies
 that sample or penalise repetition.
+
+Speculative decoding (CPU, ``draft_tokens``): while a greedy reply is alone in the batch, each
+step feeds it its last token and up to ``draft_tokens`` more, drafted from its conversation and
+the bot's recent replies (:mod:`chatbot.drafting`), and the graph scores every position fed.
+The reply takes the greedy picks up to the first that differs from the draft, and that one: the
+tokens of plain greedy decoding, several a step. Keys and values of the draft's rejected tokens
+lie past the row's end and the next step overwrites them. (ONNX Runtime's CPU attention takes
+several new tokens over a cache for one row only; a batch of several replies decodes plainly.)
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from chatbot.drafting import RecentReplies, draft
 from chatbot.fused import FixedSlots, FusedSession, KVCache, StepResult
 from chatbot.generation import Token, reply_budget
 from chatbot.sampling import Sampler, log_softmax
@@ -52,6 +62,7 @@ from chatbot.types import GenerationConfig
 
 _DONE = object()
 MIN_KEPT = 16  # fewer shared tokens than this: prefill the prompt whole
+READER_WAIT_S = 0.005  # the most the next step waits for new replies' readers to take their first token
 
 
 @dataclass(eq=False)
@@ -71,6 +82,14 @@ class _Reply:
     generated: list[int] = field(default_factory=list)  # the tokens handed out
     shared: int = 0  # leading prompt tokens other conversations may share (system prompt), < len(prompt)
     reused: int = 0  # prompt tokens whose keys and values were kept (the last turn, a shared prefix)
+    prompt_ids: np.ndarray | None = None  # the prompt as an array (drafting's, made once)
+    taken: threading.Event = field(default_factory=threading.Event)  # the reader has its first token
+
+    def history(self) -> np.ndarray:
+        """The conversation so far: the prompt and the tokens handed out."""
+        if self.prompt_ids is None:
+            self.prompt_ids = np.asarray(self.prompt, dtype=np.int64)
+        return np.concatenate([self.prompt_ids, np.asarray(self.generated, dtype=np.int64)])
 
     def cached_tokens(self) -> np.ndarray:
         """The tokens whose keys and values are in the cache (the last one handed out is not yet)."""
@@ -200,6 +219,19 @@ class _GrowingRows:
         starts = np.array([reply.length for reply in active], dtype=np.int64)
         return self.session.step(self.cache, 0, ids, starts)
 
+    def room(self, reply: _Reply) -> int:
+        """The most tokens a step may feed ``reply`` (what its row of the cache holds)."""
+        return self.cache.length - reply.length
+
+    def verify(self, reply: _Reply, drafted: list[int]) -> StepResult:
+        """One step feeding ``reply`` (alone in the batch: slot 0) its last token and its draft;
+        the greedy pick after every position fed comes back in ``StepResult.tokens``. The keys
+        and values of drafted tokens that turn out wrong stay past the row's end: later steps
+        overwrite them. (ONNX Runtime's CPU GroupQueryAttention takes several new tokens over a
+        cache for one row only, hence one reply.)"""
+        ids = np.array([[reply.last, *drafted]], dtype=np.int64)
+        return self.session.step(self.cache, reply.slot, ids, [reply.length], scored=ids.shape[1])
+
     def remove(self, active: list[_Reply], reply: _Reply) -> None:
         if reply.key is not None:
             self.kept.keep(reply.key, reply.cached_tokens(), self.cache, reply.slot, reply.shared)
@@ -257,6 +289,8 @@ class BatchingGenerator:
 
     ``max_batch`` bounds the replies in progress (more wait their turn); ``kept_bytes`` the
     memory for conversations' keys and values between turns (CPU; see the module docstring).
+    ``draft_tokens`` (CPU, 0: off): speculative decoding of greedy replies, see the module
+    docstring; ``drafted_tokens``, ``accepted_tokens`` and ``verify_steps`` count what it did.
     """
 
     def __init__(
@@ -267,6 +301,7 @@ class BatchingGenerator:
         max_batch: int = 32,
         fixed_slots: bool | None = None,
         kept_bytes: int = 0,
+        draft_tokens: int = 0,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")
@@ -281,6 +316,13 @@ class BatchingGenerator:
         self._waiting: list[_Reply] = []
         self._active: list[_Reply] = []
         self.reused_tokens = 0  # prompt tokens not prefilled: their keys and values were kept
+        # speculative decoding needs the CPU's rows and a graph that scores every position it is fed
+        can_draft = isinstance(self._rows, _GrowingRows) and session.scores_drafts
+        self.draft_tokens = max(0, draft_tokens) if can_draft else 0
+        self.drafted_tokens = 0  # tokens proposed by drafts
+        self.accepted_tokens = 0  # of them, those greedy decoding agreed with
+        self.verify_steps = 0  # steps that fed a draft
+        self._recent = RecentReplies()  # the bot's recent replies, drafted from after the conversation
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
 
@@ -325,8 +367,12 @@ class BatchingGenerator:
             self._wake.notify()
         try:
             while (item := reply.tokens.get()) is not _DONE:
+                reply.taken.set()
                 if isinstance(item, BaseException):
                     raise item
+                if isinstance(item, list):  # the tokens of one step that verified a draft
+                    yield from item
+                    continue
                 assert isinstance(item, Token)
                 yield item
         finally:
@@ -349,6 +395,7 @@ class BatchingGenerator:
             try:
                 for reply in admitted:
                     self._admit(reply)
+                self._await_readers(admitted)
                 if self._active:
                     self._decode()
             except Exception as error:  # a failed step fails the replies in it, not the server
@@ -368,13 +415,65 @@ class BatchingGenerator:
         self._active.append(reply)
         self._hand_out([(reply, 0)], result)
 
+    def _await_readers(self, admitted: list[_Reply]) -> None:
+        """Let the readers of first tokens take them before the next step (a bounded wait).
+
+        Otherwise the next step starts at once and keeps the CPU's cores busy (ONNX Runtime's
+        threads, which also spin between steps), and a woken reader waits for a core: on this
+        project's shared 2-core machine 2-5 ms for the first token while other work ran, where
+        the hand-over alone is ~0.2 ms (README, "The scheduler's own cost").
+        """
+        deadline = time.monotonic() + READER_WAIT_S
+        for reply in admitted:
+            if reply.written:
+                reply.taken.wait(max(0.0, deadline - time.monotonic()))
+
     def _decode(self) -> None:
         """One step for every reply in progress; then the finished ones leave."""
         batch = list(self._active)
+        drafted = self._draft(batch)
+        if drafted:
+            self._verify(batch[0], drafted)
+            return
         result = self._rows.decode(batch)
         for reply in batch:
             reply.length += 1
         self._hand_out([(reply, reply.slot) for reply in batch], result)
+
+    def _draft(self, batch: list[_Reply]) -> list[int]:
+        """The tokens to feed after a greedy reply alone in the batch ([]: a plain step)."""
+        if not self.draft_tokens or len(batch) != 1 or not batch[0].sampler.argmax_only:
+            return []
+        reply = batch[0]
+        assert isinstance(self._rows, _GrowingRows)
+        # never past the budget (one more token comes from the step) or the row's end
+        most = min(self.draft_tokens, reply.budget - reply.written - 1, self._rows.room(reply) - 1)
+        if most < 1:
+            return []
+        return draft(np.concatenate([self._recent.tokens, reply.history()]), tokens=most)
+
+    def _verify(self, reply: _Reply, drafted: list[int]) -> None:
+        """One step over the reply's last token and its draft: it takes the greedy picks up to
+        the first that differs from the draft (and that one), as far as it goes on."""
+        assert isinstance(self._rows, _GrowingRows)
+        result = self._rows.verify(reply, drafted)
+        picks, logprobs = result.tokens[0], result.logprobs[0]
+        agreed = 0
+        while agreed < len(drafted) and drafted[agreed] == int(picks[agreed]):
+            agreed += 1
+        self.drafted_tokens += len(drafted)
+        self.accepted_tokens += agreed
+        self.verify_steps += 1
+        taken = []
+        for token, logprob in zip(picks[: agreed + 1], logprobs[: agreed + 1], strict=True):
+            reply.length += 1  # the position of the token fed before it
+            reply.sampler.accept(int(token))
+            taken.append(Token(int(token), float(logprob)))
+            self._record(reply, taken[-1].id)
+            if self._finished(reply):
+                break
+        reply.tokens.put(taken)  # one hand-over (one wake-up of the reader) for them all
+        self._retire([reply])
 
     def _hand_out(self, rows: list[tuple[_Reply, int]], result: StepResult) -> None:
         """Pick each reply's next token from its row of ``result``; retire the finished replies.
@@ -394,9 +493,21 @@ class BatchingGenerator:
                 if token != graph_pick:
                     self._rows.overruled()
             reply.tokens.put(Token(token, logprob))
-            reply.last, reply.written = token, reply.written + 1
-            reply.generated.append(token)
-        for reply, _ in rows:
-            if reply.abandoned or reply.written >= reply.budget or reply.last in self.stop_token_ids:
+            self._record(reply, token)
+        self._retire([reply for reply, _ in rows])
+
+    def _record(self, reply: _Reply, token: int) -> None:
+        """``token`` was handed to ``reply``'s reader: it is the token to feed next."""
+        reply.last, reply.written = token, reply.written + 1
+        reply.generated.append(token)
+
+    def _finished(self, reply: _Reply) -> bool:
+        return reply.abandoned or reply.written >= reply.budget or reply.last in self.stop_token_ids
+
+    def _retire(self, replies: list[_Reply]) -> None:
+        for reply in replies:
+            if self._finished(reply):
                 self._rows.remove(self._active, reply)  # first: its turn is kept before the reader hears
                 reply.tokens.put(_DONE)
+                if self.draft_tokens:
+                    self._recent.add(reply.generated)

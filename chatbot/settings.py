@@ -47,6 +47,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CHATBOT_CUDA_GRAPHS", "1"),
     Setting("CHATBOT_CPU", "auto"),
     Setting("CHATBOT_PREFIX_CACHE_MB", "256"),
+    Setting("CHATBOT_DRAFT_TOKENS", "6"),
     Setting("CHATBOT_LOG_FORMAT", "text"),
     Setting("CHATBOT_LOG_CONTENT", ""),
     Setting("CHATBOT_MODELS", "models", flag="--root"),
@@ -69,6 +70,7 @@ _KNOWN = {setting.variable for setting in SETTINGS}
 loaded_from_file: dict[str, Path] = {}
 
 DEFAULT_PREFIX_CACHE_MB = 256
+DEFAULT_DRAFT_TOKENS = 6
 LOG_FORMATS = ("text", "json")
 
 
@@ -137,6 +139,18 @@ def prefix_cache_bytes() -> int:
             hint=f"set it to a number such as {DEFAULT_PREFIX_CACHE_MB}, or 0 to keep nothing between turns",
         )
     return int(megabytes * 2**20)
+
+
+def draft_tokens() -> int:
+    """``$CHATBOT_DRAFT_TOKENS`` (default 6): the tokens the CPU scheduler drafts per step for
+    greedy replies (speculative decoding, README "Speed"); 0 turns it off."""
+    value = read("CHATBOT_DRAFT_TOKENS").strip() or str(DEFAULT_DRAFT_TOKENS)
+    if not value.isdigit():
+        raise ChatbotError(
+            f"CHATBOT_DRAFT_TOKENS={value!r} is not a whole number of tokens",
+            hint=f"set it to a number such as {DEFAULT_DRAFT_TOKENS}, or 0 to turn speculative decoding off",
+        )
+    return int(value)
 
 
 def log_format() -> str:

@@ -145,6 +145,21 @@ def test_the_fast_graphs_perplexity_is_measured_on_held_out_data(
     assert f"Quality: perplexity of `cpu-int8` {quality['perplexity']:.4f} against" in stdout
 
 
+def test_speculative_decoding_is_reported_apart_on_real_text_and_on_the_random_prompt(
+    measured: tuple[str, dict[str, Any]],
+) -> None:
+    stdout, results = measured
+    for key in ("held_out", "random"):
+        found = results["speculative"][key]
+        assert found["identical"] and 0 <= found["acceptance"] <= 1 and found["speedup"] > 0
+        assert found["plain_ms_per_token"] > 0 and found["drafting_ms_per_token"] > 0
+    assert (
+        results["speculative"]["held_out"]["prompts"] > 1 and results["speculative"]["random"]["prompts"] == 1
+    )
+    assert "Speculative decoding (--data, real text;" in stdout
+    assert "Speculative decoding (the random prompt: random weights flatter drafts;" in stdout
+
+
 def test_without_data_the_quality_is_what_training_recorded_or_why_not(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:

@@ -338,3 +338,17 @@ def test_a_bad_size_for_the_memory_kept_between_turns_says_what_to_set(tiny_mode
     with pytest.raises(ChatbotError, match="CHATBOT_PREFIX_CACHE_MB='lots' is not a size") as raised:
         Engine.from_folder(tiny_model_dir)
     assert "256" in str(raised.value.hint)
+
+
+@pytest.mark.parametrize(("value", "drafts"), [("", 6), ("0", 0), ("3", 3)])
+def test_speculative_decoding_is_set_from_the_environment(tiny_model_dir, monkeypatch, value, drafts):
+    monkeypatch.setenv("CHATBOT_DRAFT_TOKENS", value)
+    with Engine.from_folder(tiny_model_dir, config=EngineConfig(generation=SHORT)) as engine:
+        assert engine.generator.draft_tokens == drafts  # the tiny model's cpu-int8 graph scores drafts
+
+
+def test_a_bad_draft_length_says_what_to_set(tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("CHATBOT_DRAFT_TOKENS", "many")
+    with pytest.raises(ChatbotError, match="CHATBOT_DRAFT_TOKENS='many' is not a whole number") as raised:
+        Engine.from_folder(tiny_model_dir)
+    assert "0 to turn speculative decoding off" in str(raised.value.hint)

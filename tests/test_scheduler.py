@@ -10,7 +10,9 @@ import pytest
 from together import at_once
 
 from chatbot import GenerationConfig, ModelFolder
+from chatbot.drafting import draft
 from chatbot.fused import FusedSession
+from chatbot.generation import Token
 from chatbot.loader import load_generator
 from chatbot.scheduler import BatchingGenerator
 from training.export.fused_graph import build_variant
@@ -33,6 +35,7 @@ def _generator(
     fixed: bool = False,
     max_batch: int = 32,
     kept_bytes: int = 0,
+    draft_tokens: int = 0,
 ) -> BatchingGenerator:
     """The CPU's scheduler (a growing cache), or with ``fixed`` the GPU's (fixed slots, the decode
     step feeding itself) running on the CPU provider."""
@@ -43,6 +46,7 @@ def _generator(
         max_batch=max_batch,
         fixed_slots=fixed,
         kept_bytes=kept_bytes,
+        draft_tokens=draft_tokens,
     )
 
 
@@ -352,3 +356,97 @@ def test_the_system_prompts_turn_is_kept_within_the_same_memory_bound(folder: Mo
 
 def _turn_shared(generator: BatchingGenerator, prompt: list[int], key: str | None, shared: int) -> list[int]:
     return [t.id for t in generator.generate(prompt, GREEDY, key=key, shared=shared)]
+
+
+# -- speculative decoding: drafts from the conversation, verified in one step -----------------
+
+
+def _echo_prompts(folder: ModelFolder, count: int) -> list[list[int]]:
+    """Prompts that repeat themselves (an order number, a product): drafts find something."""
+    texts = [
+        f"order A-{4711 + i} for the merino sweater, order A-{4711 + i} please " * 3 for i in range(count)
+    ]
+    return [folder.encode(folder.template.render([{"role": "user", "content": t}])) for t in texts]
+
+
+def _alone(
+    folder: ModelFolder, prompts: list[list[int]], configs: list[GenerationConfig]
+) -> list[list[Token]]:
+    plain = _generator(folder)
+    return [list(plain.generate(p, c)) for p, c in zip(prompts, configs, strict=True)]
+
+
+def _alone_without_stop(
+    folder: ModelFolder, prompts: list[list[int]], configs: list[GenerationConfig]
+) -> list[list[Token]]:
+    plain = _generator(folder)
+    plain.stop_token_ids = ()
+    return [list(plain.generate(p, c)) for p, c in zip(prompts, configs, strict=True)]
+
+
+def test_speculative_greedy_replies_are_token_for_token_the_plain_ones(folder: ModelFolder) -> None:
+    prompts = [*_echo_prompts(folder, 3), *_prompts(folder, 3)]
+    configs = [GenerationConfig(max_new_tokens=60)] * len(prompts)
+    expected = _alone(folder, prompts, configs)
+    generator = _generator(folder, draft_tokens=4)
+    for prompt, config, plain in zip(prompts, configs, expected, strict=True):
+        drafted = list(generator.generate(prompt, config))
+        assert [t.id for t in drafted] == [t.id for t in plain]
+        assert [t.logprob for t in drafted] == pytest.approx([t.logprob for t in plain], abs=1e-4)
+    assert generator.accepted_tokens > 0  # drafts were right, and steps were saved
+    assert generator.drafted_tokens > generator.accepted_tokens  # and wrong ones were thrown away
+
+
+def test_speculative_rows_batched_with_plain_greedy_and_sampling_rows(folder: ModelFolder) -> None:
+    prompts = [*_echo_prompts(folder, 3), *_prompts(folder, 3)]
+    configs = [
+        GenerationConfig(max_new_tokens=25, temperature=0.9, top_k=20, seed=i)
+        if i % 2
+        else GenerationConfig(max_new_tokens=10 + 5 * i)  # rows leave at different steps
+        for i in range(len(prompts))
+    ]
+    configs[0] = GenerationConfig(max_new_tokens=120)  # outlasts the others, then drafts alone
+    generator = _generator(folder, draft_tokens=5, max_batch=3)
+    generator.stop_token_ids = ()
+    expected = [[t.id for t in reply] for reply in _alone_without_stop(folder, prompts, configs)]
+    # a greedy reply alone in the batch drafts; the others join and leave around it
+    assert _at_once(generator, prompts, configs) == expected
+    assert generator.accepted_tokens > 0
+
+
+def test_a_draft_stops_at_the_stop_token_and_the_budget(folder: ModelFolder) -> None:
+    prompt = _echo_prompts(folder, 1)[0]
+    plain = [t.id for t in _generator(folder).generate(prompt, GenerationConfig(max_new_tokens=80))]
+    generator = _generator(folder, draft_tokens=6)
+    # the plain reply's own tokens as stop tokens: a draft that holds one stops there
+    for stop in sorted(set(plain[2:]))[:6]:
+        generator.stop_token_ids = (stop,)
+        expected = plain[: plain.index(stop) + 1]
+        assert [t.id for t in generator.generate(prompt, GenerationConfig(max_new_tokens=80))] == expected
+    generator.stop_token_ids = ()
+    for budget in (1, 2, 3, 5, 8, 13):
+        reply = [t.id for t in generator.generate(prompt, GenerationConfig(max_new_tokens=budget))]
+        assert reply == plain[:budget]
+
+
+def test_drafts_come_from_the_latest_earlier_occurrence() -> None:
+    assert draft([5, 6, 7, 8, 9, 5, 6], tokens=3) == [7, 8, 9]
+    assert draft([1, 2, 3, 1, 2, 4, 1, 2], tokens=2) == [4, 1]  # the latest occurrence wins
+    assert draft([9, 2, 3, 8, 2, 3, 7, 1, 2, 3], tokens=2) == [7, 1]  # the longest match wins
+    assert draft([3, 2, 4, 2, 3, 5, 7, 2, 3], tokens=9) == [5, 7, 2, 3]
+    assert draft([1, 2, 3], tokens=4) == [] and draft([4], tokens=2) == [] and draft([4, 4], tokens=0) == []
+    assert draft([7, 1, 2, 3, 4, 5, 6, 7], tokens=6) == [1, 2]  # a one-token match drafts two
+
+
+def test_drafts_also_come_from_the_bots_recent_replies(folder: ModelFolder) -> None:
+    prompt = _prompts(folder, 1)[0]
+    generator = _generator(folder, draft_tokens=4)
+    generator.stop_token_ids = ()
+    first = [t.id for t in generator.generate(prompt, GenerationConfig(max_new_tokens=30))]
+    before = generator.accepted_tokens
+    assert (
+        generator._recent.tokens.tolist() == first
+    )  # white-box: what drafts come from after the conversation
+    again = [t.id for t in generator.generate(prompt, GenerationConfig(max_new_tokens=30))]
+    assert again == first  # another conversation asking the same: its reply was written before
+    assert generator.accepted_tokens - before > before  # more of it came from drafts than the first time

@@ -68,6 +68,7 @@ from chatbot.folder import GRAPH_FORMAT, ModelFolder
 from chatbot.generation import Generator
 from chatbot.loader import REFERENCE, choose_variant, load_generator
 from chatbot.paths import write_text_atomically
+from chatbot.scheduler import BatchingGenerator
 from chatbot.types import GenerationConfig, Progress
 from chatbot.versions import model_folder
 from training.evaluation import machine as limits
@@ -161,6 +162,7 @@ def run_bench(
         kept = _kept_turns(sides.generator, folder, prompt, sides.config, options)
     results = _results(folder, config, prompt, options, facts, sides, kept)
     results["quality"] = _quality(folder, config, options, progress)
+    results["speculative"] = _speculative(folder, prompt, options, progress)
     table = markdown(results)
     options.out.mkdir(parents=True, exist_ok=True)
     write_text_atomically(options.out / "bench.json", json.dumps(results, indent=2) + "\n")
@@ -402,6 +404,22 @@ def _measured_quality(
     }
 
 
+def _speculative(
+    folder: ModelFolder, prompt: list[int], options: BenchOptions, progress: Progress
+) -> dict[str, Any]:
+    """Speculative decoding at batch 1, apart: on ``--data`` (real text) and on the random prompt."""
+    from training.evaluation.speculative import held_out_prompts, measure_speculative
+
+    if options.device != "cpu":
+        return {}
+    measure = partial(measure_speculative, folder, new_tokens=options.new_tokens, progress=progress)
+    with quiet_torch():
+        found = {"random": measure([prompt], stop=False, rounds=options.runs)}
+        if options.data:
+            found["held_out"] = measure(held_out_prompts(folder, options.data), rounds=3)
+    return found
+
+
 # ---------------------------------------------------------------------------------------------
 # Named configs: a model folder with random weights, built once in the cache
 
@@ -561,6 +579,8 @@ def _our_generator(folder: ModelFolder, device: str = "cpu", variant: str | None
     """The generator the engine serves with, stop tokens cleared so every reply runs its full length."""
     generator = load_generator(folder, device=device, variant=variant, max_batch=64)
     generator.stop_token_ids = ()
+    if isinstance(generator, BatchingGenerator):  # plain decoding: drafts are measured apart (_speculative)
+        generator.draft_tokens = 0
     return generator
 
 

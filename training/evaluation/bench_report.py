@@ -42,8 +42,19 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         _quality_line(results.get("quality")),
         "",
+        *_speculative_lines(results.get("speculative") or {}),
     ]
     return "\n".join(lines)
+
+
+def _speculative_lines(found: dict[str, Any]) -> list[str]:
+    """Speculative decoding at batch 1, on real text (``--data``) apart from the random prompt."""
+    from training.evaluation.speculative import section
+
+    sources = {"held_out": "--data, real text", "random": "the random prompt: random weights flatter drafts"}
+    return [
+        line for key, source in sources.items() if key in found for line in (section(found[key], source), "")
+    ]
 
 
 def _machine_line(machine: dict[str, Any]) -> str:

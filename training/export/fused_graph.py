@@ -12,7 +12,9 @@ cache (README, "Fast graphs" and "Speed", says why that matters), one layer bein
   both are bound to the same memory; ``seqlens_k`` (total length - 1 per row) says where each
   row ends, so rows of one batch may have different lengths;
 * the LM head runs on the last position only, with its own (untied) weight, and the graph
-  picks the greedy token itself (``next_token``) beside the ``logits`` needed for sampling;
+  picks the greedy token itself (``next_token``) beside the ``logits`` needed for sampling; a
+  step that verifies drafted tokens asks for its last ``-score_from`` positions instead
+  and reads the greedy pick after each (``greedy_tokens``);
 * ``int8``: every MatMul is a MatMulIntegerToFloat over int8 weights with one scale per output column,
   its input quantised row by row in the graph (a blocked QuantizeLinear, so opset 21), so a
   row's result never depends on its batch (the embedding tables stay float: a Gather reads one
@@ -75,6 +77,7 @@ MS_OPS = {
 WEIGHT_LEVELS = 63  # int8 weights use 7 bits where the CPU multiplies in int16 pairs (AVX2)
 FULL_WEIGHT_LEVELS = 127  # and 8 bits where it does not (VNNI, AMX): see chatbot.cpu
 INT4_BLOCK = 32  # int4 weights: one scale per 32 inputs of an output column
+SCORED = "score_from"  # input: the first position the LM head scores, from the end ([-1]: the last)
 
 
 @dataclass(frozen=True)
@@ -360,12 +363,16 @@ class _Builder:
             helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, [batch]),
             helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
         ]
+        # the LM head scores positions score_from.. of the sequence, from its end ([-1]: the last only)
+        inputs.append(helper.make_tensor_value_info(SCORED, TensorProto.INT64, [1]))
         outputs = [
             helper.make_tensor_value_info("logits", ft, [batch, config.vocab_size]),
             helper.make_tensor_value_info("next_token", TensorProto.INT64, [batch]),
             helper.make_tensor_value_info("next_logprob", TensorProto.FLOAT, [batch]),
             helper.make_tensor_value_info("next_position_ids", TensorProto.INT64, [batch, 1]),
             helper.make_tensor_value_info("next_seqlens_k", TensorProto.INT32, [batch]),
+            helper.make_tensor_value_info("greedy_tokens", TensorProto.INT64, [batch, "scored"]),
+            helper.make_tensor_value_info("greedy_logprobs", TensorProto.FLOAT, [batch, "scored"]),
         ]
         for past, present in zip(past_names(config.n_layer), present_names(config.n_layer), strict=True):
             inputs.append(helper.make_tensor_value_info(past, ft, [batch, heads, cache, dim]))
@@ -378,11 +385,7 @@ class _Builder:
         normed, stream = self.skip_norm("tokens", "positions", "h.0.ln_1", None, "l0")
         for i in range(config.n_layer):
             normed, stream = self.layer(i, normed, stream)
-        last = w.constant("last_position", np.array(-1, dtype=np.int64))
-        w.node("Gather", [normed, last], ["last_hidden"], axis=1)  # (batch, n_embd)
-        lm_head = weights.get("lm_head.weight", weights["wte.weight"]).T  # untied copy: see CPU.md
-        w.matmul("last_hidden", lm_head, None, "logits", rank=2)  # (batch, vocab)
-        w.node("ArgMax", ["logits"], ["next_token"], axis=-1, keepdims=0)
+        self.lm_head(normed)
         self.next_step_inputs()
         graph = helper.make_graph(w.nodes, "gpt2_fused", inputs, outputs, w.initializers)
         opsets = [helper.make_opsetid("", w.opset), helper.make_opsetid(MS_DOMAIN, 1)]
@@ -390,28 +393,55 @@ class _Builder:
         model.ir_version = min(model.ir_version, 10)  # what ONNX Runtime 1.20 (our oldest) reads
         return model
 
-    def next_step_inputs(self) -> None:
-        """What a decode step needs besides the logits, computed on the device.
+    def lm_head(self, normed: str) -> None:
+        """The LM head on the last ``-score_from`` positions of ``normed`` (batch, sequence, n_embd).
 
-        ``next_logprob``: the greedy token's log-probability (the largest log-softmax, in float32);
-        ``next_position_ids`` and ``next_seqlens_k``: the next single-token step's position and
-        length - 1. Bound as the next step's inputs with ``next_token``, they let a decode step
-        feed itself (``chatbot.fused.FixedSlots``): only token ids and log-probabilities go to the host.
+        ``greedy_tokens`` and ``greedy_logprobs`` (batch, scored): the greedy pick after each
+        scored position and its log-probability (the largest log-softmax, in float32), which is
+        what a step verifying drafted tokens needs (``chatbot.scheduler``); ``logits`` (batch,
+        vocab), ``next_token`` and ``next_logprob`` (batch,): the last position's. The head runs
+        on (batch * scored) rows of one MatMul; scoring one position (``score_from`` [-1]) costs
+        what the last-position head did, plus a few reshapes. ``score_from`` goes straight to a
+        Slice as its start, so it stays in host memory (like ``total_sequence_length``).
         """
         from onnx import TensorProto
 
-        w = self.w
-        scores = "logits"
+        w, vocab = self.w, self.config.vocab_size
+        axis = w.constant("sequence_axis", np.array([1], dtype=np.int64))
+        end = w.constant("last_end", np.array([np.iinfo(np.int64).max], dtype=np.int64))
+        w.node("Slice", [normed, SCORED, end, axis], ["scored_hidden"])  # (batch, scored, n_embd)
+        w.node("Shape", ["scored_hidden"], ["scored_hidden.shape"], end=2)  # [batch, scored]
+        rows = w.constant("scored_rows", np.array([-1, self.config.n_embd], dtype=np.int64))
+        w.node("Reshape", ["scored_hidden", rows], ["scored_rows_hidden"])  # (batch * scored, n_embd)
+        lm_head = self.weights.get("lm_head.weight", self.weights["wte.weight"]).T  # untied copy: see CPU.md
+        w.matmul("scored_rows_hidden", lm_head, None, "scored_logits", rank=2)  # (batch * scored, vocab)
+        w.node("ArgMax", ["scored_logits"], ["scored_tokens"], axis=-1, keepdims=0)
+        scores = "scored_logits"
         if w.precision == "fp16":
-            w.node("Cast", ["logits"], ["logits.float"], to=TensorProto.FLOAT)
-            scores = "logits.float"
-        w.node("LogSoftmax", [scores], ["logprobs"], axis=-1)
-        w.reduce_max("logprobs", "next_logprob", keepdims=0)
+            w.node("Cast", [scores], ["scored_logits.float"], to=TensorProto.FLOAT)
+            scores = "scored_logits.float"
+        w.node("LogSoftmax", [scores], ["scored_logprobs_all"], axis=-1)
+        w.reduce_max("scored_logprobs_all", "scored_logprobs", keepdims=0)
+        w.node("Reshape", ["scored_tokens", "scored_hidden.shape"], ["greedy_tokens"])
+        w.node("Reshape", ["scored_logprobs", "scored_hidden.shape"], ["greedy_logprobs"])
+        vocab_axis = w.constant("vocab_size", np.array([vocab], dtype=np.int64))
+        w.node("Concat", ["scored_hidden.shape", vocab_axis], ["scored_logits.shape"], axis=0)
+        w.node("Reshape", ["scored_logits", "scored_logits.shape"], ["scored_logits.3d"])
+        last = w.constant("last_position", np.array(-1, dtype=np.int64))
+        w.node("Gather", ["scored_logits.3d", last], ["logits"], axis=1)  # (batch, vocab)
+        w.node("Gather", ["greedy_tokens", last], ["next_token"], axis=1)  # (batch,)
+        w.node("Gather", ["greedy_logprobs", last], ["next_logprob"], axis=1)
+
+    def next_step_inputs(self) -> None:
+        """The next single-token step's ``next_position_ids`` and ``next_seqlens_k`` (position
+        and length - 1), computed on the device. Bound as the next step's inputs with
+        ``next_token``, they let a decode step feed itself (``chatbot.fused.FixedSlots``): only
+        token ids and log-probabilities go to the host.
+        """
+        w = self.w
         step = w.constant("one_position", np.array([1], dtype=np.int64))
         begin = w.constant("last_start", np.array([-1], dtype=np.int64))
-        end = w.constant("last_end", np.array([np.iinfo(np.int64).max], dtype=np.int64))
-        axis = w.constant("sequence_axis", np.array([1], dtype=np.int64))
-        w.node("Slice", ["position_ids", begin, end, axis], ["last_position_ids"])
+        w.node("Slice", ["position_ids", begin, "last_end", "sequence_axis"], ["last_position_ids"])
         w.node("Add", ["last_position_ids", step], ["next_position_ids"])
         one = w.constant("one_length", np.array(1, dtype=np.int32))
         w.node("Add", ["seqlens_k", one], ["next_seqlens_k"])

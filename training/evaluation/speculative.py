@@ -1,0 +1,140 @@
+"""What speculative decoding buys: the same greedy replies with drafts and without, at batch 1.
+
+``chatbot bench`` measures it twice and reports the two apart: on real text (``--data``: the
+model's replies to held-out conversations, each agent turn's prompt being the conversation
+before it) and on the bench's random prompt. Random weights repeat themselves, which flatters
+drafts taken from the conversation; only the real-text figure says what customers get.
+
+Each round runs every prompt's reply without drafts and with them (the order alternating), on
+new generators: the bot's recent replies that drafts also come from start empty each round and
+fill with the earlier prompts' replies, as a server's would. The figures are the medians over
+rounds of the decode time per token (after the first token) summed over all prompts, and the
+median of the rounds' speed-ups. The
+replies must be token for token the same, or the run fails.
+
+>>> measure_speculative(folder, prompts, draft_tokens=6, rounds=3)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from chatbot.errors import ChatbotError
+from chatbot.folder import ModelFolder
+from chatbot.fused import FusedSession
+from chatbot.loader import choose_variant
+from chatbot.scheduler import BatchingGenerator
+from chatbot.settings import DEFAULT_DRAFT_TOKENS
+from chatbot.types import GenerationConfig, Progress
+
+
+def held_out_prompts(folder: ModelFolder, data: Sequence[str], *, limit: int = 200) -> list[list[int]]:
+    """The prompt of every agent turn of ``data``'s conversations (up to ``limit``), rendered as
+    the engine renders a conversation (with the model's trained system prompt, if any)."""
+    from training.transcripts.prepare import load_conversations
+
+    prompts = []
+    system = [{"role": "system", "content": folder.system_prompt}] if folder.system_prompt else []
+    for transcript in load_conversations(data).transcripts:
+        messages = [*system]
+        for turn in transcript.turns:
+            if turn.role == "assistant" and messages and messages[-1]["role"] == "user":
+                prompts.append(folder.encode(folder.template.render(messages, add_generation_prompt=True)))
+            messages.append({"role": turn.role, "content": turn.content})
+    window = folder.spec.n_positions // 2  # room left for the reply
+    return [prompt for prompt in prompts if len(prompt) <= window][:limit]
+
+
+def measure_speculative(
+    folder: ModelFolder,
+    prompts: list[list[int]],
+    *,
+    new_tokens: int = 64,
+    draft_tokens: int = DEFAULT_DRAFT_TOKENS,
+    rounds: int = 3,
+    stop: bool = True,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Greedy decode of ``prompts`` one at a time with and without drafts (the CPU variant the
+    engine serves); the acceptance rate, ms per token each way and the speed-up."""
+    variant = choose_variant(folder, "cpu")
+    session = FusedSession(folder.variant_path(variant), folder.spec)
+    if not session.scores_drafts:
+        return {"missing": f"{variant} predates speculative decoding: run `chatbot export` again"}
+    stops = folder.stop_token_ids if stop else ()
+    config = GenerationConfig(max_new_tokens=new_tokens)
+    say = progress or (lambda message: None)
+    say(f"speculative decoding: {len(prompts)} prompts, with and without drafts, {rounds} rounds")
+
+    def generator(drafts: int) -> BatchingGenerator:
+        # a new one each round: the bot's recent replies it drafts from must not hold these prompts' replies
+        return BatchingGenerator(session, stop_token_ids=stops, max_batch=1, draft_tokens=drafts)
+
+    for warm_up in (generator(0), generator(draft_tokens)):
+        _decode(warm_up, prompts[:3], config)
+    times: dict[str, list[float]] = {"plain": [], "drafting": []}
+    drafted = accepted = steps = tokens = 0
+    for round_ in range(rounds):
+        order = [("plain", generator(0)), ("drafting", generator(draft_tokens))]
+        if round_ % 2:
+            order.reverse()
+        replies = {}
+        for name, running in order:
+            replies[name], seconds, tokens = _decode(running, prompts, config)
+            times[name].append(seconds)
+            drafted, accepted = drafted + running.drafted_tokens, accepted + running.accepted_tokens
+            steps += running.verify_steps
+        if replies["plain"] != replies["drafting"]:
+            raise ChatbotError(
+                "speculative decoding changed a greedy reply",
+                hint="report it with the model folder; CHATBOT_DRAFT_TOKENS=0 turns drafting off meanwhile",
+            )
+    plain_ms = statistics.median(times["plain"]) / tokens * 1e3
+    drafting_ms = statistics.median(times["drafting"]) / tokens * 1e3
+    return {
+        "variant": variant,
+        "prompts": len(prompts),
+        "decode_tokens": tokens,
+        "draft_tokens": draft_tokens,
+        "acceptance": accepted / max(1, drafted),
+        "tokens_per_step": 1 + accepted / max(1, steps),
+        "plain_ms_per_token": plain_ms,
+        "drafting_ms_per_token": drafting_ms,
+        # each round's own ratio (its two halves ran back to back), then their median: steadier
+        # than a ratio of medians while other work comes and goes on the machine
+        "speedup": statistics.median(p / d for p, d in zip(times["plain"], times["drafting"], strict=True)),
+        "identical": True,
+    }
+
+
+def _decode(
+    generator: BatchingGenerator, prompts: list[list[int]], config: GenerationConfig
+) -> tuple[list[list[int]], float, int]:
+    """Each prompt's reply, the seconds spent after each first token, and the tokens after it."""
+    replies, seconds, tokens = [], 0.0, 0
+    for prompt in prompts:
+        reply = []
+        stream = generator.generate(prompt, config)
+        reply.append(next(iter(stream)).id)
+        started = time.perf_counter()
+        reply.extend(token.id for token in stream)
+        seconds += time.perf_counter() - started
+        tokens += len(reply) - 1
+        replies.append(reply)
+    return replies, seconds, tokens
+
+
+def section(result: dict[str, Any], source: str) -> str:
+    """One markdown line for ``chatbot bench``."""
+    if "missing" in result:
+        return f"Speculative decoding ({source}): not measured ({result['missing']})."
+    return (
+        f"Speculative decoding ({source}; {result['prompts']} greedy replies at batch 1, "
+        f"{result['decode_tokens']} tokens after the first, drafts of up to {result['draft_tokens']}): "
+        f"{result['acceptance']:.0%} of drafted tokens accepted, {result['tokens_per_step']:.2f} tokens "
+        f"per drafting step; decode {result['plain_ms_per_token']:.2f} → "
+        f"{result['drafting_ms_per_token']:.2f} ms/token ({result['speedup']:.2f}×), identical replies."
+    )
