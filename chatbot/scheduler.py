@@ -195,8 +195,9 @@ class _GrowingRows:
     """CPU rows: slots 0..n-1 of a :class:`~chatbot.fused.KVCache` sized to the replies in
     progress; when a reply leaves, the last one moves into its slot (a step binds one view)."""
 
-    def __init__(self, session: FusedSession, kept_bytes: int) -> None:
+    def __init__(self, session: FusedSession, kept_bytes: int, prefill: FusedSession | None = None) -> None:
         self.session = session
+        self.prefill_session = prefill or session  # prompts may run on another graph (int8 for int4)
         self.cache = session.new_cache(1)
         self.kept = _Kept(kept_bytes)
 
@@ -208,7 +209,7 @@ class _GrowingRows:
         prompt = np.asarray(reply.prompt, dtype=np.int64)
         reply.reused = self.kept.restore(reply.key, prompt, self.cache, reply.slot, reply.shared)
         start = reply.reused
-        result = self.session.step(self.cache, reply.slot, [reply.prompt[start:]], [start])
+        result = self.prefill_session.step(self.cache, reply.slot, [reply.prompt[start:]], [start])
         head = prompt[: reply.shared]
         if len(head) >= MIN_KEPT and self.kept.shared(head) is None:  # the first prompt with it
             self.kept.keep(head.tobytes(), head, self.cache, reply.slot)
@@ -289,6 +290,9 @@ class BatchingGenerator:
 
     ``max_batch`` bounds the replies in progress (more wait their turn); ``kept_bytes`` the
     memory for conversations' keys and values between turns (CPU; see the module docstring).
+    ``prefill_session`` (CPU): another graph of the same model that runs the prompts, writing the
+    same keys and values (int8 prefills for int4, whose prompts are 2-3× slower: README, "Fast
+    graphs"); ``session`` decodes.
     ``draft_tokens`` (CPU, 0: off): speculative decoding of greedy replies, see the module
     docstring; ``drafted_tokens``, ``accepted_tokens`` and ``verify_steps`` count what it did.
     """
@@ -302,9 +306,14 @@ class BatchingGenerator:
         fixed_slots: bool | None = None,
         kept_bytes: int = 0,
         draft_tokens: int = 0,
+        prefill_session: FusedSession | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")
+        if prefill_session is not None and (
+            prefill_session.cache_dtype != session.cache_dtype or prefill_session.spec != session.spec
+        ):
+            raise ValueError("a prefill graph must write the same keys and values as the decode graph")
         self.session = session
         self.device = session.device
         self.stop_token_ids: tuple[int, ...] = tuple(stop_token_ids)
@@ -312,7 +321,10 @@ class BatchingGenerator:
         self.spec = session.spec
         if fixed_slots is None:  # the GPU's way; on the CPU a cache that grows costs less memory
             fixed_slots = session.device == "cuda"
-        self._rows = _FixedRows(session, max_batch) if fixed_slots else _GrowingRows(session, kept_bytes)
+        if fixed_slots:
+            self._rows: _FixedRows | _GrowingRows = _FixedRows(session, max_batch)
+        else:
+            self._rows = _GrowingRows(session, kept_bytes, prefill_session)
         self._waiting: list[_Reply] = []
         self._active: list[_Reply] = []
         self.reused_tokens = 0  # prompt tokens not prefilled: their keys and values were kept

@@ -70,7 +70,8 @@ _KNOWN = {setting.variable for setting in SETTINGS}
 loaded_from_file: dict[str, Path] = {}
 
 DEFAULT_PREFIX_CACHE_MB = 256
-DEFAULT_DRAFT_TOKENS = 6
+DEFAULT_DRAFT_TOKENS = 0  # off: see README "Speculative decoding" for why
+SUGGESTED_DRAFT_TOKENS = 6
 LOG_FORMATS = ("text", "json")
 
 
@@ -142,13 +143,14 @@ def prefix_cache_bytes() -> int:
 
 
 def draft_tokens() -> int:
-    """``$CHATBOT_DRAFT_TOKENS`` (default 6): the tokens the CPU scheduler drafts per step for
+    """``$CHATBOT_DRAFT_TOKENS`` (default 0, off): the tokens the CPU scheduler drafts per step for
     greedy replies (speculative decoding, README "Speed"); 0 turns it off."""
     value = read("CHATBOT_DRAFT_TOKENS").strip() or str(DEFAULT_DRAFT_TOKENS)
     if not value.isdigit():
         raise ChatbotError(
             f"CHATBOT_DRAFT_TOKENS={value!r} is not a whole number of tokens",
-            hint=f"set it to a number such as {DEFAULT_DRAFT_TOKENS}, or 0 to turn speculative decoding off",
+            hint=f"set it to a number such as {SUGGESTED_DRAFT_TOKENS}, or 0 to turn speculative decoding "
+            "off",
         )
     return int(value)
 

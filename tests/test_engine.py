@@ -340,7 +340,7 @@ def test_a_bad_size_for_the_memory_kept_between_turns_says_what_to_set(tiny_mode
     assert "256" in str(raised.value.hint)
 
 
-@pytest.mark.parametrize(("value", "drafts"), [("", 6), ("0", 0), ("3", 3)])
+@pytest.mark.parametrize(("value", "drafts"), [("", 0), ("0", 0), ("3", 3)])  # off unless set
 def test_speculative_decoding_is_set_from_the_environment(tiny_model_dir, monkeypatch, value, drafts):
     monkeypatch.setenv("CHATBOT_DRAFT_TOKENS", value)
     with Engine.from_folder(tiny_model_dir, config=EngineConfig(generation=SHORT)) as engine:

@@ -345,3 +345,29 @@ def test_a_wrong_cpu_kind_setting_says_what_to_set(
     with pytest.raises(ChatbotError, match="CHATBOT_CPU='sse2'") as error:
         choose_variant(ModelFolder(tiny_model_dir), "cpu")
     assert "avx2, vnni, amx" in str(error.value.hint)
+
+
+def test_int4_replies_have_their_prompts_prefilled_by_the_int8_graph(tiny_model_dir: Path) -> None:
+    """int8 writes the prompt's keys and values, int4 decodes over them: the picks still agree
+    with the reference as int4's own do (the same tolerance)."""
+    folder = ModelFolder(tiny_model_dir)
+    generator = load_generator(folder, device="cpu", variant="cpu-int4")
+    assert isinstance(generator, BatchingGenerator)
+    prefill, decode = (
+        generator._rows.prefill_session,
+        generator._rows.session,
+    )  # white-box: which graph does what
+    assert (prefill.path, decode.path) == (folder.variant_path("cpu-int8"), folder.variant_path("cpu-int4"))
+    expected = _greedy_replies(OnnxGenerator(folder, device="cpu"), folder)
+    same = total = 0
+    for prompt, reply in zip(_prompts(folder), expected, strict=True):
+        cache = decode.new_cache(1, len(prompt) + len(reply))
+        picks = [int(prefill.step(cache, 0, [prompt], [0]).next_token[0])]
+        for position, token in enumerate(reply[:-1], start=len(prompt)):
+            picks.append(int(decode.step(cache, 0, [[token]], [position]).next_token[0]))
+        same += sum(a == b for a, b in zip(picks, reply, strict=True))
+        total += len(reply)
+    assert same / total >= VARIANTS["cpu-int4"].min_greedy_agreement
+    assert _greedy_replies(generator, folder)  # and it serves
+    int8 = load_generator(folder, device="cpu", variant="cpu-int8")
+    assert isinstance(int8, BatchingGenerator) and int8._rows.prefill_session is int8._rows.session
