@@ -54,6 +54,7 @@ from chatbot.store import Store
 from chatbot.types import Message
 
 __all__ = [
+    "WRITTEN_BY",
     "ExportOptions",
     "ExportReport",
     "FeedbackExportError",
@@ -229,11 +230,10 @@ def cut(
     corrections = corrections or {}
     kept: list[Message] = []
     for index, turn in enumerate(turns):
-        later = sum(t.role == "assistant" for t in turns[index + 1 :])
         if turn.role == "assistant" and turn.id in corrections:
             meta = {**turn.meta, "written_by": "correction"}
             kept.append(replace(turn, content=corrections[turn.id], meta=meta))
-            left_out["after a corrected reply"] += later
+            left_out["after a corrected reply"] += _replies_after(turns, index)
             break
         if turn.role == "assistant" and _answered_by_a_person(turns, index):
             left_out["a person answered instead"] += 1
@@ -241,12 +241,16 @@ def cut(
         reason = _unfit(turn, ratings, keep_unfinished=keep_unfinished)
         if reason is not None:
             left_out[reason] += 1
-            left_out["after a left-out reply"] += later
+            left_out["after a left-out reply"] += _replies_after(turns, index)
             break  # the customer's turns that led to it go too (below)
         kept.append(turn)
     while kept and kept[-1].role != "assistant":  # nothing to learn from a last unanswered turn
         kept.pop()
     return tuple(kept), +left_out
+
+
+def _replies_after(turns: Sequence[Message], index: int) -> int:
+    return sum(t.role == "assistant" for t in turns[index + 1 :])
 
 
 def _answered_by_a_person(turns: Sequence[Message], index: int) -> bool:
@@ -308,6 +312,9 @@ def _unfit(turn: Message, ratings: Mapping[int, int], *, keep_unfinished: bool) 
     if finish != FINISHED and not keep_unfinished:
         return "unfinished"
     return None
+
+
+WRITTEN_BY = ("correction", "person", "bot")  # who wrote an exported agent turn (``"written_by"``)
 
 
 def written(turn: Message) -> str:

@@ -176,10 +176,11 @@ class ModelFolder:
     def name(self) -> str:
         return str(self.card.get("name") or self.path.name)
 
-    @property
+    @cached_property
     def version(self) -> str:
         """Which model answered, as replies record it (``meta["model"]``): the name, and the
-        version folder when the folder is one of a versions root's (``support-bot/v3``)."""
+        version folder when the folder is one of a versions root's (``support-bot/v3``). Read
+        once: every reply records it, and resolving the path asks the file system."""
         folder = self.path.resolve().name
         if folder != self.name and re.fullmatch(r"v\d+", folder):
             return f"{self.name}/{folder}"

@@ -24,10 +24,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from chatbot.feedback import WRITTEN_BY
 from training.transcripts.readers import CsvColumns, ReadReport, Transcript, read_transcripts
 from training.transcripts.redact import KINDS, PLACEHOLDERS, Redactor
 
-AUTHORS = ("correction", "person", "bot")  # the marks of chatbot.feedback's export
+AUTHORS = WRITTEN_BY  # the marks of chatbot.feedback's export
 
 
 @dataclass
