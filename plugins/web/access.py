@@ -82,15 +82,23 @@ class Credentials:
 
     def accepts(self, authorization: str | None) -> bool:
         """Whether an ``Authorization`` header carries these credentials (constant-time)."""
-        scheme, _, encoded = (authorization or "").partition(" ")
-        if scheme.lower() != "basic":
-            return False
-        try:
-            given = base64.b64decode(encoded.strip(), validate=True)
-        except (binascii.Error, ValueError):
+        given = basic_credentials(authorization)
+        if given is None:
             return False
         expected = f"{self.user}:{self.password}".encode()
-        return hmac.compare_digest(given, expected)
+        return hmac.compare_digest(f"{given[0]}:{given[1]}".encode(), expected)
+
+
+def basic_credentials(authorization: str | None) -> tuple[str, str] | None:
+    """The (user, password) of an ``Authorization: Basic`` header, if it holds well-formed ones."""
+    scheme, _, encoded = (authorization or "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, colon, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+    except (binascii.Error, ValueError):  # UnicodeDecodeError is a ValueError
+        return None
+    return (user, password) if colon else None
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -49,6 +49,7 @@ from plugins.web.staff_pages import render
 
 PREFIX = "/staff"
 REVIEW_DAYS = 30  # what the review shows when no start date is given
+REVIEW_READ, REVIEW_SHOWN = 1000, 200  # items read for a review (all versions), and shown (one's)
 Endpoint = Callable[[Request], Awaitable[Response]]
 _STATUS = {HandoverError: 409, InvalidMessage: 422, UnknownConversation: 404, UnknownMessage: 404}
 
@@ -258,8 +259,8 @@ class StaffConsole:
     async def review_page(self, request: Request, staff: str) -> Response:
         try:
             since, until, model = _filters(request)
-            items = await self._call(self._review, since, until, model)
-            models = await self._call(self._models)
+            found = await self._call(self._reviewed, since, until)
+            items = await self._call(self._review_items, found, model)
         except ChatbotError as error:
             return self._error(error, staff)
         query = request.query_params
@@ -268,7 +269,7 @@ class StaffConsole:
             staff,
             title="Review",
             items=items,
-            models=models,
+            models=sorted({item.model for item in found if item.model}),  # the versions in this range
             since=_since(request),
             until=query.get("until", ""),
             model=model or "",
@@ -279,14 +280,18 @@ class StaffConsole:
     async def review_json(self, request: Request, staff: str) -> Response:
         try:
             since, until, model = _filters(request)
-            return JSONResponse({"review": await self._call(self._review, since, until, model)})
+            found = await self._call(self._reviewed, since, until)
+            return JSONResponse({"review": await self._call(self._review_items, found, model)})
         except ChatbotError as error:
             return JSONResponse({"error": str(error)}, status_code=_status(error))
 
-    def _review(
-        self, since: datetime | None, until: datetime | None, model: str | None
-    ) -> list[dict[str, Any]]:
-        return [self._review_json(item) for item in self.engine.review(since=since, until=until, model=model)]
+    def _reviewed(self, since: datetime | None, until: datetime | None) -> tuple[Review, ...]:
+        """Every model version's items in the range, read once: the page lists the versions too."""
+        return self.engine.review(since=since, until=until, limit=REVIEW_READ)
+
+    def _review_items(self, found: tuple[Review, ...], model: str | None) -> list[dict[str, Any]]:
+        chosen = [item for item in found if model is None or item.model == model]
+        return [self._review_json(item) for item in chosen[:REVIEW_SHOWN]]
 
     def _review_json(self, item: Review) -> dict[str, Any]:
         reply, asked = None, ""
@@ -306,9 +311,6 @@ class StaffConsole:
             "reply": reply,
             "handover": _handover_json(item.handover) if item.handover else None,
         }
-
-    def _models(self) -> list[str]:
-        return sorted({item.model for item in self.engine.review(limit=1000) if item.model})
 
     async def correct(self, request: Request, staff: str) -> Response:
         message_id = request.path_params["message_id"]
@@ -338,9 +340,7 @@ class StaffConsole:
 
     def _error(self, error: ChatbotError, staff: str, *, back: str | None = None) -> Response:
         message = customer_message(error)  # a store that fails names its database: not on a page
-        page = self._page("queue", staff, title="Error", queue=[], error=message)
-        if back:
-            page = page.replace("</main>", f'<p><a href="{_attribute(back)}">Back</a></p></main>', 1)
+        page = self._page("error", staff, title="Error", error=message, back=back or f"{self.base}/")
         return HTMLResponse(page, status_code=_status(error))
 
 
@@ -351,9 +351,9 @@ def _status(error: ChatbotError) -> int:
 def _same_origin(request: Request) -> bool:
     """A form posted from this site (the browser says where a POST came from); scripts send none."""
     origin = request.headers.get("origin")
-    if origin is None or origin == "null":
-        return origin is None
-    return urlsplit(origin).netloc == request.headers.get("host", "")
+    if origin is None:
+        return True
+    return origin != "null" and urlsplit(origin).netloc == request.headers.get("host", "")
 
 
 def _next(request: Request, base: str) -> str:
@@ -363,10 +363,6 @@ def _next(request: Request, base: str) -> str:
 def _next_of(target: str, base: str) -> str:
     """Where to go after signing in or acting: a path of this console only (never another site)."""
     return target if target.startswith(base) and "//" not in target and "\\" not in target else base + "/"
-
-
-def _attribute(text: str) -> str:
-    return text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
 
 
 def _filters(request: Request) -> tuple[datetime | None, datetime | None, str | None]:

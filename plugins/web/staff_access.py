@@ -13,8 +13,6 @@ an error; ``repr`` shows the names only.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import os
@@ -25,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from chatbot import ChannelError
+from plugins.web.access import basic_credentials
 
 STAFF_VARIABLE = "CHATBOT_STAFF"
 STAFF_COOKIE = "chatbot_staff"
@@ -87,14 +86,8 @@ class StaffAccounts:
 
     def basic(self, authorization: str | None) -> str | None:
         """The staff member an ``Authorization: Basic`` header signs in, if any."""
-        scheme, _, encoded = (authorization or "").partition(" ")
-        if scheme.lower() != "basic":
-            return None
-        try:
-            name, _, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
-        except (binascii.Error, ValueError):
-            return None
-        return name if self.check(name, password) else None
+        given = basic_credentials(authorization)
+        return given[0] if given is not None and self.check(*given) else None
 
     def session(self, name: str, *, now: float | None = None) -> str:
         """A session cookie's value for ``name``, valid for :data:`SESSION_S`."""
