@@ -18,6 +18,7 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from chatbot.card import read_card
+from chatbot.drafting import DraftTable
 from chatbot.errors import ModelFolderError
 from chatbot.scope import SCOPE_FILE, SCOPE_HEADER, ScopeIndex
 from chatbot.template import END_OF_TEXT, END_OF_TURN, ChatTemplate
@@ -245,6 +246,15 @@ class ModelFolder:
         off. Loaded on first use (the engine uses it at start-up); a broken index raises
         :class:`ModelFolderError` naming the file."""
         return load_scope(self.path)
+
+    @cached_property
+    def drafts(self) -> DraftTable | None:
+        """What followed each short context in the agent turns the model was trained on
+        (``drafts.npz``, written by ``chatbot train``): speculative decoding's drafts. ``None``
+        for a folder without one (drafts then come from the conversation and recent replies, and
+        drafting is off unless ``$CHATBOT_DRAFT_TOKENS`` is set); a broken table raises
+        :class:`ModelFolderError` naming the file."""
+        return DraftTable.load(self.path)
 
     @cached_property
     def reserved_markers(self) -> tuple[str, ...]:

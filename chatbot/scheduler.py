@@ -35,8 +35,9 @@ takes the graph's own pick and log-probability; the logits come to the host only
 that sample or penalise repetition.
 
 Speculative decoding (CPU, ``draft_tokens``): while a greedy reply is alone in the batch, each
-step feeds it its last token and up to ``draft_tokens`` more, drafted from its conversation and
-the bot's recent replies (:mod:`chatbot.drafting`), and the graph scores every position fed.
+step feeds it its last token and up to ``draft_tokens`` more, drafted from the model's training
+replies (a :class:`~chatbot.drafting.DraftTable`), else its conversation and the bot's recent
+replies (:mod:`chatbot.drafting`), and the graph scores every position fed.
 The reply takes the greedy picks up to the first that differs from the draft, and that one: the
 tokens of plain greedy decoding, several a step. Keys and values of the draft's rejected tokens
 lie past the row's end and the next step overwrites them. (ONNX Runtime's CPU attention takes
@@ -54,7 +55,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from chatbot.drafting import RecentReplies, draft
+from chatbot.drafting import DraftTable, RecentReplies, draft
 from chatbot.fused import FixedSlots, FusedSession, KVCache, StepResult
 from chatbot.generation import Token, reply_budget
 from chatbot.sampling import Sampler, log_softmax
@@ -294,7 +295,8 @@ class BatchingGenerator:
     same keys and values (int8 prefills for int4, whose prompts are 2-3× slower: README, "Fast
     graphs"); ``session`` decodes.
     ``draft_tokens`` (CPU, 0: off): speculative decoding of greedy replies, see the module
-    docstring; ``drafted_tokens``, ``accepted_tokens`` and ``verify_steps`` count what it did.
+    docstring, drafted from ``drafts`` (the model's training replies) first;
+    ``drafted_tokens``, ``accepted_tokens`` and ``verify_steps`` count what it did.
     """
 
     def __init__(
@@ -306,6 +308,7 @@ class BatchingGenerator:
         fixed_slots: bool | None = None,
         kept_bytes: int = 0,
         draft_tokens: int = 0,
+        drafts: DraftTable | None = None,
         prefill_session: FusedSession | None = None,
     ) -> None:
         if max_batch < 1:
@@ -334,6 +337,7 @@ class BatchingGenerator:
         self.drafted_tokens = 0  # tokens proposed by drafts
         self.accepted_tokens = 0  # of them, those greedy decoding agreed with
         self.verify_steps = 0  # steps that fed a draft
+        self.drafts = drafts  # the model's training replies: drafted from first (chatbot.drafting)
         self._recent = RecentReplies()  # the bot's recent replies, drafted from after the conversation
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -462,7 +466,10 @@ class BatchingGenerator:
         most = min(self.draft_tokens, reply.budget - reply.written - 1, self._rows.room(reply) - 1)
         if most < 1:
             return []
-        return draft(np.concatenate([self._recent.tokens, reply.history()]), tokens=most)
+        history = reply.history()
+        if self.drafts is not None and (drafted := self.drafts.draft(history, tokens=most)):
+            return drafted
+        return draft(np.concatenate([self._recent.tokens, history]), tokens=most)
 
     def _verify(self, reply: _Reply, drafted: list[int]) -> None:
         """One step over the reply's last token and its draft: it takes the greedy picks up to

@@ -47,7 +47,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CHATBOT_CUDA_GRAPHS", "1"),
     Setting("CHATBOT_CPU", "auto"),
     Setting("CHATBOT_PREFIX_CACHE_MB", "256"),
-    Setting("CHATBOT_DRAFT_TOKENS", "6"),
+    Setting("CHATBOT_DRAFT_TOKENS", "6 where the model folder has a draft table, else 0"),
     Setting("CHATBOT_LOG_FORMAT", "text"),
     Setting("CHATBOT_LOG_CONTENT", ""),
     Setting("CHATBOT_MODELS", "models", flag="--root"),
@@ -70,8 +70,7 @@ _KNOWN = {setting.variable for setting in SETTINGS}
 loaded_from_file: dict[str, Path] = {}
 
 DEFAULT_PREFIX_CACHE_MB = 256
-DEFAULT_DRAFT_TOKENS = 0  # off: see README "Speculative decoding" for why
-SUGGESTED_DRAFT_TOKENS = 6
+SUGGESTED_DRAFT_TOKENS = 6  # the default where a folder has a draft table (README "Speculative decoding")
 LOG_FORMATS = ("text", "json")
 
 
@@ -142,10 +141,13 @@ def prefix_cache_bytes() -> int:
     return int(megabytes * 2**20)
 
 
-def draft_tokens() -> int:
-    """``$CHATBOT_DRAFT_TOKENS`` (default 0, off): the tokens the CPU scheduler drafts per step for
-    greedy replies (speculative decoding, README "Speed"); 0 turns it off."""
-    value = read("CHATBOT_DRAFT_TOKENS").strip() or str(DEFAULT_DRAFT_TOKENS)
+def draft_tokens() -> int | None:
+    """``$CHATBOT_DRAFT_TOKENS``: the tokens the CPU scheduler drafts per step for greedy replies
+    (speculative decoding, README "Speculative decoding"); 0 turns it off; ``None`` when unset
+    (the loader then drafts :data:`SUGGESTED_DRAFT_TOKENS` where the folder has a draft table)."""
+    value = read("CHATBOT_DRAFT_TOKENS").strip()
+    if not value:
+        return None
     if not value.isdigit():
         raise ChatbotError(
             f"CHATBOT_DRAFT_TOKENS={value!r} is not a whole number of tokens",

@@ -24,12 +24,14 @@ def test_the_demo_model_is_trained_once_then_reused_and_chats(tmp_path: Path) ->
     folder = ensure_demo_model(recipe=TINY, root=root, progress=messages.append)
     assert folder == root / "v1" and (folder / "onnx" / "model.onnx").is_file()
     assert (folder / "scope.npz").is_file()  # the out-of-scope signal of its training data
+    assert (folder / "drafts.npz").is_file()  # speculative decoding's drafts: its training replies
     # the int4 graph with its perplexity, so "auto" serves it where int4 is the faster (chatbot.loader)
     model = ModelFolder(folder)
     assert {"cpu-int8", "cpu-int4"} <= set(model.variants)
     change = model.card["onnx"]["cpu-int4"]["perplexity"]["change"]
     assert abs(change) <= INT4_MAX_PERPLEXITY_CHANGE
     assert int4_serves(model, "vnni") and not int4_serves(model, "avx2")
+    assert model.card["drafts"]["agent_turns"] > 0 and model.drafts is not None
     assert (root.parent / "demo-sample.jsonl").is_file()
     assert any("training the default model" in m for m in messages)
     again: list[str] = []

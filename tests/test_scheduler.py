@@ -10,7 +10,7 @@ import pytest
 from together import at_once
 
 from chatbot import GenerationConfig, ModelFolder
-from chatbot.drafting import draft
+from chatbot.drafting import DraftTable, draft
 from chatbot.fused import FusedSession
 from chatbot.generation import Token
 from chatbot.loader import load_generator
@@ -36,6 +36,7 @@ def _generator(
     max_batch: int = 32,
     kept_bytes: int = 0,
     draft_tokens: int = 0,
+    drafts: DraftTable | None = None,
 ) -> BatchingGenerator:
     """The CPU's scheduler (a growing cache), or with ``fixed`` the GPU's (fixed slots, the decode
     step feeding itself) running on the CPU provider."""
@@ -47,6 +48,7 @@ def _generator(
         fixed_slots=fixed,
         kept_bytes=kept_bytes,
         draft_tokens=draft_tokens,
+        drafts=drafts,
     )
 
 
@@ -427,6 +429,21 @@ def test_a_draft_stops_at_the_stop_token_and_the_budget(folder: ModelFolder) -> 
     for budget in (1, 2, 3, 5, 8, 13):
         reply = [t.id for t in generator.generate(prompt, GenerationConfig(max_new_tokens=budget))]
         assert reply == plain[:budget]
+
+
+def test_drafts_from_the_models_training_replies_keep_the_plain_reply(folder: ModelFolder) -> None:
+    prompts = _prompts(folder, 4)
+    configs = [GenerationConfig(max_new_tokens=40)] * len(prompts)
+    plain = [[t.id for t in reply] for reply in _alone(folder, prompts, configs)]
+    # a table of "training replies": two of the four replies, each after the prompt's last tokens
+    table = DraftTable.build(
+        np.concatenate([[*p[-3:], *r] for p, r in zip(prompts[:2], plain[:2], strict=True)])
+    )
+    generator = _generator(folder, draft_tokens=6, drafts=table)
+    assert [[t.id for t in generator.generate(p, c)] for p, c in zip(prompts, configs, strict=True)] == plain
+    # the replies it was built from came mostly from drafts: far fewer steps than tokens
+    assert generator.accepted_tokens >= 0.5 * sum(len(r) - 1 for r in plain[:2])
+    assert generator.verify_steps < sum(len(r) for r in plain)
 
 
 def test_drafts_come_from_the_latest_earlier_occurrence() -> None:

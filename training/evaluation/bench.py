@@ -416,7 +416,7 @@ def _speculative(
     with quiet_torch():
         found = {"random": measure([prompt], stop=False, rounds=options.runs)}
         if options.data:
-            found["held_out"] = measure(held_out_prompts(folder, options.data), rounds=3)
+            found["held_out"] = measure(held_out_prompts(folder, options.data), rounds=max(3, options.runs))
     return found
 
 

@@ -9,8 +9,10 @@ Each round runs every prompt's reply without drafts and with them (the order alt
 new generators: the bot's recent replies that drafts also come from start empty each round and
 fill with the earlier prompts' replies, as a server's would. The figures are the medians over
 rounds of the decode time per token (after the first token) summed over all prompts, and the
-median of the rounds' speed-ups. The
-replies must be token for token the same, or the run fails.
+median of the rounds' speed-ups. Where a drafted reply differs from the plain one, the result
+says where (``first_difference``) instead of failing the run: on a quantised graph a step of
+several positions computes attention in another order, and that float rounding can move a
+near-tie (README, "Speculative decoding").
 
 >>> measure_speculative(folder, prompts, draft_tokens=6, rounds=3)  # doctest: +SKIP
 """
@@ -22,9 +24,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from chatbot.drafting import DRAFTS_FILE
 from chatbot.folder import ModelFolder
 from chatbot.fused import FusedSession
-from chatbot.loader import choose_variant
+from chatbot.loader import choose_variant, variant_initializers
 from chatbot.scheduler import BatchingGenerator
 from chatbot.settings import SUGGESTED_DRAFT_TOKENS
 from chatbot.types import GenerationConfig, Progress
@@ -60,7 +63,9 @@ def measure_speculative(
     """Greedy decode of ``prompts`` one at a time with and without drafts (the CPU variant the
     engine serves); the acceptance rate, ms per token each way and the speed-up."""
     variant = choose_variant(folder, "cpu")
-    session = FusedSession(folder.variant_path(variant), folder.spec)
+    session = FusedSession(
+        folder.variant_path(variant), folder.spec, initializers=variant_initializers(folder, variant)
+    )
     if not session.scores_drafts:
         return {"missing": f"{variant} predates speculative decoding: run `chatbot export` again"}
     stops = folder.stop_token_ids if stop else ()
@@ -70,7 +75,9 @@ def measure_speculative(
 
     def generator(drafts: int) -> BatchingGenerator:
         # a new one each round: the bot's recent replies it drafts from must not hold these prompts' replies
-        return BatchingGenerator(session, stop_token_ids=stops, max_batch=1, draft_tokens=drafts)
+        return BatchingGenerator(
+            session, stop_token_ids=stops, max_batch=1, draft_tokens=drafts, drafts=folder.drafts
+        )
 
     for warm_up in (generator(0), generator(draft_tokens)):
         _decode(warm_up, prompts[:3], config)
@@ -92,6 +99,12 @@ def measure_speculative(
     drafting_ms = statistics.median(times["drafting"]) / tokens * 1e3
     return {
         "variant": variant,
+        # where drafts came from: the model's training replies first, when the folder has their table
+        "drafted_from": (
+            f"{DRAFTS_FILE} ({len(folder.drafts)} contexts), then the conversation and recent replies"
+            if folder.drafts is not None
+            else f"the conversation and recent replies (no {DRAFTS_FILE})"
+        ),
         "prompts": len(prompts),
         "decode_tokens": tokens,
         "draft_tokens": draft_tokens,
@@ -141,7 +154,8 @@ def section(result: dict[str, Any], source: str) -> str:
         return f"Speculative decoding ({source}): not measured ({result['missing']})."
     return (
         f"Speculative decoding ({source}; {result['prompts']} greedy replies at batch 1, "
-        f"{result['decode_tokens']} tokens after the first, drafts of up to {result['draft_tokens']}): "
+        f"{result['decode_tokens']} tokens after the first, drafts of up to {result['draft_tokens']} "
+        f"from {result.get('drafted_from', 'the conversation and recent replies')}): "
         f"{result['acceptance']:.0%} of drafted tokens accepted, {result['tokens_per_step']:.2f} tokens "
         f"per drafting step; decode {result['plain_ms_per_token']:.2f} → "
         f"{result['drafting_ms_per_token']:.2f} ms/token ({result['speedup']:.2f}×), {_same(result)}."

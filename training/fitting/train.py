@@ -30,15 +30,25 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from chatbot import settings
 from chatbot.card import read_card
+from chatbot.drafting import DRAFTS_FILE, DraftTable
 from chatbot.errors import ChatbotError, ModelFolderError
 from chatbot.folder import ModelFolder, trained_system_prompt
 from chatbot.scope import SCOPE_FILE, ScopeIndex
 from chatbot.template import DEFAULT_CHAT_TEMPLATE, END_OF_TEXT, END_OF_TURN
 from chatbot.types import Progress
 from training.card import new_card, set_card_entry, update_card, write_card
-from training.dataset.examples import DatasetReport, Datasets, build_datasets, pad_batch, split_ids
+from training.dataset.examples import (
+    IGNORE,
+    DatasetReport,
+    Datasets,
+    build_datasets,
+    pad_batch,
+    split_ids,
+)
 from training.fitting.report import REPORT_FILE, summarize, write_report
 from training.fitting.tiny import ROLE_TOKENS, random_model, train_tokenizer, wrap_tokenizer
 from training.transcripts.prepare import Conversations, example_questions, load_conversations
@@ -402,6 +412,7 @@ def _finish(run: _Run, trainer: Trainer, tokenizer: PreTrainedTokenizerBase, say
         tokenizer.save_pretrained(staging, save_jinja_files=False)
         write_card(staging, _card(run, trainer))
         write_scope(staging, [t for t in run.conversations.transcripts if t.id in run.train_ids], say)
+        write_drafts(staging, trainer.train_dataset, say)
         clock = time.monotonic()
         export_onnx(staging, progress=say)
         build_variants(staging, progress=say)
@@ -435,6 +446,30 @@ def write_scope(folder: Path, transcripts: Sequence[Transcript], say: Progress) 
         f"scope index: {len(index)} distinct customer turns of {len(turns)}"
         f" ({about['labelled_out_of_scope_left_out']} labelled out of scope left out)"
     )
+    return entry
+
+
+def write_drafts(folder: Path, dataset: Any, say: Progress) -> dict[str, Any]:
+    """Write the draft table of the agent turns trained on into ``folder`` (``drafts.npz``,
+    :class:`chatbot.drafting.DraftTable`: speculative decoding's drafts) and record it in the card.
+
+    The table is built from the tokens the loss was on (each agent turn, its stop token included),
+    each run with the few tokens before it (the end of the generation prompt), so a reply's first
+    tokens are drafted too."""
+    before = DraftTable.order
+    replies: list[np.ndarray] = []
+    for ids, labels in zip(dataset["input_ids"], dataset["labels"], strict=True):
+        ids, learnt = np.asarray(ids, dtype=np.int64), np.asarray(labels) != IGNORE
+        edges = np.flatnonzero(np.diff(np.r_[0, learnt.astype(np.int8), 0]))
+        replies.extend(
+            ids[max(0, start - before) : end] for start, end in zip(edges[::2], edges[1::2], strict=True)
+        )
+    tokens = np.concatenate(replies) if replies else np.zeros(0, dtype=np.int64)
+    table = DraftTable.build(tokens)
+    table.save(folder)
+    entry = {"file": DRAFTS_FILE, "agent_turns": len(replies), "tokens": len(tokens), "contexts": len(table)}
+    set_card_entry(folder, ["drafts"], entry)
+    say(f"draft table: {len(table)} contexts of {len(replies)} agent turns ({len(tokens)} tokens)")
     return entry
 
 

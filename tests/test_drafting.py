@@ -1,0 +1,95 @@
+"""Drafts from the model's own training replies (chatbot.drafting.DraftTable): built by training,
+kept in the folder, and drafted from by default."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from chatbot import Engine, EngineConfig, GenerationConfig, ModelFolder
+from chatbot.card import read_card
+from chatbot.drafting import DRAFTS_FILE, DraftTable
+from chatbot.errors import ModelFolderError
+from chatbot.settings import SUGGESTED_DRAFT_TOKENS
+from training.card import new_card, write_card
+from training.dataset.examples import IGNORE
+from training.fitting.train import write_drafts
+
+
+def test_a_draft_walks_what_most_often_followed_the_longest_context() -> None:
+    replies = [7, 1, 2, 3, 9] * 3 + [8, 1, 2, 4, 9]
+    table = DraftTable.build(replies)
+    assert table.draft([5, 7, 1], tokens=3) == [2, 3, 9]  # (7, 1) -> 2, (7, 1, 2) -> 3, (1, 2, 3) -> 9
+    assert table.draft([8, 1, 2], tokens=2) == [4, 9]  # the longer context decides: (8, 1, 2) -> 4
+    assert table.draft([6, 1, 2], tokens=1) == [3]  # (6, 1, 2) never seen: (1, 2) -> 3 three times of four
+    assert table.draft([6], tokens=4) == []  # nothing ends with it
+    assert table.draft([5, 7, 1], tokens=0) == []
+    # a next token that followed its context less often than min_share ends the draft
+    assert table.draft([1, 2], tokens=3, min_share=0.8) == []
+    assert table.draft([1, 2], tokens=3, min_share=0.7) == [3, 9]  # (2, 3, 9) -> 7 two times of three
+    assert table.draft([1, 2], tokens=3, min_share=0.6) == [3, 9, 7]
+
+
+def test_a_draft_of_tokens_beyond_numpy_small_ints_matches_its_context() -> None:
+    rng = np.random.default_rng(0)
+    replies = rng.integers(0, 50_257, 2_000)
+    table = DraftTable.build(replies)
+    start = 700
+    assert table.draft(replies[:start], tokens=6, min_share=0.0) == replies[start : start + 6].tolist()
+
+
+def test_the_table_is_kept_in_the_folder_and_a_broken_one_is_named(tmp_path: Path) -> None:
+    table = DraftTable.build([3, 4, 5, 3, 4, 6, 3, 4, 5])
+    path = table.save(tmp_path)
+    assert path == tmp_path / DRAFTS_FILE
+    loaded = DraftTable.load(tmp_path)
+    assert loaded is not None and len(loaded) == len(table)
+    assert loaded.draft([3, 4], tokens=2) == table.draft([3, 4], tokens=2) == [5, 3]
+    assert DraftTable.load(tmp_path / "elsewhere") is None  # no table: drafting falls back
+    path.write_bytes(b"not a zip")
+    with pytest.raises(ModelFolderError, match=DRAFTS_FILE) as raised:
+        DraftTable.load(tmp_path)
+    assert "chatbot train" in str(raised.value.hint)
+    np.savez(path, keys=np.zeros(2, np.uint64), nexts=np.zeros(2, np.int32))
+    with pytest.raises(ModelFolderError, match="not a draft table"):
+        DraftTable.load(tmp_path)
+
+
+def test_training_writes_the_agent_turns_with_the_tokens_before_them(tmp_path: Path) -> None:
+    # two examples: the learnt runs (agent turns, stop token 0 included) and what comes before
+    dataset = {
+        "input_ids": [[50, 51, 52, 10, 11, 0, 53, 54, 12, 0], [55, 56, 57, 58, 10, 11, 0]],
+        "labels": [
+            [IGNORE, IGNORE, IGNORE, 10, 11, 0, IGNORE, IGNORE, 12, 0],
+            [IGNORE, IGNORE, IGNORE, IGNORE, 10, 11, 0],
+        ],
+    }
+    write_card(tmp_path, new_card(name="drafts", base_model="tiny", description="a test"))
+    entry = write_drafts(tmp_path, dataset, lambda line: None)
+    # runs with up to 3 tokens before each: [50 51 52 10 11 0] [0 53 54 12 0] [56 57 58 10 11 0]
+    assert entry["agent_turns"] == 3 and entry["tokens"] == 17
+    assert read_card(tmp_path)["drafts"] == entry
+    table = DraftTable.load(tmp_path)
+    assert table is not None
+    assert table.draft([57, 58], tokens=3) == [10, 11, 0]
+    assert table.draft([53, 54], tokens=2) == [12, 0]
+
+
+def test_a_folder_with_a_table_drafts_by_default(tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    short = EngineConfig(generation=GenerationConfig(max_new_tokens=8))
+    monkeypatch.delenv("CHATBOT_DRAFT_TOKENS", raising=False)
+    with Engine.from_folder(folder, config=short) as engine:
+        assert engine.generator.draft_tokens == 0  # no table: the lookups alone do not pay
+    prompt = ModelFolder(folder).encode("where is my parcel")
+    DraftTable.build(prompt * 3).save(folder)
+    with Engine.from_folder(folder, config=short) as engine:
+        assert engine.generator.draft_tokens == SUGGESTED_DRAFT_TOKENS
+        assert engine.generator.drafts is not None
+    monkeypatch.setenv("CHATBOT_DRAFT_TOKENS", "0")  # the setting still turns it off
+    with Engine.from_folder(folder, config=short) as engine:
+        assert engine.generator.draft_tokens == 0
