@@ -63,6 +63,7 @@ from chatbot.types import GenerationConfig
 
 _DONE = object()
 MIN_KEPT = 16  # fewer shared tokens than this: prefill the prompt whole
+BACK_OFF = 4  # after n drafts in a row that missed, 2**min(n, BACK_OFF) - 1 plain steps before the next
 READER_WAIT_S = 0.005  # the most the next step waits for new replies' readers to take their first token
 
 
@@ -85,6 +86,8 @@ class _Reply:
     reused: int = 0  # prompt tokens whose keys and values were kept (the last turn, a shared prefix)
     prompt_ids: np.ndarray | None = None  # the prompt as an array (drafting's, made once)
     taken: threading.Event = field(default_factory=threading.Event)  # the reader has its first token
+    misses: int = 0  # drafts in a row of which greedy decoding kept nothing
+    plain_steps: int = 0  # steps to decode plainly before drafting again (after misses)
 
     def history(self) -> np.ndarray:
         """The conversation so far: the prompt and the tokens handed out."""
@@ -461,6 +464,9 @@ class BatchingGenerator:
         if not self.draft_tokens or len(batch) != 1 or not batch[0].sampler.argmax_only:
             return []
         reply = batch[0]
+        if reply.plain_steps:  # its drafts missed lately: a wrong draft's wider step costs time
+            reply.plain_steps -= 1
+            return []
         assert isinstance(self._rows, _GrowingRows)
         # never past the budget (one more token comes from the step) or the row's end
         most = min(self.draft_tokens, reply.budget - reply.written - 1, self._rows.room(reply) - 1)
@@ -483,6 +489,9 @@ class BatchingGenerator:
         self.drafted_tokens += len(drafted)
         self.accepted_tokens += agreed
         self.verify_steps += 1
+        # a reply unlike what drafts come from backs off: 1, 3, 7, then 15 plain steps between tries
+        reply.misses = 0 if agreed else reply.misses + 1
+        reply.plain_steps = (1 << min(reply.misses, BACK_OFF)) - 1
         taken = []
         for token, logprob in zip(picks[: agreed + 1], logprobs[: agreed + 1], strict=True):
             reply.length += 1  # the position of the token fed before it

@@ -157,7 +157,7 @@ def test_speculative_decoding_is_reported_apart_on_real_text_and_on_the_random_p
         results["speculative"]["held_out"]["prompts"] > 1 and results["speculative"]["random"]["prompts"] == 1
     )
     assert "Speculative decoding (--data, real text;" in stdout
-    assert "Speculative decoding (the random prompt: random weights flatter drafts;" in stdout
+    assert "Speculative decoding (the random prompt: not what customers write;" in stdout
 
 
 def test_without_data_the_quality_is_what_training_recorded_or_why_not(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -444,6 +445,20 @@ def test_drafts_from_the_models_training_replies_keep_the_plain_reply(folder: Mo
     # the replies it was built from came mostly from drafts: far fewer steps than tokens
     assert generator.accepted_tokens >= 0.5 * sum(len(r) - 1 for r in plain[:2])
     assert generator.verify_steps < sum(len(r) for r in plain)
+
+
+def test_a_reply_whose_drafts_keep_missing_backs_off_to_plain_steps(folder: ModelFolder) -> None:
+    prompt = _prompts(folder, 1)[0]
+    config = GenerationConfig(max_new_tokens=60)
+    plain = [t.id for t in _alone(folder, [prompt], [config])[0]]
+    # a table whose every context is the reply's token and whose next token is always wrong
+    wrong = [[token, (after + 1) % folder.spec.vocab_size] for token, after in pairwise(plain)]
+    generator = _generator(folder, draft_tokens=4, drafts=DraftTable.build(np.concatenate(wrong)))
+    generator.stop_token_ids = ()
+    assert [t.id for t in generator.generate(prompt, config)] == plain
+    assert generator.accepted_tokens == 0
+    # drafts after 0, 1, 3, 7 and 15 plain steps: 5 or so wider steps, not 60
+    assert 1 <= generator.verify_steps <= 6
 
 
 def test_drafts_come_from_the_latest_earlier_occurrence() -> None:

@@ -51,7 +51,10 @@ def _speculative_lines(found: dict[str, Any]) -> list[str]:
     """Speculative decoding at batch 1, on real text (``--data``) apart from the random prompt."""
     from training.evaluation.speculative import section
 
-    sources = {"held_out": "--data, real text", "random": "the random prompt: random weights flatter drafts"}
+    sources = {
+        "held_out": "--data, real text",
+        "random": "the random prompt: not what customers write; with random weights it flatters drafts",
+    }
     return [
         line for key, source in sources.items() if key in found for line in (section(found[key], source), "")
     ]
