@@ -103,6 +103,9 @@ def reply_budget(n_prompt: int, config: GenerationConfig, n_positions: int) -> i
     return budget
 
 
+STOP_SPINNING = "session.force_spinning_stop"  # a session's threads stop spinning when its run ends
+
+
 def open_session(
     path: Path,
     *,
@@ -113,9 +116,17 @@ def open_session(
     initializers: dict[str, np.ndarray] | None = None,
 ) -> ort.InferenceSession:
     """An ONNX Runtime session on ``path``; :class:`ModelFolderError` naming the file and ``hint``
-    when ONNX Runtime cannot load it. ``initializers`` replace the graph's own of the same names."""
+    when ONNX Runtime cannot load it. ``initializers`` replace the graph's own of the same names.
+
+    Its threads stop spinning when a run ends (``session.force_spinning_stop``). Each session has
+    a pool of its own, whose threads otherwise spin on after a run and keep the cores from the
+    next run of another session in the process: int4's decode with int8's prefill ran each step
+    1.9x slower on a 2-core machine, and the prefill 1.9x slower, than with the other session's
+    threads stopped (README, "The scheduler's own cost"); a session alone runs as fast either way.
+    """
     options = ort.SessionOptions()
     options.log_severity_level = log_severity
+    options.add_session_config_entry(STOP_SPINNING, "1")
     # ONNX Runtime reads these values where they lie: they are kept with the session below
     values = {name: ort.OrtValue.ortvalue_from_numpy(value) for name, value in (initializers or {}).items()}
     for name, value in values.items():

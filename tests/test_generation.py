@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from chatbot import GenerationConfig, ModelFolder, OnnxGenerator
-from chatbot.generation import choose_providers
+from chatbot.generation import STOP_SPINNING, choose_providers
 from chatbot.sampling import Sampler, log_softmax
 from chatbot.textstream import IncrementalDecoder
 
@@ -167,3 +167,18 @@ def test_a_cuda_session_that_fell_back_to_the_cpu_is_said_plainly(folder):
     assert "make install-gpu" in message and "--device cpu" in message and "CUDA 13" in message
     with pytest.raises(ChatbotError, match="could not load its CUDA provider"):
         FusedSession(folder.variant_path("cpu-int8"), folder.spec, providers=[CUDA, CPU], cuda_graphs=True)
+
+
+def test_every_session_stops_its_threads_spinning_when_a_run_ends(tiny_model_dir):
+    # two sessions in one process (int4 decodes, int8 prefills) otherwise take each other's cores
+    # (README, "The scheduler's own cost"); the option must reach ONNX Runtime on every session
+    from chatbot.fused import FusedSession
+    from chatbot.loader import load_generator
+
+    folder = ModelFolder(tiny_model_dir)
+    generator = load_generator(folder, variant="cpu-int4")
+    sessions = [generator.session, generator._rows.prefill_session]  # white-box: both graphs
+    assert all(isinstance(session, FusedSession) for session in sessions) and sessions[0] is not sessions[1]
+    for session in (*sessions, OnnxGenerator(folder)):
+        options = session.session.get_session_options()
+        assert options.get_session_config_entry(STOP_SPINNING) == "1"
