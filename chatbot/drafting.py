@@ -35,6 +35,7 @@ LONGEST_MATCH = 3  # n-gram lengths tried, longest first, down to one token
 RECENT_TOKENS = 4096  # the bot's recent replies kept to draft from
 DRAFTS_FILE = "drafts.npz"  # a model folder's DraftTable (written by `chatbot train`)
 TABLE_ORDER = 3  # the longest context a DraftTable keys on, in tokens
+MAX_ROWS = 2_000_000  # a table keeps at most this many contexts (~40 MB), the most frequent
 MIN_SHARE = 0.5  # a table's draft goes on while its next token followed its context at least this often
 _MIX = 0x9E3779B97F4A7C15  # the contexts' 64-bit hash (numpy and Python compute it alike)
 _BITS = (1 << 64) - 1
@@ -108,8 +109,12 @@ class DraftTable:
         return len(self.keys)
 
     @classmethod
-    def build(cls, tokens: Sequence[int] | np.ndarray, *, order: int = TABLE_ORDER) -> DraftTable:
-        """The table of ``tokens`` (replies one after another, each ending with its stop token)."""
+    def build(
+        cls, tokens: Sequence[int] | np.ndarray, *, order: int = TABLE_ORDER, max_rows: int = MAX_ROWS
+    ) -> DraftTable:
+        """The table of ``tokens`` (replies one after another, each ending with its stop token):
+        at most ``max_rows`` contexts, the most frequent (a draft from a context seen once is a
+        guess; the file stays ~20 bytes a row)."""
         ids = np.asarray(tokens, dtype=np.int64)
         contexts, nexts = [], []
         for n in range(1, order + 1):  # every context of n tokens that something followed
@@ -130,8 +135,12 @@ class DraftTable:
         best = np.lexsort((-counts, key))
         key, following, context, counts = key[best], following[best], context[best], counts[best]
         first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-        shares = counts[first] / np.add.reduceat(counts, first)
+        totals = np.add.reduceat(counts, first)
+        shares = counts[first] / totals
         key, following, context = key[first], following[first], context[first]
+        if len(key) > max_rows:  # the contexts seen most often, still sorted by key
+            kept = np.sort(np.argpartition(-totals, max_rows - 1)[:max_rows])
+            key, following, context, shares = key[kept], following[kept], context[kept], shares[kept]
         # after a row's next token, the draft ends with (its context + that token): its longest row
         after = np.concatenate([context[:, 1:], following[:, None]], axis=1)
         lengths = (context >= 0).sum(axis=1) + 1

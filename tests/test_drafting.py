@@ -41,6 +41,15 @@ def test_a_draft_of_tokens_beyond_numpy_small_ints_matches_its_context() -> None
     assert table.draft(replies[:start], tokens=6, min_share=0.0) == replies[start : start + 6].tolist()
 
 
+def test_a_large_table_keeps_its_most_frequent_contexts() -> None:
+    replies = [1, 2, 3] * 50 + [4, 5, 6, 7, 8, 9]  # (1, 2, 3) many times, the rest once
+    full, small = DraftTable.build(replies), DraftTable.build(replies, max_rows=9)
+    assert len(full) > 9 and len(small) == 9  # the 9 contexts of (1, 2, 3) seen ~50 times each
+    assert small.draft([3, 1], tokens=4) == full.draft([3, 1], tokens=4) == [2, 3, 1, 2]
+    assert small.draft([5, 6], tokens=2) == [] and full.draft([5, 6], tokens=2) == [7, 8]
+    assert int(small.follow.max()) < len(small)  # links only to rows it kept
+
+
 def test_the_table_is_kept_in_the_folder_and_a_broken_one_is_named(tmp_path: Path) -> None:
     table = DraftTable.build([3, 4, 5, 3, 4, 6, 3, 4, 5])
     path = table.save(tmp_path)
