@@ -102,3 +102,31 @@ def test_a_folder_with_a_table_drafts_by_default(tiny_model_dir: Path, tmp_path:
     monkeypatch.setenv("CHATBOT_DRAFT_TOKENS", "0")  # the setting still turns it off
     with Engine.from_folder(folder, config=short) as engine:
         assert engine.generator.draft_tokens == 0
+
+
+def test_the_engine_streams_the_same_replies_with_drafts_as_without(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from training.export.fused_graph import build_variant
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    build_variant(folder, "cpu-fp32")  # exact arithmetic: a drafted step computes what single steps do
+    messages = ["where is my parcel?", "I want a refund for order 1234", "thanks, bye"]
+    config = EngineConfig(generation=GenerationConfig(max_new_tokens=40))
+
+    def replies(store: Path) -> tuple[list[str], int]:
+        with Engine.from_folder(folder, store=store, config=config, variant="cpu-fp32") as engine:
+            conversation = engine.start()
+            texts = ["".join(engine.stream(conversation.id, message)) for message in messages]
+            return texts, engine.generator.accepted_tokens
+
+    monkeypatch.setenv("CHATBOT_DRAFT_TOKENS", "0")
+    plain, _ = replies(tmp_path / "plain.db")
+    # the model's own replies as its "training replies": drafts that greedy decoding keeps
+    encoded = [ModelFolder(folder).encode(text) for text in plain]
+    DraftTable.build(np.concatenate(encoded)).save(folder)
+    monkeypatch.delenv("CHATBOT_DRAFT_TOKENS")
+    drafted, accepted = replies(tmp_path / "drafted.db")
+    assert drafted == plain
+    assert accepted > 0
