@@ -160,6 +160,19 @@ def test_speculative_decoding_is_reported_apart_on_real_text_and_on_the_random_p
     assert "Speculative decoding (the random prompt: not what customers write;" in stdout
 
 
+def test_the_issues_targets_are_judged_against_the_run(measured: tuple[str, dict[str, Any]]) -> None:
+    stdout, results = measured
+    targets = {t["target"]: t for t in results["targets"]}
+    assert len(targets) == 6 and "Issue 21's CPU targets, against this run:" in stdout
+    int8 = targets["`cpu-int8` decode at batch 1 ≤ 1.5× its floor"]
+    assert int8["met"] == (results["variants"]["cpu-int8"]["decode_vs_floor"] <= 1.5)
+    speculative = targets["speculative decoding on held-out conversations ≥ 1.3×, identical text"]
+    assert speculative["met"] == (results["speculative"]["held_out"]["speedup"] >= 1.3)
+    assert f"| {speculative['target']} | {speculative['measured']} |" in stdout
+    if "ctranslate2" not in results["ratios"]:  # not installed: said, not judged
+        assert targets["ahead of CTranslate2 int8 on every row"]["met"] is None
+
+
 def test_without_data_the_quality_is_what_training_recorded_or_why_not(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:

@@ -72,7 +72,7 @@ from chatbot.scheduler import BatchingGenerator
 from chatbot.types import GenerationConfig, Progress
 from chatbot.versions import model_folder
 from training.evaluation import machine as limits
-from training.evaluation.bench_report import markdown
+from training.evaluation.bench_report import issue_targets, markdown
 from training.evaluation.floors import prefill_gemms, variant_floors
 from training.evaluation.rounds import (
     Contender,
@@ -163,6 +163,7 @@ def run_bench(
     results = _results(folder, config, prompt, options, facts, sides, kept)
     results["quality"] = _quality(folder, config, options, progress)
     results["speculative"] = _speculative(folder, prompt, options, progress)
+    results["targets"] = issue_targets(results)
     table = markdown(results)
     options.out.mkdir(parents=True, exist_ok=True)
     write_text_atomically(options.out / "bench.json", json.dumps(results, indent=2) + "\n")

@@ -43,8 +43,95 @@ def markdown(results: dict[str, Any]) -> str:
         _quality_line(results.get("quality")),
         "",
         *_speculative_lines(results.get("speculative") or {}),
+        *_targets_table(results.get("targets") or []),
     ]
     return "\n".join(lines)
+
+
+# issue 21's CPU targets, each against the figure of this run that measures it
+DECODE_VS_FLOOR = 1.5
+SHARED_SYSTEM_MS = 20.0
+SCALING = 4.0
+SPECULATIVE = 1.3
+
+
+def issue_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 21's CPU targets against this run: ``target``, ``measured`` (words) and ``met``
+    (``None`` where the run did not measure it, e.g. CTranslate2 not installed or no ``--data``)."""
+    if results["machine"].get("device") == "cuda":
+        return []
+    found: list[dict[str, Any]] = []
+
+    def add(target: str, measured: str | None, met: bool | None) -> None:
+        found.append({"target": target, "measured": measured or "not measured", "met": met})
+
+    variants = results.get("variants") or {}
+    for name in ("cpu-int8", "cpu-int4"):
+        ratio = (variants.get(name) or {}).get("decode_vs_floor")
+        measured = f"{ratio:.2f}× its floor" if isinstance(ratio, float) else None
+        add(
+            f"`{name}` decode at batch 1 ≤ {DECODE_VS_FLOOR}× its floor",
+            measured,
+            _at_most(ratio, DECODE_VS_FLOOR),
+        )
+    shared = (results["ours"].get("shared_system") or {}).get("first_token_ms")
+    add(
+        f"first token with a kept system prompt ≤ {SHARED_SYSTEM_MS:.0f} ms",
+        f"{shared:.2f} ms" if isinstance(shared, float) else None,
+        _at_most(shared, SHARED_SYSTEM_MS),
+    )
+    scaling = (results["ours"].get("scaling") or {}).get("vs_base") or {}
+    most = max(scaling, key=int, default=None)
+    at_most = scaling.get(most) if most is not None and int(most) >= 32 else None
+    add(
+        f"32 conversations ≥ {SCALING:.0f}× the tokens/s of one",
+        f"{at_most:.2f}× ({most} conversations)" if isinstance(at_most, float) else None,
+        None if not isinstance(at_most, float) else at_most >= SCALING,
+    )
+    ct2 = (results.get("ratios") or {}).get("ctranslate2")
+    rows = _ctranslate2_rows(ct2) if ct2 else {}
+    add(
+        "ahead of CTranslate2 int8 on every row",
+        ", ".join(f"{row} {ratio:.2f}×" for row, ratio in rows.items()) if rows else None,
+        all(ratio > 1 for ratio in rows.values()) if rows else None,
+    )
+    held_out = (results.get("speculative") or {}).get("held_out") or {}
+    speedup = held_out.get("speedup")
+    add(
+        f"speculative decoding on held-out conversations ≥ {SPECULATIVE}×, identical text",
+        f"{speedup:.2f}×, {'identical' if held_out.get('identical') else 'not identical'}"
+        if isinstance(speedup, float)
+        else None,
+        (speedup >= SPECULATIVE and bool(held_out.get("identical"))) if isinstance(speedup, float) else None,
+    )
+    return found
+
+
+def _at_most(value: Any, bound: float) -> bool | None:
+    return value <= bound if isinstance(value, float) else None
+
+
+def _ctranslate2_rows(ratios: dict[str, Any]) -> dict[str, float]:
+    """Every row's ratio of CTranslate2 to ours (above 1: ours ahead)."""
+    rows = {name: ratios[name] for name in ("first_token", "decode") if isinstance(ratios.get(name), float)}
+    for n, ratio in (ratios.get("tokens_per_s") or {}).items():
+        if isinstance(ratio, float):
+            rows[f"{n} at once"] = ratio
+    return {row.replace("_", " "): ratio for row, ratio in rows.items()}
+
+
+def _targets_table(targets: list[dict[str, Any]]) -> list[str]:
+    if not targets:
+        return []
+    verdict = {True: "met", False: "**not met**", None: "–"}
+    return [
+        "Issue 21's CPU targets, against this run:",
+        "",
+        "| target | this run | |",
+        "|---|---|---|",
+        *(f"| {t['target']} | {t['measured']} | {verdict[t['met']]} |" for t in targets),
+        "",
+    ]
 
 
 def _speculative_lines(found: dict[str, Any]) -> list[str]:
