@@ -55,6 +55,41 @@ def test_the_demo_model_is_trained_once_then_reused_and_chats(tmp_path: Path) ->
     assert "where is my order?" in result.stdout
 
 
+def test_a_cached_demo_model_without_a_draft_table_gets_one_and_chatbot_index_writes_both(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "cache" / "chatbot" / "demo"
+    folder = ensure_demo_model(recipe=TINY, root=root, progress=lambda _: None)
+    written = (folder / "drafts.npz").read_bytes()
+    # a model cached by a version before draft tables: the next start indexes its sample, once
+    (folder / "drafts.npz").unlink()
+    messages: list[str] = []
+    assert ensure_demo_model(recipe=TINY, root=root, progress=messages.append) == folder
+    assert (folder / "drafts.npz").read_bytes() == written
+    assert any("no draft table yet" in m for m in messages)
+    assert not any("training the default model" in m for m in messages)  # seconds, not a training
+    # `chatbot index` on a versions root: both indexes again, from the data its card names
+    (folder / "drafts.npz").unlink()
+    (folder / "scope.npz").unlink()
+    index = [sys.executable, "-m", "chatbot", "index"]
+    result = subprocess.run([*index, str(root)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (folder / "drafts.npz").read_bytes() == written and (folder / "scope.npz").is_file()
+    assert "draft table of" in result.stdout
+    # the data the card names is gone: said, with what to do
+    sample = root.parent / "demo-sample.jsonl"
+    sample.rename(tmp_path / "moved.jsonl")
+    result = subprocess.run([*index, str(folder)], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "not there any more" in result.stderr and "--data" in result.stderr
+    result = subprocess.run(
+        [*index, str(folder), "--data", str(tmp_path / "moved.jsonl")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+
+
 def test_the_demo_serves_the_web_chat_by_default(tmp_path: Path) -> None:
     root = tmp_path / "cache" / "chatbot" / "demo"
     ensure_demo_model(recipe=TINY, root=root, progress=lambda _: None)

@@ -24,7 +24,7 @@ from chatbot.commands import (
 )
 from chatbot.errors import ChatbotError
 from chatbot.generation import DEVICES
-from chatbot.versions import ModelVersions
+from chatbot.versions import ModelVersions, resolve_model_path
 from training.evaluation.bench import BenchOptions
 from training.fitting.train import SIZES, TrainOptions
 from training.transcripts.readers import CsvColumns
@@ -133,6 +133,16 @@ def _add_reading_options(parser: argparse.ArgumentParser) -> None:
         )
 
 
+def _csv_columns(args: argparse.Namespace) -> CsvColumns:
+    return CsvColumns(
+        conversation=args.csv_conversation,
+        speaker=args.csv_speaker,
+        text=args.csv_text,
+        timestamp=args.csv_timestamp,
+        out_of_scope=args.csv_out_of_scope,
+    )
+
+
 def _train(args: argparse.Namespace) -> int:
     _require_torch("`chatbot train`")
     from training.fitting.train import train as run_training
@@ -161,13 +171,7 @@ def _train(args: argparse.Namespace) -> int:
         make_current=not args.keep_current,
         strict=args.strict,
         format=args.format,
-        csv_columns=CsvColumns(
-            conversation=args.csv_conversation,
-            speaker=args.csv_speaker,
-            text=args.csv_text,
-            timestamp=args.csv_timestamp,
-            out_of_scope=args.csv_out_of_scope,
-        ),
+        csv_columns=_csv_columns(args),
     )
     result = run_training(options, progress=progress)
     if result.folder is not None:
@@ -223,6 +227,46 @@ def _export(args: argparse.Namespace) -> int:
             f"of the reference (tolerance {check['tolerance']:g}), greedy tokens "
             f"{check['greedy_agreement']:.1%} the same"
         )
+    return 0
+
+
+# -- index ---------------------------------------------------------------------------------
+
+
+def index(commands: CommandSet) -> None:
+    parser = commands.add(
+        "index",
+        help="write a trained folder's indexes of its training data (scope, drafts) again",
+        description="Write the scope index (the out-of-scope signal) and the draft table (speculative "
+        "decoding's drafts) of a model folder from the conversations it was trained on, as `chatbot "
+        "train` does: for a folder trained before either existed. The training split is the one the "
+        "card records.",
+    )
+    parser.add_argument("model_dir", metavar="MODEL_DIR", type=Path)
+    parser.add_argument(
+        "--data", nargs="+", default=(), metavar="PATH", help="its training transcripts (default: the card's)"
+    )
+    _add_reading_options(parser)
+    parser.set_defaults(run=_index)
+
+
+def _index(args: argparse.Namespace) -> int:
+    _require_torch("`chatbot index` (it tokenizes with transformers)")
+    from training.fitting.train import index_folder
+
+    folder = resolve_model_path(args.model_dir)  # a versions root: its current version
+    written = index_folder(
+        folder,
+        tuple(args.data),
+        strict=args.strict,
+        format=args.format,
+        csv_columns=_csv_columns(args),
+        progress=progress,
+    )
+    print(
+        f"{folder}: scope index of {written['scope']['distinct_turns_indexed']} customer turns, draft table "
+        f"of {written['drafts']['contexts']} contexts from {written['drafts']['agent_turns']} agent turns"
+    )
     return 0
 
 

@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chatbot import settings
+from chatbot.drafting import DRAFTS_FILE
+from chatbot.errors import ChatbotError
 from chatbot.versions import ModelVersions
 from training.demo.corpus import write_sample
-from training.fitting.train import TrainOptions, train
+from training.fitting.train import TrainOptions, index_folder, train
 
 
 @dataclass(frozen=True)
@@ -54,9 +56,11 @@ def ensure_demo_model(
     """The default model folder, trained first when there is none yet (or ``rebuild``)."""
     root = Path(root) if root is not None else demo_root()
     current = ModelVersions(root=root).current()
-    if current is not None and not rebuild:
-        return current.path
     say = progress or (lambda message: None)
+    if current is not None and not rebuild:
+        if not (current.path / DRAFTS_FILE).exists():  # trained before draft tables: add one
+            _add_indexes(current.path, say)
+        return current.path
     say(f"training the default model in {root} (once; later starts reuse it)")
     sample = write_sample(root.parent / f"{root.name}-sample.jsonl", n=recipe.conversations, seed=recipe.seed)
     options = TrainOptions(
@@ -73,3 +77,13 @@ def ensure_demo_model(
     result = train(options, progress=progress)
     assert result.folder is not None  # one process: this one writes the folder
     return result.folder
+
+
+def _add_indexes(folder: Path, say: Callable[[str], None]) -> None:
+    """Index a cached default model's training sample (the draft table, and the scope index): it
+    was trained by an older version. Seconds, not a new training; the chat works without them."""
+    say(f"{folder} has no draft table yet: indexing its training sample (once)")
+    try:
+        index_folder(folder, progress=say)
+    except ChatbotError as error:
+        say(f"could not index it ({error}); it serves without speculative decoding")

@@ -449,6 +449,58 @@ def write_scope(folder: Path, transcripts: Sequence[Transcript], say: Progress) 
     return entry
 
 
+def index_folder(
+    folder: str | os.PathLike[str],
+    data: Sequence[str] = (),
+    *,
+    strict: bool = False,
+    csv_columns: CsvColumns | None = None,
+    format: str | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Write a trained folder's indexes of its training data again: the scope index and the draft
+    table, as ``chatbot train`` writes them (for a folder trained before either existed).
+
+    ``data``: the transcripts it was trained on; by default the files its card records. The
+    training split is the card's own (``data.validation_share`` and ``data.seed``), so the
+    indexes hold what the model was trained on, not its validation conversations."""
+    from transformers import AutoTokenizer
+
+    say = progress or _stderr
+    path = Path(folder)
+    model = ModelFolder(path)
+    recorded = model.card.get("data") or {}
+    files = tuple(data) or tuple(recorded.get("files") or ())
+    if not files:
+        raise ChatbotError(
+            f"{path}'s card names no training data", hint="name the transcripts it was trained on with --data"
+        )
+    missing = [file for file in files if not data and not Path(file).exists()]
+    if missing:  # the card's own record: its files may have moved since
+        raise ChatbotError(
+            f"{path} was trained on {missing[0]}, which is not there any more",
+            hint="name the transcripts the model was trained on with --data",
+        )
+    conversations = load_conversations(
+        files, strict=strict, csv_columns=csv_columns or CsvColumns(), format=format
+    )
+    say(conversations.summary().splitlines()[0])
+    validation = recorded.get("validation_share", TrainOptions.validation)
+    seed = recorded.get("seed", TrainOptions.seed)
+    train_ids, _ = split_ids([t.id for t in conversations.transcripts], validation=validation, seed=seed)
+    transcripts = [t for t in conversations.transcripts if t.id in train_ids]
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    encoded = build_datasets(
+        transcripts,
+        tokenizer,
+        max_length=model.spec.n_positions,
+        validation=0.0,  # already the training split
+        seed=seed,
+        system_prompt=model.system_prompt,
+    )
+    return {"scope": write_scope(path, transcripts, say), "drafts": write_drafts(path, encoded.train, say)}
+
+
 def write_drafts(folder: Path, dataset: Any, say: Progress) -> dict[str, Any]:
     """Write the draft table of the agent turns trained on into ``folder`` (``drafts.npz``,
     :class:`chatbot.drafting.DraftTable`: speculative decoding's drafts) and record it in the card.
