@@ -165,12 +165,33 @@ def test_the_issues_targets_are_judged_against_the_run(measured: tuple[str, dict
     targets = {t["target"]: t for t in results["targets"]}
     assert len(targets) == 6 and "Issue 21's CPU targets, against this run:" in stdout
     int8 = targets["`cpu-int8` decode at batch 1 ≤ 1.5× its floor"]
-    assert int8["met"] == (results["variants"]["cpu-int8"]["decode_vs_floor"] <= 1.5)
+    # the speed targets are GPT-2 124M's: on the tiny shape the figure is shown, not judged
+    assert results["config"] != "gpt2" and int8["met"] is None
+    assert int8["measured"] == f"{results['variants']['cpu-int8']['decode_vs_floor']:.2f}× its floor " + (
+        "(the target is `--config gpt2`'s)"
+    )
     speculative = targets["speculative decoding on held-out conversations ≥ 1.3×, identical text"]
     assert speculative["met"] == (results["speculative"]["held_out"]["speedup"] >= 1.3)
     assert f"| {speculative['target']} | {speculative['measured']} |" in stdout
     if "ctranslate2" not in results["ratios"]:  # not installed: said, not judged
         assert targets["ahead of CTranslate2 int8 on every row"]["met"] is None
+
+
+def test_on_gpt2s_shape_the_targets_are_judged() -> None:
+    from training.evaluation.bench_report import issue_targets
+
+    results = {
+        "config": "gpt2",
+        "machine": {"device": "cpu"},
+        "variants": {"cpu-int8": {"decode_vs_floor": 1.37}, "cpu-int4": {"decode_vs_floor": 1.52}},
+        "ours": {"shared_system": {"first_token_ms": 10.7}, "scaling": {"vs_base": {"1": 1.0, "32": 3.09}}},
+        "ratios": {"ctranslate2": {"first_token": 1.79, "decode": 2.96, "tokens_per_s": {"32": 1.18}}},
+        "speculative": {},
+    }
+    met = {t["target"]: t["met"] for t in issue_targets(results)}
+    assert list(met.values()) == [True, False, True, False, True, None]
+    results["ratios"]["ctranslate2"]["tokens_per_s"]["32"] = 0.95  # behind on one row: not met
+    assert [t["met"] for t in issue_targets(results)][4] is False
 
 
 def test_without_data_the_quality_is_what_training_recorded_or_why_not(

@@ -53,6 +53,7 @@ DECODE_VS_FLOOR = 1.5
 SHARED_SYSTEM_MS = 20.0
 SCALING = 4.0
 SPECULATIVE = 1.3
+TARGET_CONFIG = "gpt2"  # the shape the speed targets are set for
 
 
 def issue_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -61,8 +62,12 @@ def issue_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     if results["machine"].get("device") == "cuda":
         return []
     found: list[dict[str, Any]] = []
+    # the speed targets are GPT-2 124M's (`--config gpt2`); on another model a figure is only shown
+    sized = results.get("config") == TARGET_CONFIG
 
-    def add(target: str, measured: str | None, met: bool | None) -> None:
+    def add(target: str, measured: str | None, met: bool | None, *, any_model: bool = False) -> None:
+        if measured and not (sized or any_model):
+            measured, met = f"{measured} (the target is `--config {TARGET_CONFIG}`'s)", None
         found.append({"target": target, "measured": measured or "not measured", "met": met})
 
     variants = results.get("variants") or {}
@@ -103,6 +108,7 @@ def issue_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         if isinstance(speedup, float)
         else None,
         (speedup >= SPECULATIVE and bool(held_out.get("identical"))) if isinstance(speedup, float) else None,
+        any_model=True,  # the demo model's held-out conversations, or any model's with --data
     )
     return found
 
