@@ -19,6 +19,8 @@ durations are in seconds.
 ``chatbot_scheduler_batch_size``          replies in the decode batch
 ``chatbot_scheduler_kept_bytes``          memory holding conversations' keys and values between turns
 ``chatbot_scheduler_kept_tokens_total``   prompt tokens not prefilled: their turn's keys and values were kept
+``chatbot_draft_tokens_total{outcome}``   speculative decoding's drafted tokens: accepted, rejected
+``chatbot_draft_steps_total``             decode steps that verified a draft
 ======================================  =====================================================
 """
 
@@ -46,6 +48,9 @@ class Scheduler(Protocol):
     """What the metrics read of :class:`chatbot.scheduler.BatchingGenerator`."""
 
     reused_tokens: int
+    drafted_tokens: int
+    accepted_tokens: int
+    verify_steps: int
 
     def queue_depth(self) -> int: ...
     def batch_size(self) -> int: ...
@@ -108,6 +113,8 @@ class Metrics:
         self.kept_bytes.set_function(lambda: float(scheduler.kept_bytes()))
         name = "chatbot_scheduler_kept_tokens"
         self.registry.register(_CounterOf(name, self._kept_help, lambda: scheduler.reused_tokens))
+        # whether drafting pays on this traffic: accepted against rejected (README "Speculative decoding")
+        self.registry.register(_DraftCounters(scheduler))
 
     def render(self) -> bytes:
         """The metrics in Prometheus' text format."""
@@ -122,3 +129,24 @@ class _CounterOf(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         yield CounterMetricFamily(self.name, self.documentation, value=float(self.value()))
+
+
+class _DraftCounters(Collector):
+    """Speculative decoding's counts, kept by the scheduler (read at each scrape)."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        drafted, accepted = self.scheduler.drafted_tokens, self.scheduler.accepted_tokens
+        tokens = CounterMetricFamily(
+            "chatbot_draft_tokens", "Drafted tokens, by whether greedy decoding kept them", labels=["outcome"]
+        )
+        tokens.add_metric(["accepted"], float(accepted))
+        tokens.add_metric(["rejected"], float(drafted - accepted))
+        yield tokens
+        yield CounterMetricFamily(
+            "chatbot_draft_steps",
+            "Decode steps that verified a draft",
+            value=float(self.scheduler.verify_steps),
+        )

@@ -130,3 +130,24 @@ def test_the_engine_streams_the_same_replies_with_drafts_as_without(
     drafted, accepted = replies(tmp_path / "drafted.db")
     assert drafted == plain
     assert accepted > 0
+
+
+def test_the_metrics_count_drafted_tokens_accepted_and_rejected(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    model = ModelFolder(folder)
+    DraftTable.build(model.encode("your parcel is on its way and will arrive tomorrow") * 2).save(folder)
+    config = EngineConfig(generation=GenerationConfig(max_new_tokens=30))
+    with Engine.from_folder(folder, config=config) as engine:
+        engine.reply(engine.start().id, "where is my parcel?")
+        scheduler, metrics = engine.generator, engine.metrics.render().decode()
+    assert scheduler.verify_steps > 0  # the table drafted (right or wrong) for this reply
+    counts = {
+        line.split()[0]: float(line.split()[1])
+        for line in metrics.splitlines()
+        if line.startswith("chatbot_draft")
+    }
+    assert counts['chatbot_draft_tokens_total{outcome="accepted"}'] == scheduler.accepted_tokens
+    rejected = scheduler.drafted_tokens - scheduler.accepted_tokens
+    assert counts['chatbot_draft_tokens_total{outcome="rejected"}'] == rejected
+    assert counts["chatbot_draft_steps_total"] == scheduler.verify_steps
