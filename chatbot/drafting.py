@@ -35,6 +35,7 @@ LONGEST_MATCH = 3  # n-gram lengths tried, longest first, down to one token
 RECENT_TOKENS = 4096  # the bot's recent replies kept to draft from
 DRAFTS_FILE = "drafts.npz"  # a model folder's DraftTable (written by `chatbot train`)
 TABLE_ORDER = 3  # the longest context a DraftTable keys on, in tokens
+MAX_ORDER = 8  # the longest a table file may say it keys on
 MAX_ROWS = 2_000_000  # a table keeps at most this many contexts (~40 MB), the most frequent
 MIN_SHARE = 0.5  # a table's draft goes on while its next token followed its context at least this often
 _MIX = 0x9E3779B97F4A7C15  # the contexts' 64-bit hash (numpy and Python compute it alike)
@@ -100,10 +101,16 @@ class DraftTable:
     [2, 3, 9]
     """
 
-    order = TABLE_ORDER
-
-    def __init__(self, keys: np.ndarray, nexts: np.ndarray, shares: np.ndarray, follow: np.ndarray) -> None:
+    def __init__(
+        self,
+        keys: np.ndarray,
+        nexts: np.ndarray,
+        shares: np.ndarray,
+        follow: np.ndarray,
+        order: int = TABLE_ORDER,
+    ) -> None:
         self.keys, self.nexts, self.shares, self.follow = keys, nexts, shares, follow
+        self.order = order  # the longest context it keys on
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -150,7 +157,7 @@ class DraftTable:
             tail = np.full((len(todo), order), -1, dtype=np.int64)
             tail[:, order - n :] = after[todo, order - n :]
             follow[todo] = _rows_of(key, _hash_rows(tail))
-        return cls(key, following.astype(np.int32), shares.astype(np.float32), follow.astype(np.int32))
+        return cls(key, following.astype(np.int32), shares.astype(np.float32), follow.astype(np.int32), order)
 
     def draft(
         self, history: Sequence[int] | np.ndarray, *, tokens: int, min_share: float = MIN_SHARE
@@ -172,7 +179,9 @@ class DraftTable:
     def save(self, folder: str | os.PathLike[str]) -> Path:
         """Write ``drafts.npz`` into ``folder``; its path."""
         path = Path(folder) / DRAFTS_FILE
-        np.savez(path, keys=self.keys, nexts=self.nexts, shares=self.shares, follow=self.follow)
+        np.savez(
+            path, keys=self.keys, nexts=self.nexts, shares=self.shares, follow=self.follow, order=self.order
+        )
         return path
 
     @classmethod
@@ -187,6 +196,7 @@ class DraftTable:
         try:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {name: data[name] for name in ("keys", "nexts", "shares", "follow")}
+                order = int(data["order"]) if "order" in data.files else TABLE_ORDER
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
             raise ModelFolderError(f"{path} is not a draft table: {error}", hint=hint) from error
         rows = len(arrays["keys"])
@@ -197,7 +207,9 @@ class DraftTable:
                 raise ModelFolderError(f"{path}: {name} is not {rows} values of {np.dtype(kind)}", hint=hint)
         if rows and (int(arrays["follow"].max()) >= rows or int(arrays["follow"].min()) < -1):
             raise ModelFolderError(f"{path}: a row follows one that is not in the table", hint=hint)
-        return cls(**{name: arrays[name] for name in ("keys", "nexts", "shares", "follow")})
+        if not 1 <= order <= MAX_ORDER:
+            raise ModelFolderError(f"{path}: contexts of {order} tokens are not a draft table's", hint=hint)
+        return cls(**arrays, order=order)
 
 
 def _hash_rows(contexts: np.ndarray) -> np.ndarray:

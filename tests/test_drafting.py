@@ -41,6 +41,16 @@ def test_a_draft_of_tokens_beyond_numpy_small_ints_matches_its_context() -> None
     assert table.draft(replies[:start], tokens=6, min_share=0.0) == replies[start : start + 6].tolist()
 
 
+def test_a_table_of_longer_contexts_keys_on_them_and_keeps_its_order(tmp_path: Path) -> None:
+    replies = [1, 2, 3, 4, 9] * 3 + [5, 2, 3, 4, 8] * 2
+    three, four = DraftTable.build(replies), DraftTable.build(replies, order=4)
+    assert three.draft([5, 2, 3, 4], tokens=1) == [9]  # (2, 3, 4) -> 9 three times of five
+    assert four.draft([5, 2, 3, 4], tokens=1) == [8]  # (5, 2, 3, 4) -> 8 every time
+    four.save(tmp_path)
+    loaded = DraftTable.load(tmp_path)
+    assert loaded is not None and loaded.order == 4 and loaded.draft([5, 2, 3, 4], tokens=1) == [8]
+
+
 def test_a_large_table_keeps_its_most_frequent_contexts() -> None:
     replies = [1, 2, 3] * 50 + [4, 5, 6, 7, 8, 9]  # (1, 2, 3) many times, the rest once
     full, small = DraftTable.build(replies), DraftTable.build(replies, max_rows=9)

@@ -34,7 +34,7 @@ import numpy as np
 
 from chatbot import settings
 from chatbot.card import read_card
-from chatbot.drafting import DRAFTS_FILE, DraftTable
+from chatbot.drafting import DRAFTS_FILE, TABLE_ORDER, DraftTable
 from chatbot.errors import ChatbotError, ModelFolderError
 from chatbot.folder import ModelFolder, trained_system_prompt
 from chatbot.scope import SCOPE_FILE, ScopeIndex
@@ -508,7 +508,7 @@ def write_drafts(folder: Path, dataset: Any, say: Progress) -> dict[str, Any]:
     The table is built from the tokens the loss was on (each agent turn, its stop token included),
     each run with the few tokens before it (the end of the generation prompt), so a reply's first
     tokens are drafted too."""
-    before = DraftTable.order
+    before = TABLE_ORDER
     replies: list[np.ndarray] = []
     for ids, labels in zip(dataset["input_ids"], dataset["labels"], strict=True):
         ids, learnt = np.asarray(ids, dtype=np.int64), np.asarray(labels) != IGNORE
