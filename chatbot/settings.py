@@ -47,7 +47,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CHATBOT_CUDA_GRAPHS", "1"),
     Setting("CHATBOT_CPU", "auto"),
     Setting("CHATBOT_PREFIX_CACHE_MB", "256"),
-    Setting("CHATBOT_DRAFT_TOKENS", "6 where the model folder has a draft table, else 0"),
+    Setting("CHATBOT_DRAFT_TOKENS", "8 where the model folder has a draft table, else 0"),
     Setting("CHATBOT_LOG_FORMAT", "text"),
     Setting("CHATBOT_LOG_CONTENT", ""),
     Setting("CHATBOT_MODELS", "models", flag="--root"),
@@ -70,7 +70,7 @@ _KNOWN = {setting.variable for setting in SETTINGS}
 loaded_from_file: dict[str, Path] = {}
 
 DEFAULT_PREFIX_CACHE_MB = 256
-SUGGESTED_DRAFT_TOKENS = 6  # the default where a folder has a draft table (README "Speculative decoding")
+SUGGESTED_DRAFT_TOKENS = 8  # the default where a folder has a draft table (README "Speculative decoding")
 LOG_FORMATS = ("text", "json")
 
 

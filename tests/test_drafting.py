@@ -43,7 +43,7 @@ def test_a_draft_of_tokens_beyond_numpy_small_ints_matches_its_context() -> None
 
 def test_a_table_of_longer_contexts_keys_on_them_and_keeps_its_order(tmp_path: Path) -> None:
     replies = [1, 2, 3, 4, 9] * 3 + [5, 2, 3, 4, 8] * 2
-    three, four = DraftTable.build(replies), DraftTable.build(replies, order=4)
+    three, four = DraftTable.build(replies, order=3), DraftTable.build(replies, order=4)
     assert three.draft([5, 2, 3, 4], tokens=1) == [9]  # (2, 3, 4) -> 9 three times of five
     assert four.draft([5, 2, 3, 4], tokens=1) == [8]  # (5, 2, 3, 4) -> 8 every time
     four.save(tmp_path)
@@ -88,8 +88,8 @@ def test_training_writes_the_agent_turns_with_the_tokens_before_them(tmp_path: P
     }
     write_card(tmp_path, new_card(name="drafts", base_model="tiny", description="a test"))
     entry = write_drafts(tmp_path, dataset, lambda line: None)
-    # runs with up to 3 tokens before each: [50 51 52 10 11 0] [0 53 54 12 0] [56 57 58 10 11 0]
-    assert entry["agent_turns"] == 3 and entry["tokens"] == 17
+    # runs with up to 4 tokens before each: [50 51 52 10 11 0] [11 0 53 54 12 0] [55 56 57 58 10 11 0]
+    assert entry["agent_turns"] == 3 and entry["tokens"] == 19
     assert read_card(tmp_path)["drafts"] == entry
     table = DraftTable.load(tmp_path)
     assert table is not None
