@@ -129,7 +129,7 @@ def load_generator(
 def draft_tokens(folder: ModelFolder) -> int:
     """How many tokens the scheduler drafts a step: ``$CHATBOT_DRAFT_TOKENS`` when set, else
     :data:`~chatbot.settings.SUGGESTED_DRAFT_TOKENS` where the folder has a draft table (its
-    training replies: 1.5-1.7x on the demo model's held-out conversations, README "Speculative
+    training replies: 1.6-1.8x on the demo model's held-out conversations, README "Speculative
     decoding") and 0 where it has none (the conversation and recent replies alone paid 1.25x)."""
     wanted = settings.draft_tokens()
     if wanted is not None:
