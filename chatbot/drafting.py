@@ -196,7 +196,8 @@ class DraftTable:
         try:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {name: data[name] for name in ("keys", "nexts", "shares", "follow")}
-                order = int(data["order"]) if "order" in data.files else TABLE_ORDER
+                # a table written before its order was recorded keyed on 3 tokens
+                order = int(data["order"]) if "order" in data.files else 3
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
             raise ModelFolderError(f"{path} is not a draft table: {error}", hint=hint) from error
         rows = len(arrays["keys"])
