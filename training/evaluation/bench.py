@@ -405,6 +405,9 @@ def _measured_quality(
     }
 
 
+SPECULATIVE_SECONDS_A_RUN = 2.0  # each --runs asks the drafting measure for 2 s more of rounds
+
+
 def _speculative(
     folder: ModelFolder, prompt: list[int], options: BenchOptions, progress: Progress
 ) -> dict[str, Any]:
@@ -413,7 +416,13 @@ def _speculative(
 
     if options.device != "cpu":
         return {}
-    measure = partial(measure_speculative, folder, new_tokens=options.new_tokens, progress=progress)
+    measure = partial(
+        measure_speculative,
+        folder,
+        new_tokens=options.new_tokens,
+        min_seconds=SPECULATIVE_SECONDS_A_RUN * options.runs,  # small models: more of their short rounds
+        progress=progress,
+    )
     with quiet_torch():
         found = {"random": measure([prompt], stop=False, rounds=options.runs)}
         if options.data:
