@@ -37,6 +37,7 @@ DRAFTS_FILE = "drafts.npz"  # a model folder's DraftTable (written by `chatbot t
 TABLE_ORDER = 4  # the longest context a DraftTable keys on, in tokens (4: 5 % faster than 3 on the demo)
 MAX_ORDER = 8  # the longest a table file may say it keys on
 MAX_ROWS = 2_000_000  # a table keeps at most this many contexts (~40 MB), the most frequent
+BACK_OFF = 4  # after n drafts in a row that missed, 2**min(n, BACK_OFF) - 1 plain steps before the next
 MIN_SHARE = 0.5  # a table's draft goes on while its next token followed its context at least this often
 _MIX = 0x9E3779B97F4A7C15  # the contexts' 64-bit hash (numpy and Python compute it alike)
 _BITS = (1 << 64) - 1
@@ -84,6 +85,29 @@ def draft(history: list[int] | np.ndarray, *, tokens: int, longest: int = LONGES
         return []
     start = int(ends[-1]) + 1  # the latest occurrence: what followed it
     return [int(token) for token in ids[start : start + min(tokens, 2 * matched)]]
+
+
+def propose(
+    history: np.ndarray,
+    *,
+    tokens: int,
+    table: DraftTable | None = None,
+    recent: RecentReplies | None = None,
+    min_share: float = MIN_SHARE,
+) -> list[int]:
+    """The scheduler's draft after ``history``: from ``table`` (the model's training replies) when
+    it has a context the history ends with, else looked up in the bot's ``recent`` replies and
+    the history itself (:func:`draft`); at most ``tokens``."""
+    if table is not None and (drafted := table.draft(history, tokens=tokens, min_share=min_share)):
+        return drafted
+    return draft(history if recent is None else np.concatenate([recent.tokens, history]), tokens=tokens)
+
+
+def back_off(misses: int) -> int:
+    """Plain steps before the next draft after ``misses`` drafts in a row of which nothing was
+    kept: 0, 1, 3, 7, then 15 (a wrong draft's wider step costs time; a reply unlike the drafts'
+    sources soon stops paying for them)."""
+    return (1 << min(misses, BACK_OFF)) - 1
 
 
 class DraftTable:

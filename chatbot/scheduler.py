@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from chatbot.drafting import DraftTable, RecentReplies, draft
+from chatbot.drafting import DraftTable, RecentReplies, back_off, propose
 from chatbot.fused import FixedSlots, FusedSession, KVCache, StepResult
 from chatbot.generation import Token, reply_budget
 from chatbot.sampling import Sampler, log_softmax
@@ -63,7 +63,6 @@ from chatbot.types import GenerationConfig
 
 _DONE = object()
 MIN_KEPT = 16  # fewer shared tokens than this: prefill the prompt whole
-BACK_OFF = 4  # after n drafts in a row that missed, 2**min(n, BACK_OFF) - 1 plain steps before the next
 READER_WAIT_S = 0.005  # the most the next step waits for new replies' readers to take their first token
 
 
@@ -472,10 +471,7 @@ class BatchingGenerator:
         most = min(self.draft_tokens, reply.budget - reply.written - 1, self._rows.room(reply) - 1)
         if most < 1:
             return []
-        history = reply.history()
-        if self.drafts is not None and (drafted := self.drafts.draft(history, tokens=most)):
-            return drafted
-        return draft(np.concatenate([self._recent.tokens, history]), tokens=most)
+        return propose(reply.history(), tokens=most, table=self.drafts, recent=self._recent)
 
     def _verify(self, reply: _Reply, drafted: list[int]) -> None:
         """One step over the reply's last token and its draft: it takes the greedy picks up to
@@ -489,9 +485,8 @@ class BatchingGenerator:
         self.drafted_tokens += len(drafted)
         self.accepted_tokens += agreed
         self.verify_steps += 1
-        # a reply unlike what drafts come from backs off: 1, 3, 7, then 15 plain steps between tries
         reply.misses = 0 if agreed else reply.misses + 1
-        reply.plain_steps = (1 << min(reply.misses, BACK_OFF)) - 1
+        reply.plain_steps = back_off(reply.misses)  # a reply unlike what drafts come from backs off
         taken = []
         for token, logprob in zip(picks[: agreed + 1], logprobs[: agreed + 1], strict=True):
             reply.length += 1  # the position of the token fed before it

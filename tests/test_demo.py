@@ -88,6 +88,14 @@ def test_a_cached_demo_model_without_a_draft_table_gets_one_and_chatbot_index_wr
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
+    # the policies replayed on held-out conversations, against the training split the card records
+    from training.evaluation.draft_policy import Policy, compare
+
+    held_out = str(Path(__file__).parents[1] / "training" / "demo" / "held_out.jsonl")
+    policies = [Policy(3, 6, 0.5), Policy(4, 8, 0.5)]
+    found = compare(ModelFolder(folder), [held_out], policies, train_data=[str(tmp_path / "moved.jsonl")])
+    assert [r["policy"] for r in found] == policies
+    assert all(r["steps"] <= r["tokens"] and r["estimated_speedup"] > 0 for r in found)
 
 
 def test_the_demo_serves_the_web_chat_by_default(tmp_path: Path) -> None:

@@ -161,3 +161,16 @@ def test_the_metrics_count_drafted_tokens_accepted_and_rejected(tiny_model_dir: 
     rejected = scheduler.drafted_tokens - scheduler.accepted_tokens
     assert counts['chatbot_draft_tokens_total{outcome="rejected"}'] == rejected
     assert counts["chatbot_draft_steps_total"] == scheduler.verify_steps
+
+
+def test_replaying_drafting_counts_the_steps_the_scheduler_would_take() -> None:
+    from training.evaluation.draft_policy import Policy, replay
+
+    prompts = [[1, 2, 3], [1, 2, 3]]
+    replies = [[10, 11, 12, 13, 14, 15, 0], [10, 11, 12, 13, 99, 15, 0]]
+    table = DraftTable.build([3, 10, 11, 12, 13, 14, 15, 0], order=4)
+    steps = replay(Policy(order=4, tokens=8, share=0.5), table, prompts, replies)
+    # first reply: after the prefill's 10, one step drafts 11..15 (the budget's last token is the
+    # step's own pick, 0) and keeps them all; second: the same draft kept up to 13, the step's
+    # pick 99; nothing follows 99 anywhere, so 15 and 0 come from plain steps
+    assert steps.tolist() == [2, 0, 0, 0, 0, 2, 0, 0, 0]  # 4 steps for 12 tokens

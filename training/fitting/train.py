@@ -464,6 +464,34 @@ def index_folder(
     ``data``: the transcripts it was trained on; by default the files its card records. The
     training split is the card's own (``data.validation_share`` and ``data.seed``), so the
     indexes hold what the model was trained on, not its validation conversations."""
+    say = progress or _stderr
+    split = training_split(folder, data, strict=strict, csv_columns=csv_columns, format=format, progress=say)
+    path = Path(folder)
+    return {
+        "scope": write_scope(path, split.transcripts, say),
+        "drafts": write_drafts(path, split.encoded, say),
+    }
+
+
+@dataclass(frozen=True)
+class TrainingSplit:
+    """The conversations a folder was trained on (its card's split) and their encoded examples."""
+
+    transcripts: list[Transcript]
+    encoded: Any  # a datasets.Dataset: input_ids and labels
+
+
+def training_split(
+    folder: str | os.PathLike[str],
+    data: Sequence[str] = (),
+    *,
+    strict: bool = False,
+    csv_columns: CsvColumns | None = None,
+    format: str | None = None,
+    progress: Progress | None = None,
+) -> TrainingSplit:
+    """The training split of ``data`` (default: the files ``folder``'s card records), split as the
+    card records (``data.validation_share``, ``data.seed``) and encoded as training encodes it."""
     from transformers import AutoTokenizer
 
     say = progress or _stderr
@@ -489,26 +517,20 @@ def index_folder(
     seed = recorded.get("seed", TrainOptions.seed)
     train_ids, _ = split_ids([t.id for t in conversations.transcripts], validation=validation, seed=seed)
     transcripts = [t for t in conversations.transcripts if t.id in train_ids]
-    tokenizer = AutoTokenizer.from_pretrained(path)
     encoded = build_datasets(
         transcripts,
-        tokenizer,
+        AutoTokenizer.from_pretrained(path),
         max_length=model.spec.n_positions,
         validation=0.0,  # already the training split
         seed=seed,
         system_prompt=model.system_prompt,
     )
-    return {"scope": write_scope(path, transcripts, say), "drafts": write_drafts(path, encoded.train, say)}
+    return TrainingSplit(transcripts, encoded.train)
 
 
-def write_drafts(folder: Path, dataset: Any, say: Progress) -> dict[str, Any]:
-    """Write the draft table of the agent turns trained on into ``folder`` (``drafts.npz``,
-    :class:`chatbot.drafting.DraftTable`: speculative decoding's drafts) and record it in the card.
-
-    The table is built from the tokens the loss was on (each agent turn, its stop token included),
-    each run with the few tokens before it (the end of the generation prompt), so a reply's first
-    tokens are drafted too."""
-    before = TABLE_ORDER
+def agent_turns(dataset: Any, before: int = TABLE_ORDER) -> list[np.ndarray]:
+    """The tokens the loss was on in ``dataset`` (each agent turn, its stop token included), each
+    with up to ``before`` tokens before it (the end of the generation prompt)."""
     replies: list[np.ndarray] = []
     for ids, labels in zip(dataset["input_ids"], dataset["labels"], strict=True):
         ids, learnt = np.asarray(ids, dtype=np.int64), np.asarray(labels) != IGNORE
@@ -516,6 +538,16 @@ def write_drafts(folder: Path, dataset: Any, say: Progress) -> dict[str, Any]:
         replies.extend(
             ids[max(0, start - before) : end] for start, end in zip(edges[::2], edges[1::2], strict=True)
         )
+    return replies
+
+
+def write_drafts(folder: Path, dataset: Any, say: Progress) -> dict[str, Any]:
+    """Write the draft table of the agent turns trained on into ``folder`` (``drafts.npz``,
+    :class:`chatbot.drafting.DraftTable`: speculative decoding's drafts) and record it in the card.
+
+    The table is built from :func:`agent_turns`, each with the tokens before it, so a reply's
+    first tokens are drafted too."""
+    replies = agent_turns(dataset)
     tokens = np.concatenate(replies) if replies else np.zeros(0, dtype=np.int64)
     table = DraftTable.build(tokens)
     table.save(folder)
