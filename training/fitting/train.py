@@ -453,19 +453,18 @@ def index_folder(
     folder: str | os.PathLike[str],
     data: Sequence[str] = (),
     *,
-    strict: bool = False,
-    csv_columns: CsvColumns | None = None,
-    format: str | None = None,
     progress: Progress | None = None,
+    **reading: Any,
 ) -> dict[str, Any]:
     """Write a trained folder's indexes of its training data again: the scope index and the draft
     table, as ``chatbot train`` writes them (for a folder trained before either existed).
 
-    ``data``: the transcripts it was trained on; by default the files its card records. The
-    training split is the card's own (``data.validation_share`` and ``data.seed``), so the
-    indexes hold what the model was trained on, not its validation conversations."""
+    ``data``: the transcripts it was trained on; by default the files its card records; read with
+    ``reading`` (:func:`training_split`'s ``strict``, ``csv_columns``, ``format``). The training
+    split is the card's own (``data.validation_share`` and ``data.seed``), so the indexes hold
+    what the model was trained on, not its validation conversations."""
     say = progress or _stderr
-    split = training_split(folder, data, strict=strict, csv_columns=csv_columns, format=format, progress=say)
+    split = training_split(folder, data, progress=say, **reading)
     path = Path(folder)
     return {
         "scope": write_scope(path, split.transcripts, say),
