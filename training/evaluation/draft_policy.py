@@ -35,7 +35,7 @@ from chatbot.scheduler import BatchingGenerator
 from chatbot.types import GenerationConfig
 from chatbot.versions import model_folder
 from training.evaluation.speculative import held_out_prompts
-from training.fitting.train import agent_turns, training_split
+from training.fitting.train import draft_table, training_split
 
 
 @dataclass(frozen=True)
@@ -107,10 +107,7 @@ def compare(
     replies = [[token.id for token in plain.generate(prompt, config)] for prompt in prompts]
     tokens = sum(len(reply) - 1 for reply in replies)
     split = training_split(folder.path, train_data, progress=lambda line: None)
-    tables = {
-        order: DraftTable.build(np.concatenate(agent_turns(split.encoded, before=order)), order=order)
-        for order in sorted({policy.order for policy in policies})
-    }
+    tables = {order: draft_table(split.encoded, order)[0] for order in {policy.order for policy in policies}}
     context = round(statistics.mean(len(prompt) for prompt in prompts))
     costs = step_times(session, context, 1 + max(policy.tokens for policy in policies))
     results = []

@@ -546,14 +546,21 @@ def write_drafts(folder: Path, dataset: Any, say: Progress) -> dict[str, Any]:
 
     The table is built from :func:`agent_turns`, each with the tokens before it, so a reply's
     first tokens are drafted too."""
-    replies = agent_turns(dataset)
-    tokens = np.concatenate(replies) if replies else np.zeros(0, dtype=np.int64)
-    table = DraftTable.build(tokens)
+    table, replies = draft_table(dataset)
     table.save(folder)
-    entry = {"file": DRAFTS_FILE, "agent_turns": len(replies), "tokens": len(tokens), "contexts": len(table)}
+    tokens = sum(len(reply) for reply in replies)
+    entry = {"file": DRAFTS_FILE, "agent_turns": len(replies), "tokens": tokens, "contexts": len(table)}
     set_card_entry(folder, ["drafts"], entry)
-    say(f"draft table: {len(table)} contexts of {len(replies)} agent turns ({len(tokens)} tokens)")
+    say(f"draft table: {len(table)} contexts of {len(replies)} agent turns ({tokens} tokens)")
     return entry
+
+
+def draft_table(dataset: Any, order: int = TABLE_ORDER) -> tuple[DraftTable, list[np.ndarray]]:
+    """The draft table of ``dataset``'s agent turns, each with ``order`` tokens before it (a
+    table of contexts up to that long), and the turns it was built from."""
+    replies = agent_turns(dataset, before=order)
+    tokens = np.concatenate(replies) if replies else np.zeros(0, dtype=np.int64)
+    return DraftTable.build(tokens, order=order), replies
 
 
 def _card(run: _Run, trainer: Trainer) -> dict[str, Any]:
