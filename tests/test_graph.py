@@ -20,7 +20,7 @@ from chatbot.errors import ChatbotError, ExportError, ModelFolderError
 from chatbot.fused import FusedSession
 from chatbot.loader import choose_variant, int4_serves, load_generator, variant_initializers
 from chatbot.scheduler import BatchingGenerator
-from training.export.fused_graph import VARIANTS, build_variant, fused_logits
+from training.export.fused_graph import INT4_BLOCK, VARIANTS, build_variant, fused_logits, quantize_int4
 
 # the CPU graphs' fused operators (training.export.fused_graph)
 FUSED_OPS = {"LayerNormalization", "GroupQueryAttention", "FastGelu"}
@@ -284,6 +284,22 @@ def test_an_int8_folder_built_on_one_kind_of_cpu_serves_on_the_other(
         assert _greedy_replies(load_generator(folder, device="cpu", variant="cpu-int8"), folder)
 
 
+def test_int4_blocks_use_all_sixteen_levels_and_round_to_the_nearest() -> None:
+    rng = np.random.default_rng(0)
+    k, n = 2 * INT4_BLOCK + 40, 6  # the last block is padded with zeros
+    weight = rng.standard_t(4, (k, n)).astype(np.float32)
+    packed, scales = quantize_int4(weight)
+    blocks = -(-k // INT4_BLOCK)
+    assert packed.shape == (n, blocks, INT4_BLOCK // 2) and scales.shape == (n * blocks,)
+    levels = np.stack([packed & 15, packed >> 4], axis=-1).reshape(n, blocks, INT4_BLOCK).astype(np.int8) - 8
+    restored = (levels * scales.reshape(n, blocks, 1)).reshape(n, -1)[:, :k].T
+    step = np.abs(scales).reshape(n, blocks).repeat(INT4_BLOCK, axis=1)[:, :k].T
+    # every block's largest |w| is stored exactly, as -8; the rest within half a step (+8 clips to 7)
+    assert (levels == -8).any(axis=-1).all()
+    error = np.abs(restored - weight)
+    assert (error <= step / 2 + 1e-6).mean() > 0.99 and (error <= step + 1e-6).all()
+
+
 def test_the_int4_graph_is_block_quantised_and_recorded_in_the_card(tiny_model_dir: Path) -> None:
     folder = ModelFolder(tiny_model_dir)
     ops = _ops(folder.variant_path("cpu-int4"))
@@ -293,10 +309,10 @@ def test_the_int4_graph_is_block_quantised_and_recorded_in_the_card(tiny_model_d
     for node in model.graph.node:
         if node.op_type == "MatMulNBits":
             attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-            assert attributes["bits"] == 4 and attributes["block_size"] == 32
+            assert attributes["bits"] == 4 and attributes["block_size"] == INT4_BLOCK
             assert attributes["accuracy_level"] == 4  # int8 compute
     entry = folder.card["onnx"]["cpu-int4"]
-    assert entry["precision"] == "int4" and entry["block_size"] == 32
+    assert entry["precision"] == "int4" and entry["block_size"] == INT4_BLOCK
     parity = entry["parity"]
     assert parity["max_rel_diff"] <= parity["tolerance"]
     assert parity["greedy_agreement"] >= parity["min_greedy_agreement"]
