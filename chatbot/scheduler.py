@@ -320,6 +320,7 @@ class BatchingGenerator:
         ):
             raise ValueError("a prefill graph must write the same keys and values as the decode graph")
         self.session = session
+        self.prefill_session = prefill_session or session  # the graph that runs the prompts (CPU)
         self.device = session.device
         self.stop_token_ids: tuple[int, ...] = tuple(stop_token_ids)
         self.max_batch = max_batch

@@ -94,6 +94,16 @@ def test_the_sides_are_interleaved_and_each_figure_has_its_spread(
         in stdout
     )
     assert "Ours with 2 conversations at once: " in stdout and "issue 21's target" in stdout
+    # the served graph's own bound: bare prefill and 1- and 2-row steps (in a child process)
+    graph = scaling["graph"]
+    assert set(graph["step_ms"]) == {"1", "2"} and graph["prefill_ms"] > 0 and graph["base"] == 1
+    assert (
+        graph["context"] == results["settings"]["prompt_tokens"] + results["settings"]["new_tokens"] // 2 + 1
+    )
+    assert graph["vs_base"]["1"] == 1 and graph["tokens_per_s"]["2"] > 0
+    assert (
+        "What the graph allows (bare steps, no scheduler" in stdout and "The scheduler reached 1: " in stdout
+    )
 
 
 def test_the_machine_and_each_variant_are_held_against_their_floors(
@@ -192,6 +202,28 @@ def test_on_gpt2s_shape_the_targets_are_judged() -> None:
     assert list(met.values()) == [True, False, True, False, True, None]
     results["ratios"]["ctranslate2"]["tokens_per_s"]["32"] = 0.95  # behind on one row: not met
     assert [t["met"] for t in issue_targets(results)][4] is False
+
+
+def test_the_graph_bound_is_n_prefills_and_the_steps_of_n_rows() -> None:
+    from training.evaluation.step_bound import StepBound
+
+    bound = StepBound(prefill_ms=20.0, step_ms={1: 4.0, 32: 25.0}, context=161, new_tokens=64)
+    # one: 64 tokens in 20 + 63 * 4 ms; 32: 2048 tokens in 32 * 20 + 63 * 25 ms
+    assert bound.tokens_per_s(1) == pytest.approx(64 / 0.272)
+    assert bound.tokens_per_s(32) == pytest.approx(2048 / 2.215)
+    entry = bound.to_dict()
+    assert entry["vs_base"][32] == pytest.approx((2048 / 2.215) / (64 / 0.272)) and entry["base"] == 1
+    results = {
+        "config": "gpt2",
+        "machine": {"device": "cpu"},
+        "ours": {"scaling": {"vs_base": {1: 1.0, 32: 3.4}, "graph": entry}},
+    }
+    from training.evaluation.bench_report import issue_targets
+
+    measured = {t["target"]: t["measured"] for t in issue_targets(results)}
+    assert measured["32 conversations ≥ 4× the tokens/s of one"] == (
+        f"3.40× (32 conversations; the graph's own steps allow {entry['vs_base'][32]:.2f}×)"
+    )
 
 
 def test_without_data_the_quality_is_what_training_recorded_or_why_not(

@@ -83,6 +83,7 @@ from training.evaluation.rounds import (
     run_rounds,
     timed_stream,
 )
+from training.evaluation.step_bound import served_step_bound
 
 BENCH_EXTRA = "pip install 'chatbot[bench]'"
 CT2_QUANTIZATION = "int8"
@@ -153,6 +154,7 @@ def run_bench(
     sides = _Sides(folder, prompt, options, progress)
     run_rounds(sides.contenders, options.runs, progress)
     run_batch_rounds(sides.contenders, options.concurrency, options.concurrency_runs, progress)
+    bound = _step_bound(folder, prompt, options, sides, progress)
     if options.device == "cpu":
         progress("machine: read bandwidth and GEMM throughput again, at the end")
         _best_limits(facts, _in_child(_machine_limits, folder.path, len(prompt), _cpus()))
@@ -161,6 +163,7 @@ def run_bench(
     with quiet_torch():
         kept = _kept_turns(sides.generator, folder, prompt, sides.config, options)
     results = _results(folder, config, prompt, options, facts, sides, kept)
+    results["ours"]["scaling"]["graph"] = bound
     results["quality"] = _quality(folder, config, options, progress)
     results["speculative"] = _speculative(folder, prompt, options, progress)
     results["targets"] = issue_targets(results)
@@ -293,6 +296,19 @@ def _side(contender: Contender, order: list[Contender]) -> dict[str, Any]:
         "peak_rss_mib": contender.peak_rss_mib,
         "peak_rss_after": loaded,
     }
+
+
+def _step_bound(
+    folder: ModelFolder, prompt: list[int], options: BenchOptions, sides: _Sides, progress: Progress
+) -> dict[str, Any]:
+    """What the served graph allows N conversations (:mod:`training.evaluation.step_bound`), timed
+    in a child process (its own sessions and cache); or why it was not measured."""
+    ours = sides.contenders[0]
+    if options.device != "cpu" or ours.variant is None or not ours.rates:
+        return {"missing": "measured for our CPU graphs with several conversations at once only"}
+    rows = sorted(ours.rates)
+    progress(f"ours: a prefill and decode steps of {', '.join(map(str, rows))} rows, bare (the bound)")
+    return dict(_in_child(served_step_bound, folder.path, ours.variant, prompt, options.new_tokens, rows))
 
 
 def _scaling(ours: Contender) -> dict[str, Any]:

@@ -88,9 +88,11 @@ def issue_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     scaling = (results["ours"].get("scaling") or {}).get("vs_base") or {}
     most = max(scaling, key=int, default=None)
     at_most = scaling.get(most) if most is not None and int(most) >= 32 else None
+    allowed = ((results["ours"].get("scaling") or {}).get("graph") or {}).get("vs_base") or {}
+    graph = f"; the graph's own steps allow {allowed[most]:.2f}×" if most in allowed else ""
     add(
         f"32 conversations ≥ {SCALING:.0f}× the tokens/s of one",
-        f"{at_most:.2f}× ({most} conversations)" if isinstance(at_most, float) else None,
+        f"{at_most:.2f}× ({most} conversations{graph})" if isinstance(at_most, float) else None,
         None if not isinstance(at_most, float) else at_most >= SCALING,
     )
     ct2 = (results.get("ratios") or {}).get("ctranslate2")
@@ -304,10 +306,29 @@ def _scaling_line(ours: dict[str, Any]) -> str:
         return "Ours with several conversations at once: not measured."
     most = max(scaling["vs_base"], key=int)
     base = scaling["base"]
-    return (
+    line = (
         f"Ours with {most} conversations at once: {ours['tokens_per_s'][most]:.0f} tokens/s, "
         f"{scaling['vs_base'][most]:.2f}× {base} conversation{'s' if base != 1 else ''}'s "
         f"{ours['tokens_per_s'][base]:.0f} (issue 21's target: 32 at {scaling['target']:.0f}× one or more)."
+    )
+    return f"{line} {_graph_bound_line(ours['tokens_per_s'], scaling.get('graph') or {})}"
+
+
+def _graph_bound_line(rates: dict[Any, float], graph: dict[str, Any]) -> str:
+    """The served graph's own bound for N conversations, and how much of it the scheduler reached."""
+    if "missing" in graph or not graph.get("step_ms"):
+        return f"What the graph allows: not measured ({graph.get('missing', 'no bare steps timed')})."
+    steps = ", ".join(f"{n} rows {ms:.2f} ms" for n, ms in graph["step_ms"].items())
+    reached = ", ".join(
+        f"{n}: {rates[n] / bound:.0%} of {bound:.0f} tokens/s ({graph['vs_base'][n]:.2f}× {graph['base']})"
+        for n, bound in graph["tokens_per_s"].items()
+        if n in rates
+    )
+    return (
+        f"What the graph allows (bare steps, no scheduler: `training/evaluation/step_bound.py`): a "
+        f"prefill of the prompt {graph['prefill_ms']:.2f} ms, a decode step at {graph['context']} "
+        f"positions {steps}; so N conversations, prefilled one by one and then stepped together, "
+        f"give at most N · new tokens / (N · prefill + (new − 1) · step). The scheduler reached {reached}."
     )
 
 
