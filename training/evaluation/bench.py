@@ -77,6 +77,7 @@ from training.evaluation.floors import prefill_gemms, variant_floors
 from training.evaluation.rounds import (
     Contender,
     figures,
+    iqr,
     paired_ratios,
     quiet_torch,
     run_batch_rounds,
@@ -89,7 +90,7 @@ BENCH_EXTRA = "pip install 'chatbot[bench]'"
 CT2_QUANTIZATION = "int8"
 FOLLOW_UP_TOKENS = 32  # the new message of the second turn that `chatbot bench` times
 SCALING_TARGET = 4.0  # issue 21: 32 conversations at once should give at least 4× one's tokens/s
-RECIPE = 6  # bump when a config folder must be built again (new files, new export options)
+RECIPE = 7  # bump when a config folder must be built again (new files, new export options)
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,11 @@ def run_bench(
     facts = _machine(folder, len(prompt), options, progress)
     progress(f"prompt {len(prompt)} random tokens, {options.new_tokens} new tokens, {options.runs} rounds")
     sides = _Sides(folder, prompt, options, progress)
-    run_rounds(sides.contenders, options.runs, progress)
+    if options.device == "cpu":  # the floor of each round's own bandwidth (machine.BandwidthProbe)
+        with limits.BandwidthProbe(_cpus()) as probe:
+            facts["round_bandwidth_gbs"] = run_rounds(sides.contenders, options.runs, progress, probe)
+    else:
+        run_rounds(sides.contenders, options.runs, progress)
     run_batch_rounds(sides.contenders, options.concurrency, options.concurrency_runs, progress)
     bound = _step_bound(folder, prompt, options, sides, progress)
     if options.device == "cpu":
@@ -364,6 +369,12 @@ def _variant(
     )
     entry.update(floors)
     entry["decode_vs_floor"] = entry["decode_ms_per_token"] / floors["decode_floor_ms"]
+    rounds = facts.get("round_bandwidth_gbs") or []
+    if len(rounds) == len(contender.decodes):  # each round's decode over that round's floor
+        bytes_per_token = floors["bytes_per_token"]
+        paired = [d * gbs * 1e9 / bytes_per_token for d, gbs in zip(contender.decodes, rounds, strict=True)]
+        entry["decode_vs_round_floor"] = statistics.median(paired)
+        entry["decode_vs_round_floor_iqr"] = iqr(paired)
     first_floor = floors["first_token_floor_ms"]
     entry["first_token_vs_floor"] = None if first_floor is None else entry["first_token_ms"] / first_floor
     return entry

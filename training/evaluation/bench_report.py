@@ -72,8 +72,15 @@ def issue_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
     variants = results.get("variants") or {}
     for name in ("cpu-int8", "cpu-int4"):
-        ratio = (variants.get(name) or {}).get("decode_vs_floor")
-        measured = f"{ratio:.2f}× its floor" if isinstance(ratio, float) else None
+        entry = variants.get(name) or {}
+        best, paired = entry.get("decode_vs_floor"), entry.get("decode_vs_round_floor")
+        # judged by each round's own floor where the rounds measured one (machine.BandwidthProbe)
+        ratio = paired if isinstance(paired, float) else best
+        measured = None
+        if isinstance(paired, float) and isinstance(best, float):
+            measured = f"{paired:.2f}× its round's floor ({best:.2f}× the run's best bandwidth)"
+        elif isinstance(best, float):
+            measured = f"{best:.2f}× its floor"
         add(
             f"`{name}` decode at batch 1 ≤ {DECODE_VS_FLOOR}× its floor",
             measured,
@@ -171,9 +178,16 @@ def _machine_line(machine: dict[str, Any]) -> str:
         f"{when}: " + ", ".join(f"{way} {value:.1f}" for way, value in measured.items())
         for when, measured in machine["read_bandwidth"].items()
     )
+    rounds = machine.get("round_bandwidth_gbs") or []
+    each = (
+        f" and at the start of each round {', '.join(f'{gbs:.1f}' for gbs in rounds)} GB/s (ONNX Runtime's "
+        "int8 GEMV, the median of 3 passes: each round's decode is also held against its own floor)"
+        if rounds
+        else ""
+    )
     return (
         f"{line} Its limits, measured in this run: read bandwidth {machine['read_bandwidth_gbs']:.1f} GB/s "
-        f"({ways}; {machine['read_bandwidth_how']}); GEMM at "
+        f"({ways}; {machine['read_bandwidth_how']}){each}; GEMM at "
         f"({gemm['m']} × {gemm['k']}) · ({gemm['k']} × {gemm['n']}): int8 {machine['gemm_int8_gops']:.0f} "
         f"GOPS, fp32 {machine['gemm_fp32_gflops']:.0f} GFLOP/s ({machine['gemm_how']})."
     )
@@ -237,14 +251,17 @@ def _floors_table(results: dict[str, Any]) -> list[str]:
     variants = results.get("variants", {})
     lines = [
         "| our graph | read per token (MB: weights + KV cache) | decode floor (ms/token) | decode (ms/token) "
-        "| × floor | prefill (GFLOP) | first-token floor (ms) | first token (ms) | × floor |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| × floor | × its round's floor | prefill (GFLOP) | first-token floor (ms) | first token (ms) "
+        "| × floor |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, entry in variants.items():
         label = f"`{name}`{' (served)' if entry['served'] else ''}"
         if "bytes_per_token" not in entry:
-            lines.append(f"| {label} | {entry.get('floors_missing', 'not measured')} | | | | | | | |")
+            lines.append(f"| {label} | {entry.get('floors_missing', 'not measured')} | | | | | | | | |")
             continue
+        paired = entry.get("decode_vs_round_floor")
+        round_cell = _ratio(paired, entry.get("decode_vs_round_floor_iqr")) if paired is not None else "–"
         kv = entry["kv_cache_bytes_per_token"]
         first_floor = entry.get("first_token_floor_ms")
         first = f"{entry['first_token_ms']:.2f}"
@@ -256,7 +273,7 @@ def _floors_table(results: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {label}, {entry['precision']} | {entry['bytes_per_token'] / MB:.1f} "
             f"({(entry['bytes_per_token'] - kv) / MB:.1f} + {kv / MB:.1f}) | {entry['decode_floor_ms']:.2f} "
-            f"| {entry['decode_ms_per_token']:.2f} | {entry['decode_vs_floor']:.2f}× "
+            f"| {entry['decode_ms_per_token']:.2f} | {entry['decode_vs_floor']:.2f}× | {round_cell} "
             f"| {entry['prefill_flops'] / 1e9:.2f} | {first_cells} |"
         )
     return lines

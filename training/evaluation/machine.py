@@ -21,12 +21,14 @@ prompt's prefill is matrix products, so it cannot beat their FLOPs / GEMM throug
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import platform
 import statistics
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,7 @@ RELEVANT_FLAGS = (
 BANDWIDTH_BYTES = 1 << 30  # 1 GiB: far beyond any last-level cache
 GEMV_BYTES = 1 << 28  # 256 MiB of int8 weights: 8× a 32 MiB L3 (ONNX Runtime holds copies of it)
 BANDWIDTH_PASSES = 5
+ROUND_PASSES = 3  # BandwidthProbe's passes, every round
 GEMM_RUNS = 10
 
 
@@ -167,26 +170,87 @@ def gemm_ms(
 ) -> float:
     """Milliseconds of one ``gemm`` (count ignored) in ONNX Runtime: the fastest of ``runs`` (or
     what ``pick`` takes of them)."""
-    import onnxruntime as ort
+    return _TimedGemm(gemm, precision, threads, weight).ms(runs, pick)
 
-    session_options = ort.SessionOptions()
-    session_options.intra_op_num_threads = threads
-    session = ort.InferenceSession(
-        _gemm_model(gemm, precision, weight), session_options, providers=["CPUExecutionProvider"]
-    )
-    rng = np.random.default_rng(0)
-    a: np.ndarray[Any, Any] = (
-        rng.integers(0, 256, (gemm.m, gemm.k), dtype=np.uint8)
-        if precision == "int8"
-        else rng.standard_normal((gemm.m, gemm.k), dtype=np.float32)
-    )
-    session.run(None, {"a": a})
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        session.run(None, {"a": a})
-        times.append(time.perf_counter() - started)
-    return pick(times) * 1e3
+
+class _TimedGemm:
+    """One ONNX Runtime session computing ``gemm`` (the weight an initializer), its input ready;
+    its threads stop spinning when a run ends, so they leave the cores to whatever runs next."""
+
+    def __init__(
+        self, gemm: Gemm, precision: str, threads: int, weight: np.ndarray[Any, Any] | None = None
+    ) -> None:
+        import onnxruntime as ort
+
+        from chatbot.generation import STOP_SPINNING
+
+        session_options = ort.SessionOptions()
+        session_options.intra_op_num_threads = threads
+        session_options.add_session_config_entry(STOP_SPINNING, "1")
+        self.gemm = gemm
+        self.session = ort.InferenceSession(
+            _gemm_model(gemm, precision, weight), session_options, providers=["CPUExecutionProvider"]
+        )
+        rng = np.random.default_rng(0)
+        self.a: np.ndarray[Any, Any] = (
+            rng.integers(0, 256, (gemm.m, gemm.k), dtype=np.uint8)
+            if precision == "int8"
+            else rng.standard_normal((gemm.m, gemm.k), dtype=np.float32)
+        )
+        self.session.run(None, {"a": self.a})  # untimed: first-run allocations
+
+    def ms(self, runs: int, pick: Callable[[list[float]], float]) -> float:
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            self.session.run(None, {"a": self.a})
+            times.append(time.perf_counter() - started)
+        return pick(times) * 1e3
+
+
+class BandwidthProbe:
+    """The read bandwidth again in every round of `chatbot bench`, beside the figures of that round.
+
+    This machine's memory reads at 44 to 66 GB/s from one minute to the next (README, "Speed"),
+    and a decode step's time moves with it; a floor from the start and the end of a run then
+    says as much about the minutes between as about the graph. So each round also measures the
+    bandwidth (ONNX Runtime's int8 GEMV over :data:`GEMV_BYTES`, the median of
+    :data:`ROUND_PASSES` passes, ~20 ms) and each graph's decode is held against the floor of
+    its own round too (``decode_vs_round_floor``). The session lives in a child process started
+    once, so its 256 MiB weight stays out of the bench's memory figures; calls are sequential, so
+    it never runs beside a side being timed.
+    """
+
+    def __init__(self, threads: int, size: int = GEMV_BYTES) -> None:
+        self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        self._pool.submit(_open_probe, threads, size).result()
+
+    def __call__(self) -> float:
+        """GB/s now."""
+        return float(self._pool.submit(_probe_gbs, ROUND_PASSES).result())
+
+    def close(self) -> None:
+        self._pool.shutdown()
+
+    def __enter__(self) -> BandwidthProbe:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_PROBE: list[_TimedGemm] = []  # in the probe's child process: its one session
+
+
+def _open_probe(threads: int, size: int) -> None:
+    gemm = Gemm(1, 4096, size // 4096)
+    weight = _distinct_words(size).view(np.int8).reshape(gemm.k, gemm.n)
+    _PROBE.append(_TimedGemm(gemm, "int8", threads, weight))
+
+
+def _probe_gbs(passes: int) -> float:
+    probe = _PROBE[0]
+    return probe.gemm.k * probe.gemm.n / probe.ms(passes, statistics.median) / 1e6
 
 
 def _gemm_model(gemm: Gemm, precision: str, given: np.ndarray[Any, Any] | None = None) -> bytes:

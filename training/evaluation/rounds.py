@@ -58,15 +58,23 @@ class Contender:
         return contextlib.nullcontext() if self.on_torch else quiet_torch()
 
 
-def run_rounds(contenders: list[Contender], runs: int, progress: Progress) -> None:
-    """``runs`` rounds of one reply each, all sides in turn (warmed up before, by their loader)."""
+def run_rounds(
+    contenders: list[Contender], runs: int, progress: Progress, probe: Callable[[], float] | None = None
+) -> list[float]:
+    """``runs`` rounds of one reply each, all sides in turn (warmed up before, by their loader);
+    with a ``probe``, what it measures at the start of each round (the machine's read bandwidth,
+    :class:`~training.evaluation.machine.BandwidthProbe`), one figure a round."""
+    probed: list[float] = []
     for round_ in range(runs):
         progress(f"round {round_ + 1} of {runs}: {', '.join(c.key for c in contenders)}")
+        if probe is not None:
+            probed.append(probe())
         for contender in contenders:
             first, total, count = contender.time_reply()
             contender.firsts.append(first)
             contender.decodes.append((total - first) / max(1, count - 1))
             contender.counts.append(count)
+    return probed
 
 
 def run_batch_rounds(
@@ -126,14 +134,14 @@ def paired_ratios(ours: Contender, other: Contender) -> dict[str, Any]:
     return {
         "first_token": statistics.median(first),
         "decode": statistics.median(decode),
-        "first_token_iqr": _iqr(first),
-        "decode_iqr": _iqr(decode),
+        "first_token_iqr": iqr(first),
+        "decode_iqr": iqr(decode),
         "tokens_per_s": {n: statistics.median(values) for n, values in rates.items()},
-        "tokens_per_s_iqr": {n: _iqr(values) for n, values in rates.items()},
+        "tokens_per_s_iqr": {n: iqr(values) for n, values in rates.items()},
     }
 
 
-def _iqr(values: list[float]) -> list[float]:
+def iqr(values: list[float]) -> list[float]:
     figures = spread(values)
     return [figures["q1"], figures["q3"]]
 
