@@ -7,7 +7,7 @@ queue). Printed: the medians of the first token and of decode ms/token, each way
 scheduler's first token went (the caller's request reaching the scheduler thread, the prefill,
 the token reaching the caller). ``--threads N`` sets ONNX Runtime's intra-op threads (its default
 is the number of physical cores: one on a two-vCPU machine whose vCPUs are one core's two
-hyperthreads). Speed is measured here, never in a test.
+hyperthreads); ``--variant`` another graph than the served one. Speed is measured here, never in a test.
 """
 
 from __future__ import annotations
@@ -84,9 +84,15 @@ def scheduled(
 
 
 def measure(
-    folder: ModelFolder, *, prompt_tokens: int, new_tokens: int, rounds: int, threads: int | None
+    folder: ModelFolder,
+    *,
+    prompt_tokens: int,
+    new_tokens: int,
+    rounds: int,
+    threads: int | None,
+    variant: str | None = None,
 ) -> dict[str, Any]:
-    variant = choose_variant(folder, "cpu")
+    variant = choose_variant(folder, "cpu", variant)
     session = FusedSession(folder.variant_path(variant), folder.spec, threads=threads)
     prompt = np.random.default_rng(0).integers(0, folder.spec.vocab_size, prompt_tokens).tolist()
     generator = BatchingGenerator(session, stop_token_ids=())
@@ -125,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--variant", default=None, help="the graph (default: the one the engine serves)")
     args = parser.parse_args(argv)
     folder = model_folder(args.model_dir)
     found = measure(
@@ -133,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
         new_tokens=args.new_tokens,
         rounds=args.rounds,
         threads=args.threads,
+        variant=args.variant,
     )
     print(
         f"{folder.path.name} {found['variant']}, threads: {found['threads']}, medians of {args.rounds} rounds"
