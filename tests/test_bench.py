@@ -241,6 +241,18 @@ def test_the_graph_bound_is_n_prefills_and_the_steps_of_n_rows() -> None:
     )
 
 
+def test_the_graph_bound_is_timed_on_the_served_graphs_or_says_why_not(tiny_model_dir: Path) -> None:
+    from training.evaluation.step_bound import served_step_bound
+
+    prompt = list(range(5, 21))
+    bound = served_step_bound(tiny_model_dir, "cpu-int8", prompt, 6, [1, 3])
+    assert set(bound["step_ms"]) == {1, 3} and bound["prefill_ms"] > 0
+    assert bound["context"] == len(prompt) + 3 + 1 and bound["vs_base"][1] == 1
+    # the reference export is served one reply at a time: there is no batched step to time
+    missing = served_step_bound(tiny_model_dir, "reference", prompt, 6, [1, 3])
+    assert missing == {"missing": "reference is served without the batching scheduler"}
+
+
 def test_without_data_the_quality_is_what_training_recorded_or_why_not(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
