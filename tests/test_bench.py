@@ -410,3 +410,18 @@ def test_a_variant_that_does_not_build_is_left_out_and_not_tried_again(
     said.clear()
     bench._add_missing_variants(folder, said.append)
     assert said == []
+
+
+def test_the_floor_script_holds_bare_steps_against_the_benchs_floors(
+    tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from training.evaluation.floor_bench import main
+
+    assert main([str(tiny_model_dir), "--runs", "1", "--prompt-tokens", "8", "--new-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "read bandwidth, 2 threads: numpy " in out and "onnxruntime_int8_gemv" in out
+    row = next(line for line in out.splitlines() if line.startswith("| cpu-int8 |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert (
+        cells[1].endswith(" MB") and float(cells[2]) >= 0 and float(cells[3]) > 0 and cells[4].endswith("×")
+    )
