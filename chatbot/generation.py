@@ -172,9 +172,11 @@ def _check_cuda(
 
 
 def cache_dtype(session: ort.InferenceSession, past_name: str) -> type[np.generic]:
-    """The numpy type of a graph's KV cache, read from the type of its input ``past_name``."""
+    """The numpy type of a graph's KV cache, read from the type of its input ``past_name``: float32,
+    float16 (the GPU's graph) or int8 (the CPU graphs' keys and values quantised per channel)."""
     past_type = next(i.type for i in session.get_inputs() if i.name == past_name)
-    return np.float16 if "float16" in past_type else np.float32
+    types: dict[str, type[np.generic]] = {"tensor(float16)": np.float16, "tensor(int8)": np.int8}
+    return types.get(past_type, np.float32)
 
 
 def choose_providers(device: str | None = None) -> list[str]:

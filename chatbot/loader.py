@@ -137,6 +137,18 @@ def draft_tokens(folder: ModelFolder) -> int:
     return settings.SUGGESTED_DRAFT_TOKENS if folder.drafts is not None else 0
 
 
+def kv_cache_format(folder: ModelFolder, variant: str) -> str:
+    """How ``variant`` keeps keys and values, as its card entry records it: "float" (float32), or
+    "int8:<fingerprint of its per-channel scales>" (``training.export.kv_cache``). Two graphs whose
+    formats match can fill each other's cache; a folder with one of them built again by another
+    version prefills int4's prompts on int4 rather than mixing them."""
+    entry = (folder.card.get("onnx") or {}).get(variant)
+    kept = entry.get("kv_cache") if isinstance(entry, dict) else None
+    if not isinstance(kept, dict):
+        return "float"
+    return f"{kept.get('dtype')}:{kept.get('fingerprint')}"
+
+
 def _prefill_session(folder: ModelFolder, chosen: str, device: str) -> FusedSession | None:
     """The int8 graph for int4's prompts, when the folder has a current one: int4 decodes faster
     and prefills 2-3x slower (``MatMulNBits`` unpacks and quantises per block), so each graph does
@@ -146,6 +158,7 @@ def _prefill_session(folder: ModelFolder, chosen: str, device: str) -> FusedSess
         or chosen != INT4
         or INT8 not in folder.variants
         or not folder.variant_is_current(INT8)
+        or kv_cache_format(folder, INT8) != kv_cache_format(folder, INT4)
     ):
         return None
     return FusedSession(

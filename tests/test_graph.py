@@ -387,3 +387,48 @@ def test_int4_replies_have_their_prompts_prefilled_by_the_int8_graph(tiny_model_
     assert _greedy_replies(generator, folder)  # and it serves
     int8 = load_generator(folder, device="cpu", variant="cpu-int8")
     assert isinstance(int8, BatchingGenerator) and int8._rows.prefill_session is int8._rows.session
+
+
+def test_the_cpu_graphs_keep_keys_and_values_in_int8_with_the_same_scales(tiny_model_dir: Path) -> None:
+    from training.export.kv_cache import LEVELS, MARGIN, calibrate_kv_scales, fingerprint
+    from training.export.parity import MAX_PARITY_LENGTH, load_session, parity_sequences, prompt_presents
+
+    folder = ModelFolder(tiny_model_dir)
+    spec = folder.spec
+    scales = calibrate_kv_scales(tiny_model_dir)
+    assert scales.shape == (spec.n_layer, 2, spec.n_head * spec.head_dim) and (scales > 0).all()
+    for variant in ("cpu-int8", "cpu-int4"):
+        session = FusedSession(folder.variant_path(variant), spec)
+        assert session.cache_dtype == np.int8 and session.new_cache(1, 8).buffers[0].dtype == np.int8
+        kept = folder.card["onnx"][variant]["kv_cache"]
+        # computed through the reference, so both graphs' caches interchange (int8 prefills int4)
+        assert kept["dtype"] == "int8" and kept["fingerprint"] == fingerprint(scales)
+        model = onnx.load(str(folder.variant_path(variant)), load_external_data=False)
+        attention = [node for node in model.graph.node if node.op_type == "GroupQueryAttention"]
+        for layer, node in enumerate(attention):
+            attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            assert attributes["k_quant_type"] == attributes["v_quant_type"] == b"PER_CHANNEL"
+            assert attributes["kv_cache_bit_width"] == 8
+            assert list(node.input[-2:]) == [f"l{layer}.k_scale", f"l{layer}.v_scale"]
+    # calibration saw the chat the parity check starts with: it lies inside the range, with headroom
+    reference = load_session(folder.onnx_path)
+    limit = min(spec.n_positions, MAX_PARITY_LENGTH)
+    chat = parity_sequences(tiny_model_dir, 1, 0, limit, spec.vocab_size, 0)[0]
+    for name, value in prompt_presents(reference, chat).items():
+        layer, side = int(name.split(".")[1]), int(name.endswith("value"))
+        largest = np.abs(value[0]).max(axis=1).reshape(-1)
+        assert (largest <= scales[layer, side] * LEVELS / MARGIN * (1 + 1e-5)).all()
+
+
+def test_int4_prefills_itself_when_the_int8_graph_keeps_keys_and_values_another_way(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from training.card import set_card_entry
+
+    folder_path = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder_path)
+    set_card_entry(folder_path, ["onnx", "cpu-int8", "kv_cache", "fingerprint"], "another")  # rebuilt apart
+    folder = ModelFolder(folder_path)
+    generator = load_generator(folder, device="cpu", variant="cpu-int4")
+    assert isinstance(generator, BatchingGenerator) and generator.prefill_session is generator.session
+    assert _greedy_replies(generator, folder)  # and it serves

@@ -50,6 +50,7 @@ from chatbot.folder import GRAPH_FORMAT, read_json_object
 from chatbot.fused import FixedSlots, FusedSession, past_names, present_names
 from chatbot.types import Progress
 from training.card import set_card_entry, utc_now
+from training.export.kv_cache import CALIBRATION_SEQUENCES, MARGIN, calibrate_kv_scales, fingerprint
 from training.export.parity import (
     MAX_PARITY_LENGTH,
     PARITY_SEED,
@@ -76,6 +77,7 @@ MS_OPS = {
 }
 WEIGHT_LEVELS = 63  # int8 weights use 7 bits where the CPU multiplies in int16 pairs (AVX2)
 FULL_WEIGHT_LEVELS = 127  # and 8 bits where it does not (VNNI, AMX): see chatbot.cpu
+INT8_CACHE = {"int8", "int4"}  # the precisions whose keys and values are kept in int8 (CPU graphs)
 INT4_BLOCK = 128  # int4 weights: one scale per 128 inputs of an output column (README, "Fast graphs")
 SCORED = "score_from"  # input: the first position the LM head scores, from the end ([-1]: the last)
 
@@ -332,10 +334,12 @@ def build_graph(
     precision: str,
     *,
     weight_levels: int = WEIGHT_LEVELS,
+    kv_scales: np.ndarray | None = None,
 ) -> onnx.ModelProto:
     """The fused GPT-2 decoder as an ONNX model (see the module docstring for its shape);
-    ``weight_levels``: int8's largest |quantised weight|."""
-    return _Builder(config, weights, precision, weight_levels=weight_levels).model()
+    ``weight_levels``: int8's largest |quantised weight|; ``kv_scales`` (n_layer, 2, n_embd): an
+    int8 KV cache with these scales per channel (:mod:`training.export.kv_cache`)."""
+    return _Builder(config, weights, precision, weight_levels=weight_levels, kv_scales=kv_scales).model()
 
 
 class _Builder:
@@ -348,10 +352,12 @@ class _Builder:
         precision: str,
         *,
         weight_levels: int = WEIGHT_LEVELS,
+        kv_scales: np.ndarray | None = None,
     ) -> None:
         self.config = config
         self.weights = weights
         self.w = _GraphWriter(precision, weight_levels)
+        self.kv_scales = kv_scales
 
     def model(self) -> onnx.ModelProto:
         from onnx import TensorProto, helper
@@ -377,9 +383,10 @@ class _Builder:
             helper.make_tensor_value_info("greedy_tokens", TensorProto.INT64, [batch, "scored"]),
             helper.make_tensor_value_info("greedy_logprobs", TensorProto.FLOAT, [batch, "scored"]),
         ]
+        kv_type = ft if self.kv_scales is None else TensorProto.INT8
         for past, present in zip(past_names(config.n_layer), present_names(config.n_layer), strict=True):
-            inputs.append(helper.make_tensor_value_info(past, ft, [batch, heads, cache, dim]))
-            outputs.append(helper.make_tensor_value_info(present, ft, [batch, heads, cache, dim]))
+            inputs.append(helper.make_tensor_value_info(past, kv_type, [batch, heads, cache, dim]))
+            outputs.append(helper.make_tensor_value_info(present, kv_type, [batch, heads, cache, dim]))
 
         w.node("Gather", [w.floats("wte", weights["wte.weight"]), "input_ids"], ["tokens"])
         w.node("Gather", [w.floats("wpe", weights["wpe.weight"]), "position_ids"], ["positions"])
@@ -393,7 +400,7 @@ class _Builder:
         graph = helper.make_graph(w.nodes, "gpt2_fused", inputs, outputs, w.initializers)
         opsets = [helper.make_opsetid("", w.opset), helper.make_opsetid(MS_DOMAIN, 1)]
         model = helper.make_model(graph, opset_imports=opsets, producer_name="chatbot.training.graph")
-        model.ir_version = min(model.ir_version, 10)  # what ONNX Runtime 1.20 (our oldest) reads
+        model.ir_version = min(model.ir_version, 10)  # what every ONNX Runtime the engine supports reads
         return model
 
     def lm_head(self, normed: str) -> None:
@@ -455,13 +462,22 @@ class _Builder:
         w.matmul(normed, weights[p + "attn.c_attn.weight"], weights[p + "attn.c_attn.bias"], f"l{i}.qkv")
         past_k, past_v = past_names(config.n_layer)[2 * i : 2 * i + 2]
         present_k, present_v = present_names(config.n_layer)[2 * i : 2 * i + 2]
+        attention = [f"l{i}.qkv", "", "", past_k, past_v, "seqlens_k", "total_sequence_length"]
+        quantized: dict[str, Any] = {}
+        if self.kv_scales is not None:  # int8 cache: cos, sin, positions, bias, sink unused; then the scales
+            k_scale = w.floats(f"l{i}.k_scale", self.kv_scales[i, 0])
+            v_scale = w.floats(f"l{i}.v_scale", self.kv_scales[i, 1])
+            attention += ["", "", "", "", "", k_scale, v_scale]
+            quantized = {"k_quant_type": "PER_CHANNEL", "v_quant_type": "PER_CHANNEL"}
+            quantized["kv_cache_bit_width"] = 8
         w.node(
             "GroupQueryAttention",
-            [f"l{i}.qkv", "", "", past_k, past_v, "seqlens_k", "total_sequence_length"],
+            attention,
             [f"l{i}.attn", present_k, present_v],
             num_heads=config.n_head,
             kv_num_heads=config.n_head,
             scale=config.layer_scales[i],
+            **quantized,
         )
         w.matmul(f"l{i}.attn", weights[p + "attn.c_proj.weight"], None, f"l{i}.attn_out")
         attn_bias = weights[p + "attn.c_proj.bias"]
@@ -526,7 +542,12 @@ def build_variant(
     quantized = _quantization(precision)
     say(f"writing the fused {precision.name} graph ({variant}) from {folder / 'model.safetensors'}")
     levels = quantized.get("weight_levels", WEIGHT_LEVELS)
-    model = build_graph(config, load_weights(folder), precision.name, weight_levels=levels)
+    kv_scales = None
+    if precision.name in INT8_CACHE:
+        say(f"calibrating the int8 keys and values through the reference ({CALIBRATION_SEQUENCES} sequences)")
+        kv_scales = calibrate_kv_scales(folder)
+    weights = load_weights(folder)
+    model = build_graph(config, weights, precision.name, weight_levels=levels, kv_scales=kv_scales)
     with temporary_folder(folder) as tmp:
         path = tmp / "model.onnx"
         _save(model, path)
@@ -559,6 +580,14 @@ def build_variant(
         **quantized,
         "parity": checks.get("u8") or checks["u7"],
     }
+    if kv_scales is not None:
+        entry["kv_cache"] = {
+            "dtype": "int8",
+            "scales": "per channel, calibrated through the reference export",
+            "sequences": CALIBRATION_SEQUENCES,
+            "margin": MARGIN,
+            "fingerprint": fingerprint(kv_scales),
+        }
     if "u7" in checks:  # how it serves on an AVX2-only CPU (chatbot.cpu)
         entry["parity_u7"] = checks["u7"]
     set_card_entry(folder, ("onnx", variant), entry)

@@ -176,6 +176,13 @@ def onnx_logits(session: InferenceSession, ids: Sequence[int], prefill: int) -> 
     return np.concatenate(rows)
 
 
+def prompt_presents(session: InferenceSession, ids: Sequence[int]) -> dict[str, np.ndarray]:
+    """The reference graph's keys and values after ``ids`` in one pass: ``present.{layer}.{key|value}``,
+    each (1, heads, len(ids), head_dim)."""
+    _, past = _onnx_step(session, ids, past_length=0, past=_empty_past(session))
+    return {name.replace("past_key_values.", "present.", 1): value for name, value in past.items()}
+
+
 def _empty_past(session: InferenceSession) -> dict[str, np.ndarray]:
     """Zero-length ``past_key_values.*`` inputs (batch 1) in the dtypes the graph expects."""
     import numpy as np
