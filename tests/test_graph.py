@@ -20,7 +20,14 @@ from chatbot.errors import ChatbotError, ExportError, ModelFolderError
 from chatbot.fused import FusedSession
 from chatbot.loader import choose_variant, int4_serves, load_generator, variant_initializers
 from chatbot.scheduler import BatchingGenerator
-from training.export.fused_graph import INT4_BLOCK, VARIANTS, build_variant, fused_logits, quantize_int4
+from training.export.fused_graph import (
+    INT4_BLOCK,
+    VARIANTS,
+    build_variant,
+    build_variants,
+    fused_logits,
+    quantize_int4,
+)
 
 # the CPU graphs' fused operators (training.export.fused_graph)
 FUSED_OPS = {"LayerNormalization", "GroupQueryAttention", "FastGelu"}
@@ -208,6 +215,8 @@ def test_chatbot_export_builds_the_variants_it_is_asked_for(tiny_model_dir: Path
             "cpu-int8",
             "--variant",
             "cpu-fp32",
+            "--kv-cache",
+            "int8",
         ],
         capture_output=True,
         text=True,
@@ -218,7 +227,11 @@ def test_chatbot_export_builds_the_variants_it_is_asked_for(tiny_model_dir: Path
         "built onnx/cpu-int8/model.onnx" in result.stdout
         and "built onnx/cpu-fp32/model.onnx" in result.stdout
     )
-    assert sorted(ModelFolder(folder).variants) == ["cpu-fp32", "cpu-int8"]
+    built = ModelFolder(folder)
+    assert sorted(built.variants) == ["cpu-fp32", "cpu-int8"]
+    # int8 keys and values for the int8 graph; the exact fp32 graph keeps its float ones
+    assert built.card["onnx"]["cpu-int8"]["kv_cache"]["dtype"] == "int8"
+    assert "kv_cache" not in built.card["onnx"]["cpu-fp32"]
 
 
 def _built_for(kind: str, tiny_model_dir: Path, where: Path, monkeypatch: pytest.MonkeyPatch) -> ModelFolder:
@@ -389,13 +402,29 @@ def test_int4_replies_have_their_prompts_prefilled_by_the_int8_graph(tiny_model_
     assert isinstance(int8, BatchingGenerator) and int8._rows.prefill_session is int8._rows.session
 
 
-def test_the_cpu_graphs_keep_keys_and_values_in_int8_with_the_same_scales(tiny_model_dir: Path) -> None:
+@pytest.fixture(scope="module")
+def kv8_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tiny model whose CPU graphs keep keys and values in int8."""
+    folder = tmp_path_factory.mktemp("kv8") / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    build_variants(folder, ["cpu-int8", "cpu-int4"], kv_cache="int8")
+    return folder
+
+
+def test_keys_and_values_stay_float_unless_asked(tiny_model_dir: Path) -> None:
+    folder = ModelFolder(tiny_model_dir)
+    for variant in ("cpu-int8", "cpu-int4"):
+        assert FusedSession(folder.variant_path(variant), folder.spec).cache_dtype == np.float32
+        assert "kv_cache" not in folder.card["onnx"][variant]
+
+
+def test_the_cpu_graphs_can_keep_keys_and_values_in_int8_with_the_same_scales(kv8_dir: Path) -> None:
     from training.export.kv_cache import LEVELS, MARGIN, calibrate_kv_scales, fingerprint
     from training.export.parity import MAX_PARITY_LENGTH, load_session, parity_sequences, prompt_presents
 
-    folder = ModelFolder(tiny_model_dir)
+    folder = ModelFolder(kv8_dir)
     spec = folder.spec
-    scales = calibrate_kv_scales(tiny_model_dir)
+    scales = calibrate_kv_scales(kv8_dir)
     assert scales.shape == (spec.n_layer, 2, spec.n_head * spec.head_dim) and (scales > 0).all()
     for variant in ("cpu-int8", "cpu-int4"):
         session = FusedSession(folder.variant_path(variant), spec)
@@ -413,22 +442,47 @@ def test_the_cpu_graphs_keep_keys_and_values_in_int8_with_the_same_scales(tiny_m
     # calibration saw the chat the parity check starts with: it lies inside the range, with headroom
     reference = load_session(folder.onnx_path)
     limit = min(spec.n_positions, MAX_PARITY_LENGTH)
-    chat = parity_sequences(tiny_model_dir, 1, 0, limit, spec.vocab_size, 0)[0]
+    chat = parity_sequences(kv8_dir, 1, 0, limit, spec.vocab_size, 0)[0]
     for name, value in prompt_presents(reference, chat).items():
         layer, side = int(name.split(".")[1]), int(name.endswith("value"))
         largest = np.abs(value[0]).max(axis=1).reshape(-1)
         assert (largest <= scales[layer, side] * LEVELS / MARGIN * (1 + 1e-5)).all()
+    # int4 decodes over int8's keys and values (the same scales), and the replies stay the reference's
+    generator = load_generator(folder, device="cpu", variant="cpu-int4")
+    assert isinstance(generator, BatchingGenerator) and generator.prefill_session is not generator.session
+    expected = _greedy_replies(OnnxGenerator(folder, device="cpu"), folder)
+    for variant in ("cpu-int8", "cpu-int4"):
+        assert _agreement(folder, variant, expected) >= VARIANTS[variant].min_greedy_agreement, variant
 
 
 def test_int4_prefills_itself_when_the_int8_graph_keeps_keys_and_values_another_way(
-    tiny_model_dir: Path, tmp_path: Path
+    kv8_dir: Path, tmp_path: Path
 ) -> None:
     from training.card import set_card_entry
 
     folder_path = tmp_path / "model"
-    shutil.copytree(tiny_model_dir, folder_path)
+    shutil.copytree(kv8_dir, folder_path)
     set_card_entry(folder_path, ["onnx", "cpu-int8", "kv_cache", "fingerprint"], "another")  # rebuilt apart
     folder = ModelFolder(folder_path)
     generator = load_generator(folder, device="cpu", variant="cpu-int4")
     assert isinstance(generator, BatchingGenerator) and generator.prefill_session is generator.session
     assert _greedy_replies(generator, folder)  # and it serves
+
+
+def test_an_int8_cache_keeps_turns_and_verifies_drafts(kv8_dir: Path) -> None:
+    """The scheduler's other uses of the cache: a turn's keys and values kept for the next (copied
+    out and back in int8), and a step over a drafted reply (several new positions over the cache)."""
+    from chatbot.types import GenerationConfig
+
+    folder = ModelFolder(kv8_dir)
+    session = FusedSession(folder.variant_path("cpu-int8"), folder.spec)
+    generator = BatchingGenerator(session, stop_token_ids=(), kept_bytes=1 << 20, draft_tokens=4)
+    first = _prompts(folder)[0]
+    reply = [t.id for t in generator.generate(first, GenerationConfig(max_new_tokens=8), key="c1")]
+    assert len(reply) == 8
+    second = [*first, *reply, *_prompts(folder)[1]]
+    again = [t.id for t in generator.generate(second, GenerationConfig(max_new_tokens=8), key="c1")]
+    assert len(again) == 8 and generator.reused_tokens >= len(first)
+    # the same prompt again: its reply is drafted from the bot's recent replies and verified
+    repeat = [t.id for t in generator.generate(first, GenerationConfig(max_new_tokens=8))]
+    assert len(repeat) == 8 and generator.verify_steps > 0

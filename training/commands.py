@@ -26,6 +26,7 @@ from chatbot.errors import ChatbotError
 from chatbot.generation import DEVICES
 from chatbot.versions import ModelVersions, resolve_model_path
 from training.evaluation.bench import BenchOptions
+from training.export.kv_cache import KV_CACHES
 from training.fitting.train import SIZES, TrainOptions
 from training.transcripts.readers import CsvColumns
 
@@ -109,6 +110,12 @@ def train(commands: CommandSet) -> None:
     )
     run.add_argument("--name", default=None, help="the model's name in its card")
     run.add_argument(
+        "--kv-cache",
+        choices=KV_CACHES,
+        default=defaults["kv_cache"],
+        help="how the exported CPU graphs keep keys and values (as `chatbot export --kv-cache`)",
+    )
+    run.add_argument(
         "--system-prompt",
         default=None,
         help="prepended to conversations without one (default with a --base folder: its own, if any)",
@@ -166,6 +173,7 @@ def _train(args: argparse.Namespace) -> int:
         resume=args.resume,
         eval_replies=args.eval_replies,
         precision=args.precision,
+        kv_cache=args.kv_cache,
         name=args.name,
         system_prompt=args.system_prompt,
         make_current=not args.keep_current,
@@ -199,6 +207,13 @@ def export(commands: CommandSet) -> None:
     )
     parser.add_argument("--reference-only", action="store_true", help="build no fast variant")
     parser.add_argument(
+        "--kv-cache",
+        choices=KV_CACHES,
+        default="float",
+        help="how the int8 and int4 graphs keep keys and values: float (default) or int8 (a quarter of "
+        "the memory, faster with many conversations at once, slower first tokens; README, Fast graphs)",
+    )
+    parser.add_argument(
         "--exporter",
         choices=("chatbot", "optimum"),
         default="chatbot",
@@ -219,7 +234,9 @@ def _export(args: argparse.Namespace) -> int:
     print(f"parity: max |ONNX - PyTorch| logit = {diff:.2e} (tolerance {tolerance:.0e})")
     if args.reference_only:
         return 0
-    entries = build_variants(args.model_dir, args.variant or DEFAULT_VARIANTS, progress=progress)
+    entries = build_variants(
+        args.model_dir, args.variant or DEFAULT_VARIANTS, progress=progress, kv_cache=args.kv_cache
+    )
     for entry in entries.values():
         check = entry["parity"]
         print(

@@ -1,14 +1,16 @@
-"""Keys and values kept in int8 by the CPU graphs: one scale per channel, calibrated at export.
+"""Keys and values kept in int8 by the CPU graphs, on request (``chatbot export --kv-cache int8``):
+one scale per channel, calibrated at export.
 
 A decode step reads every cached key and value of its rows: in float32, 12 layers × 2 × 768 × 4
 bytes a position on GPT-2 124M, 377 MB a step for 32 conversations at 160 positions, which made
 attention half of such a step (README, "Speed"). ONNX Runtime's CPU ``GroupQueryAttention``
-(1.31 and later) keeps the cache in int8 with a fixed scale per channel (``k_quant_type`` /
+(1.31 and later) can keep the cache in int8 with a fixed scale per channel (``k_quant_type`` /
 ``v_quant_type`` "PER_CHANNEL", ``kv_cache_bit_width`` 8, ``k_scale`` and ``v_scale`` inputs of
 heads × head_dim): it stores ``round(x / scale)`` clipped to -128..127 and attends over
-``q · scale``. A quarter of the bytes: a 32-row attention step at 180 positions took 0.38 ms a
-layer against 0.94 in float32 on the same machine, and a conversation's cache takes a quarter of
-the memory.
+``q · scale``. A quarter of the bytes and the memory: a 32-row attention step at 180 positions
+took 0.38 ms a layer against 0.94 in float32. But its attention over several new positions (a
+prompt, a drafted step) is ~3× slower than float32's, so it is not the default (README, "Fast
+graphs", weighs the two).
 
 The scales are fixed in the graph, so they are measured once, here: the reference export
 (``onnx/model.onnx``, float32) runs calibration sequences (the chat template's conversation and
@@ -29,6 +31,7 @@ import numpy as np
 
 from training.export.parity import MAX_PARITY_LENGTH, load_session, parity_sequences, prompt_presents
 
+KV_CACHES = ("float", "int8")  # how a graph keeps keys and values (`chatbot export --kv-cache`)
 MARGIN = 1.25  # the scale covers 1.25 × the largest magnitude calibration saw
 CALIBRATION_SEQUENCES = 8
 CALIBRATION_SEED = 1  # the parity check uses PARITY_SEED (0)
