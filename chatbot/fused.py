@@ -43,6 +43,7 @@ OUTPUTS = ("logits", "next_token", "next_logprob", "next_position_ids", "next_se
 HOST_OUTPUTS = OUTPUTS[:3]  # what FusedSession.step brings back
 SCORED = "score_from"  # input of newer graphs: the first position scored, from the end ([-1]: the last)
 SCORED_OUTPUTS = ("greedy_tokens", "greedy_logprobs")  # (batch, scored): the pick after each one
+QUERY_LENGTHS = "query_seqlens"  # input of graphs built on ONNX Runtime 1.32+: each row's new positions
 LENGTH_STEP = 128  # the cache's length grows in steps of this many positions
 
 
@@ -186,6 +187,9 @@ class FusedSession:
         # whether a step can score every position it feeds (graphs older than speculative decoding cannot)
         self.scores_drafts = SCORED in inputs and set(SCORED_OUTPUTS) <= outputs
         self._host_outputs = HOST_OUTPUTS + (SCORED_OUTPUTS if self.scores_drafts else ())
+        # whether a step's rows may feed different numbers of tokens (right-padded to the longest):
+        # drafts of several replies verified in one step (GroupQueryAttention's query_seqlens)
+        self.pads_rows = QUERY_LENGTHS in inputs
         self.logits_dtype = np.float16 if self.cache_dtype == np.float16 else np.float32
 
     def _check_io(self) -> None:
@@ -209,27 +213,37 @@ class FusedSession:
         starts: np.ndarray | list[int],
         *,
         scored: int = 1,
+        lengths: np.ndarray | list[int] | None = None,
     ) -> StepResult:
         """Run ``ids`` (rows, sequence) on slots ``first_row ..``; row r's tokens go at ``starts[r]``.
 
-        All rows have the same number of new tokens (one, when decoding a batch); the cache
-        rows before ``starts[r]`` must hold that row's earlier tokens. ``scored``: the last
-        positions whose greedy picks come back in ``StepResult.tokens`` (more than one needs a
-        graph that :attr:`scores_drafts`). CPU only: the cache is host memory.
+        Every row feeds the whole sequence (one token, when decoding a batch), or with
+        ``lengths`` (a graph that :attr:`pads_rows`) row r only its first ``lengths[r]`` tokens,
+        the rest being padding that is neither cached nor meant to be read; the cache rows
+        before ``starts[r]`` must hold that row's earlier tokens. ``scored``: the last positions
+        whose greedy picks come back in ``StepResult.tokens`` (more than one needs a graph that
+        :attr:`scores_drafts`). CPU only: the cache is host memory.
         """
         if self.device != "cpu":
             raise ValueError("FusedSession.step binds host memory: use FixedSlots on the GPU")
         ids = np.asarray(ids, dtype=np.int64)
         starts = np.asarray(starts, dtype=np.int64)
         rows, length = ids.shape
-        ends = starts + length
-        if rows < 1 or first_row + rows > cache.capacity or int(ends.max()) > cache.length:
+        if lengths is not None and not self.pads_rows:
+            raise ValueError(f"{self.path} feeds every row the same tokens: build the variant again")
+        fed = np.full(rows, length, dtype=np.int64) if lengths is None else np.asarray(lengths, np.int64)
+        ends = starts + fed
+        if rows < 1 or first_row + rows > cache.capacity or int((starts + length).max()) > cache.length:
             raise ValueError(f"rows {first_row}..{first_row + rows} or lengths {ends} do not fit the cache")
         binding = self._cache_binding(cache, first_row, rows)
         binding.bind_cpu_input("input_ids", ids)
-        binding.bind_cpu_input("position_ids", starts[:, None] + np.arange(length, dtype=np.int64))
+        positions = starts[:, None] + np.arange(length, dtype=np.int64)
+        binding.bind_cpu_input("position_ids", np.minimum(positions, self.spec.n_positions - 1))  # padding
         binding.bind_cpu_input("seqlens_k", (ends - 1).astype(np.int32))
-        binding.bind_cpu_input("total_sequence_length", np.array(int(ends.max()), dtype=np.int32))
+        total = max(int(ends.max()), length)
+        binding.bind_cpu_input("total_sequence_length", np.array(total, dtype=np.int32))
+        if self.pads_rows:
+            binding.bind_cpu_input(QUERY_LENGTHS, fed.astype(np.int32))
         if self.scores_drafts:  # bound every step: the cache keeps the binding between steps
             binding.bind_cpu_input(SCORED, np.array([-scored], dtype=np.int64))
             if scored != cache.scored:  # their shape changes: let the run allocate them anew
@@ -310,6 +324,7 @@ class FixedSlots:
         self._logprob = self._zeros((slots,), np.float32)
         self._total = np.array(self.length, dtype=np.int32)  # fixed: every row says its own length
         self._last_only = np.array([-1], dtype=np.int64)  # score_from: the last position
+        self._one_each = np.ones(slots, dtype=np.int32)  # query_seqlens of a decode step
         self._bindings: dict[tuple[int, int], tuple[ort.IOBinding, ort.RunOptions]] = {}
         self._set = 0  # the input set the next decode step reads
 
@@ -338,6 +353,8 @@ class FixedSlots:
         binding.bind_cpu_input("total_sequence_length", np.array(length, dtype=np.int32))
         if session.scores_drafts:
             binding.bind_cpu_input(SCORED, self._last_only)
+        if session.pads_rows:
+            binding.bind_cpu_input(QUERY_LENGTHS, np.array([length], dtype=np.int32))
         for name in OUTPUTS:  # first, so that they come first in get_outputs()
             binding.bind_output(name, device)
         self._bind_cache(binding, slot, 1)
@@ -406,6 +423,8 @@ class FixedSlots:
         binding.bind_cpu_input("total_sequence_length", self._total)
         if self.session.scores_drafts:
             binding.bind_cpu_input(SCORED, self._last_only)
+        if self.session.pads_rows:  # one new token a row (kept alive with the binding: see __init__)
+            binding.bind_cpu_input(QUERY_LENGTHS, self._one_each[:bucket])
         self._bind_cache(binding, 0, bucket)
         options = ort.RunOptions()
         if self.session.cuda_graphs:  # one graph per (batch size, input set)

@@ -227,14 +227,22 @@ class _GrowingRows:
         """The most tokens a step may feed ``reply`` (what its row of the cache holds)."""
         return self.cache.length - reply.length
 
-    def verify(self, reply: _Reply, drafted: list[int]) -> StepResult:
-        """One step feeding ``reply`` (alone in the batch: slot 0) its last token and its draft;
-        the greedy pick after every position fed comes back in ``StepResult.tokens``. The keys
-        and values of drafted tokens that turn out wrong stay past the row's end: later steps
-        overwrite them. (ONNX Runtime's CPU GroupQueryAttention takes several new tokens over a
-        cache for one row only, hence one reply.)"""
-        ids = np.array([[reply.last, *drafted]], dtype=np.int64)
-        return self.session.step(self.cache, reply.slot, ids, [reply.length], scored=ids.shape[1])
+    def verify(self, batch: list[_Reply], drafts: list[list[int]]) -> StepResult:
+        """One step feeding each reply its last token and its draft (rows right-padded to the
+        longest); the greedy pick after every position fed comes back in ``StepResult.tokens``.
+        The keys and values of drafted tokens that turn out wrong stay past the row's end: later
+        steps overwrite them. Several rows need a graph that pads rows (``query_seqlens``: ONNX
+        Runtime's CPU GroupQueryAttention takes several new tokens over a cache for one row
+        only without it)."""
+        width = 1 + max(len(drafted) for drafted in drafts)
+        ids = np.zeros((len(batch), width), dtype=np.int64)
+        for row, (reply, drafted) in enumerate(zip(batch, drafts, strict=True)):
+            ids[row, : 1 + len(drafted)] = [reply.last, *drafted]
+        starts = [reply.length for reply in batch]
+        if len(batch) == 1:
+            return self.session.step(self.cache, batch[0].slot, ids, starts, scored=width)
+        fed = [1 + len(drafted) for drafted in drafts]
+        return self.session.step(self.cache, 0, ids, starts, scored=width, lengths=fed)
 
     def remove(self, active: list[_Reply], reply: _Reply) -> None:
         if reply.key is not None:
@@ -298,7 +306,9 @@ class BatchingGenerator:
     graphs"); ``session`` decodes.
     ``draft_tokens`` (CPU, 0: off): speculative decoding of greedy replies, see the module
     docstring, drafted from ``drafts`` (the model's training replies) first;
-    ``drafted_tokens``, ``accepted_tokens`` and ``verify_steps`` count what it did.
+    ``drafted_tokens``, ``accepted_tokens`` and ``verify_steps`` count what it did. A reply drafts
+    alone in the batch; with ``draft_batches`` (and a graph that pads rows) greedy replies in
+    progress together draft in one step too.
     """
 
     def __init__(
@@ -312,6 +322,7 @@ class BatchingGenerator:
         draft_tokens: int = 0,
         drafts: DraftTable | None = None,
         prefill_session: FusedSession | None = None,
+        draft_batches: bool = False,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")
@@ -337,9 +348,11 @@ class BatchingGenerator:
         # speculative decoding needs the CPU's rows and a graph that scores every position it is fed
         can_draft = isinstance(self._rows, _GrowingRows) and session.scores_drafts
         self.draft_tokens = max(0, draft_tokens) if can_draft else 0
+        # several greedy replies drafting in one step, where the graph pads rows (query_seqlens)
+        self.draft_batches = bool(draft_batches and can_draft and session.pads_rows)
         self.drafted_tokens = 0  # tokens proposed by drafts
         self.accepted_tokens = 0  # of them, those greedy decoding agreed with
-        self.verify_steps = 0  # steps that fed a draft
+        self.verify_steps = 0  # replies' steps that fed a draft (several a step when replies draft together)
         self.drafts = drafts  # the model's training replies: drafted from first (chatbot.drafting)
         self._recent = RecentReplies()  # the bot's recent replies, drafted from after the conversation
         self._wake = threading.Condition()
@@ -450,20 +463,35 @@ class BatchingGenerator:
     def _decode(self) -> None:
         """One step for every reply in progress; then the finished ones leave."""
         batch = list(self._active)
-        drafted = self._draft(batch)
-        if drafted:
-            self._verify(batch[0], drafted)
+        drafts = self._drafts(batch)
+        if any(drafts):
+            self._verify(batch, drafts)
             return
         result = self._rows.decode(batch)
         for reply in batch:
             reply.length += 1
         self._hand_out([(reply, reply.slot) for reply in batch], result)
 
-    def _draft(self, batch: list[_Reply]) -> list[int]:
-        """The tokens to feed after a greedy reply alone in the batch ([]: a plain step)."""
-        if not self.draft_tokens or len(batch) != 1 or not batch[0].sampler.argmax_only:
-            return []
-        reply = batch[0]
+    def _drafts(self, batch: list[_Reply]) -> list[list[int]]:
+        """The tokens each reply feeds after its last one this step (all empty: a plain step).
+
+        Greedy replies only: a reply alone, or replies together where :attr:`draft_batches`
+        (every row then feeds as many positions as the longest draft, so each needs room for them).
+        """
+        plain: list[list[int]] = [[] for _ in batch]
+        if not self.draft_tokens or not all(reply.sampler.argmax_only for reply in batch):
+            return plain
+        if len(batch) > 1 and not self.draft_batches:
+            return plain
+        assert isinstance(self._rows, _GrowingRows)
+        drafts = [self._draft(reply) for reply in batch]
+        width = max(len(drafted) for drafted in drafts)
+        if len(batch) > 1 and any(self._rows.room(reply) <= width for reply in batch):
+            return plain
+        return drafts
+
+    def _draft(self, reply: _Reply) -> list[int]:
+        """What ``reply`` drafts this step ([]: nothing, or it backs off after drafts that missed)."""
         if reply.plain_steps:  # its drafts missed lately: a wrong draft's wider step costs time
             reply.plain_steps -= 1
             return []
@@ -474,30 +502,33 @@ class BatchingGenerator:
             return []
         return propose(reply.history(), tokens=most, table=self.drafts, recent=self._recent)
 
-    def _verify(self, reply: _Reply, drafted: list[int]) -> None:
-        """One step over the reply's last token and its draft: it takes the greedy picks up to
-        the first that differs from the draft (and that one), as far as it goes on."""
+    def _verify(self, batch: list[_Reply], drafts: list[list[int]]) -> None:
+        """One step over each reply's last token and its draft: each takes the greedy picks up to
+        the first that differs from its draft (and that one), as far as it goes on; a reply that
+        drafted nothing takes one pick, as in a plain step."""
         assert isinstance(self._rows, _GrowingRows)
-        result = self._rows.verify(reply, drafted)
-        picks, logprobs = result.tokens[0], result.logprobs[0]
-        agreed = 0
-        while agreed < len(drafted) and drafted[agreed] == int(picks[agreed]):
-            agreed += 1
-        self.drafted_tokens += len(drafted)
-        self.accepted_tokens += agreed
-        self.verify_steps += 1
-        reply.misses = 0 if agreed else reply.misses + 1
-        reply.plain_steps = back_off(reply.misses)  # a reply unlike what drafts come from backs off
-        taken = []
-        for token, logprob in zip(picks[: agreed + 1], logprobs[: agreed + 1], strict=True):
-            reply.length += 1  # the position of the token fed before it
-            reply.sampler.accept(int(token))
-            taken.append(Token(int(token), float(logprob)))
-            self._record(reply, taken[-1].id)
-            if self._finished(reply):
-                break
-        reply.tokens.put(taken)  # one hand-over (one wake-up of the reader) for them all
-        self._retire([reply])
+        result = self._rows.verify(batch, drafts)
+        for row, (reply, drafted) in enumerate(zip(batch, drafts, strict=True)):
+            picks, logprobs = result.tokens[row], result.logprobs[row]
+            agreed = 0
+            while agreed < len(drafted) and drafted[agreed] == int(picks[agreed]):
+                agreed += 1
+            if drafted:
+                self.drafted_tokens += len(drafted)
+                self.accepted_tokens += agreed
+                self.verify_steps += 1
+                reply.misses = 0 if agreed else reply.misses + 1
+                reply.plain_steps = back_off(reply.misses)  # a reply unlike what drafts come from backs off
+            taken = []
+            for token, logprob in zip(picks[: agreed + 1], logprobs[: agreed + 1], strict=True):
+                reply.length += 1  # the position of the token fed before it
+                reply.sampler.accept(int(token))
+                taken.append(Token(int(token), float(logprob)))
+                self._record(reply, taken[-1].id)
+                if self._finished(reply):
+                    break
+            reply.tokens.put(taken)  # one hand-over (one wake-up of the reader) for them all
+        self._retire(batch)
 
     def _hand_out(self, rows: list[tuple[_Reply, int]], result: StepResult) -> None:
         """Pick each reply's next token from its row of ``result``; retire the finished replies.

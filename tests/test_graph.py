@@ -104,6 +104,39 @@ def test_the_fp32_graph_and_the_reference_write_the_same_whole_replies(fp32_dir:
         ]
 
 
+def test_rows_of_one_step_may_feed_different_numbers_of_tokens(fp32_dir: Path) -> None:
+    """A right-padded step (query_seqlens): each row's picks and cache are what they are alone."""
+    folder = ModelFolder(fp32_dir)
+    session = FusedSession(folder.variant_path("cpu-fp32"), folder.spec)
+    assert session.pads_rows
+    rng = np.random.default_rng(3)
+    prompts = [rng.integers(5, 200, n).tolist() for n in (9, 14, 6)]
+    chunks = [rng.integers(5, 200, n).tolist() for n in (4, 1, 3)]
+    width = max(len(c) for c in chunks)
+    together = session.new_cache(3, 32)
+    for row, prompt in enumerate(prompts):
+        session.step(together, row, [prompt], [0])
+    ids = np.zeros((3, width), np.int64)
+    for row, chunk in enumerate(chunks):
+        ids[row, : len(chunk)] = chunk
+    starts = [len(p) for p in prompts]
+    result = session.step(together, 0, ids, starts, scored=width, lengths=[len(c) for c in chunks])
+    after = [int(t) for t in result.tokens[:, 0]]  # the next token after each row's first chunk token
+    for row, (prompt, chunk) in enumerate(zip(prompts, chunks, strict=True)):
+        alone = session.new_cache(1, 32)
+        session.step(alone, 0, [prompt], [0])
+        own = session.step(alone, 0, [chunk], [len(prompt)], scored=len(chunk))
+        assert [int(t) for t in result.tokens[row, : len(chunk)]] == [int(t) for t in own.tokens[0]]
+        assert after[row] == int(own.tokens[0, 0])
+        end = len(prompt) + len(chunk)  # what the row's cache holds, and nothing of the padding
+        for mine, theirs in zip(together.buffers, alone.buffers, strict=True):
+            np.testing.assert_allclose(mine[row, :, :end], theirs[0, :, :end], atol=1e-6)
+    # a graph without query_seqlens says so rather than padding wrongly
+    session.pads_rows = False
+    with pytest.raises(ValueError, match="same tokens"):
+        session.step(together, 0, ids, starts, lengths=[1, 1, 1])
+
+
 def test_the_graph_picks_the_greedy_token_itself(tiny_model_dir: Path) -> None:
     folder = ModelFolder(tiny_model_dir)
     session = FusedSession(folder.variant_path("cpu-int8"), folder.spec)
@@ -438,7 +471,7 @@ def test_the_cpu_graphs_can_keep_keys_and_values_in_int8_with_the_same_scales(kv
             attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
             assert attributes["k_quant_type"] == attributes["v_quant_type"] == b"PER_CHANNEL"
             assert attributes["kv_cache_bit_width"] == 8
-            assert list(node.input[-2:]) == [f"l{layer}.k_scale", f"l{layer}.v_scale"]
+            assert list(node.input[12:14]) == [f"l{layer}.k_scale", f"l{layer}.v_scale"]
     # calibration saw the chat the parity check starts with: it lies inside the range, with headroom
     reference = load_session(folder.onnx_path)
     limit = min(spec.n_positions, MAX_PARITY_LENGTH)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -38,6 +39,7 @@ def _generator(
     kept_bytes: int = 0,
     draft_tokens: int = 0,
     drafts: DraftTable | None = None,
+    draft_batches: bool = False,
 ) -> BatchingGenerator:
     """The CPU's scheduler (a growing cache), or with ``fixed`` the GPU's (fixed slots, the decode
     step feeding itself) running on the CPU provider."""
@@ -50,6 +52,7 @@ def _generator(
         kept_bytes=kept_bytes,
         draft_tokens=draft_tokens,
         drafts=drafts,
+        draft_batches=draft_batches,
     )
 
 
@@ -415,6 +418,31 @@ def test_speculative_rows_batched_with_plain_greedy_and_sampling_rows(folder: Mo
     # a greedy reply alone in the batch drafts; the others join and leave around it
     assert _at_once(generator, prompts, configs) == expected
     assert generator.accepted_tokens > 0
+
+
+def test_greedy_replies_in_progress_together_draft_in_one_step_and_keep_their_replies(
+    folder: ModelFolder,
+) -> None:
+    """Rows of different draft lengths (none, for some) in one right-padded step (query_seqlens):
+    every reply is token for token what it is alone (the fp32 graph), stop tokens included."""
+    prompts = [*_echo_prompts(folder, 4), *_prompts(folder, 2)]
+    configs = [GenerationConfig(max_new_tokens=30 + 7 * i) for i in range(len(prompts))]  # leave apart
+    expected = [[t.id for t in reply] for reply in _alone(folder, prompts, configs)]
+    generator = _generator(folder, draft_tokens=5, max_batch=6, draft_batches=True)
+    assert generator.draft_batches  # the graph pads rows: built on ONNX Runtime 1.32+
+    steps = []
+    step = generator._rows.verify  # white-box: how many rows each verifying step fed
+
+    def counted(batch: list[Any], drafts: list[list[int]]) -> Any:
+        steps.append(len(batch))
+        return step(batch, drafts)
+
+    generator._rows.verify = counted  # type: ignore[method-assign]
+    assert _at_once(generator, prompts, configs) == expected
+    assert max(steps) > 1 and generator.accepted_tokens > 0  # several replies verified at once
+    # without it, replies draft only when alone in the batch
+    alone_only = _generator(folder, draft_tokens=5, max_batch=6)
+    assert not alone_only.draft_batches and _at_once(alone_only, prompts, configs) == expected
 
 
 def test_a_draft_stops_at_the_stop_token_and_the_budget(folder: ModelFolder) -> None:

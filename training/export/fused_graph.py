@@ -47,7 +47,7 @@ import numpy as np
 from chatbot.cpu import ACTIVATIONS, detected_int8_kind, int8_initializers, int8_kind
 from chatbot.errors import ExportError, ModelFolderError
 from chatbot.folder import GRAPH_FORMAT, read_json_object
-from chatbot.fused import FixedSlots, FusedSession, past_names, present_names
+from chatbot.fused import QUERY_LENGTHS, FixedSlots, FusedSession, past_names, present_names
 from chatbot.types import Progress
 from training.card import set_card_entry, utc_now
 from training.export.kv_cache import (
@@ -315,6 +315,22 @@ class _GraphWriter:
         self.node("ReduceMax", [x, "last_axis"], [out], keepdims=keepdims)
 
 
+def takes_query_lengths() -> bool:
+    """Whether this ONNX Runtime's GroupQueryAttention takes ``query_seqlens`` (1.32 and later):
+    rows of one step feeding different numbers of tokens over their caches. A graph written with
+    it needs such an ONNX Runtime to load; one written without it (on 1.31) verifies drafts one
+    reply at a time."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+    schemas = getattr(ort_state, "get_all_operator_schema", None)
+    if schemas is None:
+        return False
+    return any(
+        schema.name == "GroupQueryAttention" and any(i.name == QUERY_LENGTHS for i in schema.inputs)
+        for schema in schemas()
+    )
+
+
 def quantize_int4(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``weight`` (in, out) as ``MatMulNBits`` wants it: (out, blocks, INT4_BLOCK / 2) bytes of
     two 4-bit values (low nibble first, stored as q + 8 for q in -8..7) and (out * blocks,) float
@@ -364,6 +380,9 @@ class _Builder:
         self.weights = weights
         self.w = _GraphWriter(precision, weight_levels)
         self.kv_scales = kv_scales
+        # the CPU graphs take query_seqlens where this ONNX Runtime has it (1.32+): drafts of
+        # several replies verified in one step; the GPU's fp16 graph steps one token a row
+        self.pads_rows = precision != "fp16" and takes_query_lengths()
 
     def model(self) -> onnx.ModelProto:
         from onnx import TensorProto, helper
@@ -380,6 +399,8 @@ class _Builder:
         ]
         # the LM head scores positions score_from.. of the sequence, from its end ([-1]: the last only)
         inputs.append(helper.make_tensor_value_info(SCORED, TensorProto.INT64, [1]))
+        if self.pads_rows:  # each row's number of new positions (the rest is padding)
+            inputs.append(helper.make_tensor_value_info(QUERY_LENGTHS, TensorProto.INT32, [batch]))
         outputs = [
             helper.make_tensor_value_info("logits", ft, [batch, config.vocab_size]),
             helper.make_tensor_value_info("next_token", TensorProto.INT64, [batch]),
@@ -476,6 +497,8 @@ class _Builder:
             attention += ["", "", "", "", "", k_scale, v_scale]
             quantized = {"k_quant_type": "PER_CHANNEL", "v_quant_type": "PER_CHANNEL"}
             quantized["kv_cache_bit_width"] = 8
+        if self.pads_rows:  # input 16, after the rotary, bias, sink, scale and norm inputs
+            attention += [""] * (16 - len(attention)) + [QUERY_LENGTHS]
         w.node(
             "GroupQueryAttention",
             attention,
