@@ -34,14 +34,16 @@ slot and the decode step feeds itself from a CUDA graph (:class:`_FixedRows`). A
 takes the graph's own pick and log-probability; the logits come to the host only for replies
 that sample or penalise repetition.
 
-Speculative decoding (CPU, ``draft_tokens``): while a greedy reply is alone in the batch, each
+Speculative decoding (CPU, ``draft_tokens``): while a greedy reply is alone in the batch (or,
+with ``draft_batches`` and a graph that pads rows, while every reply in it is greedy), each
 step feeds it its last token and up to ``draft_tokens`` more, drafted from the model's training
 replies (a :class:`~chatbot.drafting.DraftTable`), else its conversation and the bot's recent
 replies (:mod:`chatbot.drafting`), and the graph scores every position fed.
 The reply takes the greedy picks up to the first that differs from the draft, and that one: the
 tokens of plain greedy decoding, several a step. Keys and values of the draft's rejected tokens
 lie past the row's end and the next step overwrites them. (ONNX Runtime's CPU attention takes
-several new tokens over a cache for one row only; a batch of several replies decodes plainly.)
+several new tokens over a cache for one row only, unless the graph passes each row's count in
+``query_seqlens``, ONNX Runtime 1.32+: without it a batch of several replies decodes plainly.)
 """
 
 from __future__ import annotations
