@@ -176,6 +176,12 @@ def test_speculative_decoding_is_reported_apart_on_real_text_and_on_the_random_p
     )
     assert "Speculative decoding (--data, real text;" in stdout
     assert "Speculative decoding (the random prompt: not what customers write;" in stdout
+    # greedy replies at once drafting together in the same steps (the served int8 graph pads rows)
+    together = results["speculative"]["held_out_together"]
+    assert together["identical"] and 2 <= together["replies"] <= 4 and together["groups"] >= 1
+    assert together["plain_tokens_per_s"] > 0 and together["together_tokens_per_s"] > 0
+    assert 0 <= together["acceptance"] <= 1 and together["speedup"] > 0
+    assert "Speculative decoding, replies together (--data, real text; " in stdout
 
 
 def test_the_issues_targets_are_judged_against_the_run(measured: tuple[str, dict[str, Any]]) -> None:

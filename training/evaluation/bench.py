@@ -438,8 +438,9 @@ SPECULATIVE_SECONDS_A_RUN = 2.0  # each --runs asks the drafting measure for 2 s
 def _speculative(
     folder: ModelFolder, prompt: list[int], options: BenchOptions, progress: Progress
 ) -> dict[str, Any]:
-    """Speculative decoding at batch 1, apart: on ``--data`` (real text) and on the random prompt."""
-    from training.evaluation.speculative import held_out_prompts, measure_speculative
+    """Speculative decoding at batch 1, apart: on ``--data`` (real text) and on the random prompt;
+    and on ``--data``, greedy replies at once drafting together."""
+    from training.evaluation.speculative import held_out_prompts, measure_speculative, measure_together
 
     if options.device != "cpu":
         return {}
@@ -453,7 +454,16 @@ def _speculative(
     with quiet_torch():
         found = {"random": measure([prompt], stop=False, rounds=options.runs)}
         if options.data:
-            found["held_out"] = measure(held_out_prompts(folder, options.data), rounds=max(3, options.runs))
+            prompts = held_out_prompts(folder, options.data)
+            found["held_out"] = measure(prompts, rounds=max(3, options.runs))
+            found["held_out_together"] = measure_together(
+                folder,
+                prompts,
+                new_tokens=options.new_tokens,
+                rounds=max(3, options.runs),
+                min_seconds=SPECULATIVE_SECONDS_A_RUN * options.runs,
+                progress=progress,
+            )
     return found
 
 

@@ -150,16 +150,20 @@ def _targets_table(targets: list[dict[str, Any]]) -> list[str]:
 
 
 def _speculative_lines(found: dict[str, Any]) -> list[str]:
-    """Speculative decoding at batch 1, on real text (``--data``) apart from the random prompt."""
-    from training.evaluation.speculative import section
+    """Speculative decoding at batch 1, on real text (``--data``) apart from the random prompt; then
+    greedy replies at once drafting together, on real text."""
+    from training.evaluation.speculative import section, together_section
 
     sources = {
         "held_out": "--data, real text",
         "random": "the random prompt: not what customers write; with random weights it flatters drafts",
     }
-    return [
+    lines = [
         line for key, source in sources.items() if key in found for line in (section(found[key], source), "")
     ]
+    if "held_out_together" in found:
+        lines += [together_section(found["held_out_together"], "--data, real text"), ""]
+    return lines
 
 
 def _machine_line(machine: dict[str, Any]) -> str:

@@ -20,6 +20,7 @@ near-tie (README, "Speculative decoding").
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -27,13 +28,14 @@ from typing import Any
 from chatbot.drafting import DRAFTS_FILE
 from chatbot.folder import ModelFolder
 from chatbot.fused import FusedSession
-from chatbot.loader import choose_variant, variant_initializers
+from chatbot.loader import INT4, choose_variant, variant_initializers
 from chatbot.scheduler import BatchingGenerator
 from chatbot.settings import SUGGESTED_DRAFT_TOKENS
 from chatbot.types import GenerationConfig, Progress
 
 MIN_SECONDS = 10.0  # rounds go on until they took this long (both sides), at least the rounds asked
 MAX_ROUNDS = 25
+TOGETHER = 4  # greedy replies at once for the figure of replies drafting together
 
 
 def held_out_prompts(folder: ModelFolder, data: Sequence[str], *, limit: int = 200) -> list[list[int]]:
@@ -130,6 +132,118 @@ def measure_speculative(
         "identical": differ is None,
         "first_difference": differ,
     }
+
+
+def measure_together(
+    folder: ModelFolder,
+    prompts: list[list[int]],
+    *,
+    replies: int = TOGETHER,
+    new_tokens: int = 64,
+    draft_tokens: int = SUGGESTED_DRAFT_TOKENS,
+    rounds: int = 3,
+    min_seconds: float = MIN_SECONDS,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """``prompts`` in groups of ``replies`` (at most) greedy replies at once (one thread each, as a server's
+    callers), without drafts and with every reply drafting in the same steps (the scheduler's
+    ``draft_batches``), on the graph the engine serves; tokens/s each way and the speed-up. Or why
+    not: a graph exported without ``query_seqlens`` (before ONNX Runtime 1.32), or int4, drafts
+    one reply at a time (``chatbot.loader``)."""
+    variant = choose_variant(folder, "cpu")
+    session = FusedSession(
+        folder.variant_path(variant), folder.spec, initializers=variant_initializers(folder, variant)
+    )
+    if not (session.scores_drafts and session.pads_rows):
+        return {"missing": f"{variant} was exported before ONNX Runtime 1.32: replies draft one at a time"}
+    if variant == INT4:
+        return {"missing": "int4 drafts one reply at a time (a padded step costs more than drafts win)"}
+    replies = min(replies, len(prompts))
+    if replies < 2:
+        return {"missing": "fewer than 2 prompts"}
+    groups = [prompts[i : i + replies] for i in range(0, len(prompts) - replies + 1, replies)]
+    config = GenerationConfig(max_new_tokens=new_tokens)
+    say = progress or (lambda message: None)
+    say(f"speculative decoding: {len(groups)} × {replies} replies at once, with and without drafts")
+
+    def generator(drafts: int) -> BatchingGenerator:
+        return BatchingGenerator(
+            session,
+            stop_token_ids=folder.stop_token_ids,
+            max_batch=replies,
+            draft_tokens=drafts,
+            drafts=folder.drafts,
+            draft_batches=True,
+        )
+
+    for warm_up in (generator(0), generator(draft_tokens)):
+        _at_once(warm_up, groups[0], config)
+    rates: dict[str, list[float]] = {"plain": [], "together": []}
+    drafted = accepted = steps = 0
+    differ: tuple[int, int] | None = None
+    started = time.perf_counter()
+    round_ = 0
+    while round_ < rounds or (time.perf_counter() - started < min_seconds and round_ < MAX_ROUNDS):
+        order = [("plain", generator(0)), ("together", generator(draft_tokens))]
+        if round_ % 2:
+            order.reverse()
+        written: dict[str, list[list[int]]] = {}
+        for name, running in order:
+            written[name], seconds, tokens = [], 0.0, 0
+            for group in groups:
+                out, took = _at_once(running, group, config)
+                written[name] += out
+                seconds, tokens = seconds + took, tokens + sum(len(reply) for reply in out)
+            rates[name].append(tokens / seconds)
+            drafted, accepted = drafted + running.drafted_tokens, accepted + running.accepted_tokens
+            steps += running.verify_steps
+        differ = differ or _first_difference(written["plain"], written["together"])
+        round_ += 1
+    return {
+        "variant": variant,
+        "replies": replies,
+        "groups": len(groups),
+        "rounds": round_,
+        "draft_tokens": draft_tokens,
+        "acceptance": accepted / max(1, drafted),
+        "tokens_per_step": 1 + accepted / max(1, steps),
+        "plain_tokens_per_s": statistics.median(rates["plain"]),
+        "together_tokens_per_s": statistics.median(rates["together"]),
+        "speedup": statistics.median(t / p for p, t in zip(rates["plain"], rates["together"], strict=True)),
+        "identical": differ is None,
+        "first_difference": differ,
+    }
+
+
+def _at_once(
+    generator: BatchingGenerator, prompts: list[list[int]], config: GenerationConfig
+) -> tuple[list[list[int]], float]:
+    """Every prompt's reply generated at once, one thread each; and the seconds it took."""
+    replies: list[list[int]] = [[] for _ in prompts]
+
+    def reply(index: int) -> None:
+        replies[index] = [token.id for token in generator.generate(prompts[index], config)]
+
+    threads = [threading.Thread(target=reply, args=(i,)) for i in range(len(prompts))]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return replies, time.perf_counter() - started
+
+
+def together_section(result: dict[str, Any], source: str) -> str:
+    """One markdown line for ``chatbot bench``: replies drafting together."""
+    if "missing" in result:
+        return f"Speculative decoding, replies together ({source}): not measured ({result['missing']})."
+    return (
+        f"Speculative decoding, replies together ({source}; {result['groups']} × {result['replies']} "
+        f"greedy replies at once, {result['rounds']} rounds, drafts of up to {result['draft_tokens']}): "
+        f"{result['acceptance']:.0%} of drafted tokens accepted, {result['tokens_per_step']:.2f} tokens per "
+        f"drafting step; {result['plain_tokens_per_s']:.0f} → {result['together_tokens_per_s']:.0f} "
+        f"tokens/s ({result['speedup']:.2f}×), {_same(result)}."
+    )
 
 
 def _first_difference(plain: list[list[int]], drafting: list[list[int]]) -> tuple[int, int] | None:
