@@ -22,7 +22,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from chatbot.drafting import DRAFTS_FILE
@@ -94,12 +94,8 @@ def measure_speculative(
     times: dict[str, list[float]] = {"plain": [], "drafting": []}
     drafted = accepted = steps = tokens = 0
     differ: tuple[int, int] | None = None  # (reply, token) where drafting first changed a pick
-    started = time.perf_counter()
-    round_ = 0
-    while round_ < rounds or (time.perf_counter() - started < min_seconds and round_ < MAX_ROUNDS):
-        order = [("plain", generator(0)), ("drafting", generator(draft_tokens))]
-        if round_ % 2:
-            order.reverse()
+    for round_ in _rounds(rounds, min_seconds):
+        order = [("plain", generator(0)), ("drafting", generator(draft_tokens))][:: -1 if round_ % 2 else 1]
         replies = {}
         for name, running in order:
             replies[name], seconds, tokens = _decode(running, prompts, config)
@@ -107,7 +103,6 @@ def measure_speculative(
             drafted, accepted = drafted + running.drafted_tokens, accepted + running.accepted_tokens
             steps += running.verify_steps
         differ = differ or _first_difference(replies["plain"], replies["drafting"])
-        round_ += 1
     plain_ms = statistics.median(times["plain"]) / tokens * 1e3
     drafting_ms = statistics.median(times["drafting"]) / tokens * 1e3
     return {
@@ -119,7 +114,7 @@ def measure_speculative(
             else f"the conversation and recent replies (no {DRAFTS_FILE})"
         ),
         "prompts": len(prompts),
-        "rounds": round_,
+        "rounds": round_ + 1,
         "decode_tokens": tokens,
         "draft_tokens": draft_tokens,
         "acceptance": accepted / max(1, drafted),
@@ -181,12 +176,8 @@ def measure_together(
     rates: dict[str, list[float]] = {"plain": [], "together": []}
     drafted = accepted = steps = 0
     differ: tuple[int, int] | None = None
-    started = time.perf_counter()
-    round_ = 0
-    while round_ < rounds or (time.perf_counter() - started < min_seconds and round_ < MAX_ROUNDS):
-        order = [("plain", generator(0)), ("together", generator(draft_tokens))]
-        if round_ % 2:
-            order.reverse()
+    for round_ in _rounds(rounds, min_seconds):
+        order = [("plain", generator(0)), ("together", generator(draft_tokens))][:: -1 if round_ % 2 else 1]
         written: dict[str, list[list[int]]] = {}
         for name, running in order:
             written[name], seconds, tokens = [], 0.0, 0
@@ -198,12 +189,11 @@ def measure_together(
             drafted, accepted = drafted + running.drafted_tokens, accepted + running.accepted_tokens
             steps += running.verify_steps
         differ = differ or _first_difference(written["plain"], written["together"])
-        round_ += 1
     return {
         "variant": variant,
         "replies": replies,
         "groups": len(groups),
-        "rounds": round_,
+        "rounds": round_ + 1,
         "draft_tokens": draft_tokens,
         "acceptance": accepted / max(1, drafted),
         "tokens_per_step": 1 + accepted / max(1, steps),
@@ -213,6 +203,16 @@ def measure_together(
         "identical": differ is None,
         "first_difference": differ,
     }
+
+
+def _rounds(rounds: int, min_seconds: float) -> Iterator[int]:
+    """Round numbers: at least ``rounds``, then more (up to :data:`MAX_ROUNDS`) until
+    ``min_seconds`` have passed since the first."""
+    started = time.perf_counter()
+    round_ = 0
+    while round_ < rounds or (time.perf_counter() - started < min_seconds and round_ < MAX_ROUNDS):
+        yield round_
+        round_ += 1
 
 
 def _at_once(
@@ -240,8 +240,7 @@ def together_section(result: dict[str, Any], source: str) -> str:
     return (
         f"Speculative decoding, replies together ({source}; {result['groups']} × {result['replies']} "
         f"greedy replies at once, {result['rounds']} rounds, drafts of up to {result['draft_tokens']}): "
-        f"{result['acceptance']:.0%} of drafted tokens accepted, {result['tokens_per_step']:.2f} tokens per "
-        f"drafting step; {result['plain_tokens_per_s']:.0f} → {result['together_tokens_per_s']:.0f} "
+        f"{_accepted(result)}; {result['plain_tokens_per_s']:.0f} → {result['together_tokens_per_s']:.0f} "
         f"tokens/s ({result['speedup']:.2f}×), {_same(result)}."
     )
 
@@ -283,9 +282,15 @@ def section(result: dict[str, Any], source: str) -> str:
         f"{result.get('rounds', 'some')} rounds, "
         f"{result['decode_tokens']} tokens after the first, drafts of up to {result['draft_tokens']} "
         f"from {result.get('drafted_from', 'the conversation and recent replies')}): "
-        f"{result['acceptance']:.0%} of drafted tokens accepted, {result['tokens_per_step']:.2f} tokens "
-        f"per drafting step; decode {result['plain_ms_per_token']:.2f} → "
+        f"{_accepted(result)}; decode {result['plain_ms_per_token']:.2f} → "
         f"{result['drafting_ms_per_token']:.2f} ms/token ({result['speedup']:.2f}×), {_same(result)}."
+    )
+
+
+def _accepted(result: dict[str, Any]) -> str:
+    return (
+        f"{result['acceptance']:.0%} of drafted tokens accepted, {result['tokens_per_step']:.2f} tokens "
+        "per drafting step"
     )
 
 
