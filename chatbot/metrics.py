@@ -20,7 +20,7 @@ durations are in seconds.
 ``chatbot_scheduler_kept_bytes``          memory holding conversations' keys and values between turns
 ``chatbot_scheduler_kept_tokens_total``   prompt tokens not prefilled: their turn's keys and values were kept
 ``chatbot_draft_tokens_total{outcome}``   speculative decoding's drafted tokens: accepted, rejected
-``chatbot_draft_steps_total``             decode steps that verified a draft
+``chatbot_draft_steps_total``             a reply's steps that verified its draft
 ======================================  =====================================================
 """
 
@@ -147,6 +147,6 @@ class _DraftCounters(Collector):
         yield tokens
         yield CounterMetricFamily(
             "chatbot_draft_steps",
-            "Decode steps that verified a draft",
+            "Replies' decode steps that verified a draft (several a step when replies draft together)",
             value=float(self.scheduler.verify_steps),
         )
