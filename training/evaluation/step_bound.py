@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from chatbot.fused import FusedSession
 from chatbot.loader import load_generator
 from chatbot.scheduler import BatchingGenerator
 
-RUNS = 7  # each time is the median of this many, after one untimed run
+RUNS = 7  # each time is the median of this many (interleaved), after one untimed run
 
 
 @dataclass(frozen=True)
@@ -72,28 +73,35 @@ def measure_step_bound(
     runs: int = RUNS,
 ) -> StepBound:
     """Time ``prompt``'s prefill on ``prefill`` and a decode step of each of ``rows`` rows on
-    ``decode`` at the mean context, over a cache of their own (see the module docstring)."""
+    ``decode`` at the mean context, over a cache of their own (see the module docstring). The
+    runs are interleaved (a prefill, then each step, ``runs`` times): on a machine whose speed
+    drifts, all of them see the same minutes, as the bound divides one by the other."""
     most = max(rows)
     context = len(prompt) + new_tokens // 2
     cache = decode.new_cache(most, len(prompt) + new_tokens)
     ids = [list(prompt)]
 
-    def prefill_once() -> None:
+    def prefill_once() -> None:  # writes the prompt's positions only: the steps write past them
         prefill.step(cache, 0, ids, [0])
 
-    prefill_ms = _median_ms(prefill_once, runs)
+    prefill_once()  # untimed: first-run allocations
     for row in range(1, most):  # every row holds the prompt's keys and values
         cache.move(0, row, len(prompt))
-    step_ms: dict[int, float] = {}
+    timed: dict[str | int, Callable[[], object]] = {"prefill": prefill_once}
     for n in sorted(set(rows)):
         tokens = np.full((n, 1), prompt[-1], dtype=np.int64)
         starts = np.full(n, context, dtype=np.int64)
-
-        def step_once(tokens: np.ndarray = tokens, starts: np.ndarray = starts) -> None:
-            decode.step(cache, 0, tokens, starts)
-
-        step_ms[n] = _median_ms(step_once, runs)
-    return StepBound(prefill_ms, step_ms, context + 1, new_tokens)
+        timed[n] = partial(decode.step, cache, 0, tokens, starts)
+        timed[n]()  # untimed
+    times: dict[str | int, list[float]] = {name: [] for name in timed}
+    for _ in range(runs):
+        for name, run in timed.items():
+            started = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - started)
+    ms = {name: statistics.median(values) * 1000 for name, values in times.items()}
+    step_ms = {n: ms[n] for n in sorted(set(rows))}
+    return StepBound(ms["prefill"], step_ms, context + 1, new_tokens)
 
 
 def served_step_bound(
@@ -107,13 +115,3 @@ def served_step_bound(
     return measure_step_bound(
         generator.session, generator.prefill_session, prompt, new_tokens, rows
     ).to_dict()
-
-
-def _median_ms(run: Any, runs: int) -> float:
-    run()  # untimed: first-run allocations
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1000
