@@ -333,7 +333,6 @@ class BatchingGenerator:
         ):
             raise ValueError("a prefill graph must write the same keys and values as the decode graph")
         self.session = session
-        self.prefill_session = prefill_session or session  # the graph that runs the prompts (CPU)
         self.device = session.device
         self.stop_token_ids: tuple[int, ...] = tuple(stop_token_ids)
         self.max_batch = max_batch
@@ -369,6 +368,11 @@ class BatchingGenerator:
     def batch_size(self) -> int:
         """Replies in the decode batch now."""
         return len(self._active)
+
+    @property
+    def prefill_session(self) -> FusedSession:
+        """The graph that runs the prompts: another one on the CPU where one was given, else ``session``."""
+        return self._rows.prefill_session if isinstance(self._rows, _GrowingRows) else self.session
 
     def kept_bytes(self) -> int:
         """Memory holding conversations' keys and values between their turns (CPU; 0 on a GPU)."""

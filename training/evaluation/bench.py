@@ -76,6 +76,7 @@ from training.evaluation.bench_report import issue_targets, markdown
 from training.evaluation.floors import prefill_gemms, variant_floors
 from training.evaluation.rounds import (
     Contender,
+    against_base,
     figures,
     iqr,
     paired_ratios,
@@ -321,12 +322,7 @@ def _scaling(ours: Contender) -> dict[str, Any]:
     rates = {n: statistics.median(values) for n, values in ours.rates.items()}
     if not rates:
         return {}
-    base = 1 if 1 in rates else min(rates)
-    return {
-        "base": base,
-        "vs_base": {n: rate / rates[base] for n, rate in rates.items()},
-        "target": SCALING_TARGET,
-    }
+    return {**against_base(rates), "target": SCALING_TARGET}
 
 
 def _variant(

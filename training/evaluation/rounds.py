@@ -93,6 +93,13 @@ def run_batch_rounds(
                 contender.rates[n].append(contender.time_batch(n))
 
 
+def against_base(rates: dict[int, float]) -> dict[str, Any]:
+    """Tokens/s by conversations at once, each against one conversation's (or the fewest's):
+    ``base`` and ``vs_base``."""
+    base = 1 if 1 in rates else min(rates)
+    return {"base": base, "vs_base": {n: rate / rates[base] for n, rate in rates.items()}}
+
+
 def spread(values: list[float]) -> dict[str, float]:
     """Median, quartiles (the middle half lies between q1 and q3), least and most."""
     ordered = sorted(values)

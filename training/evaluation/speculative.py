@@ -72,10 +72,7 @@ def measure_speculative(
     At least ``rounds`` rounds, and more (up to :data:`MAX_ROUNDS`) until they took
     ``min_seconds``: a small model's round takes a fraction of a second, and its speed-up moved
     from 1.26x to 1.66x between runs of 5 rounds; a large model's few rounds are long enough."""
-    variant = choose_variant(folder, "cpu")
-    session = FusedSession(
-        folder.variant_path(variant), folder.spec, initializers=variant_initializers(folder, variant)
-    )
+    variant, session = _served(folder)
     if not session.scores_drafts:
         return {"missing": f"{variant} predates speculative decoding: run `chatbot export` again"}
     stops = folder.stop_token_ids if stop else ()
@@ -145,10 +142,7 @@ def measure_together(
     ``draft_batches``), on the graph the engine serves; tokens/s each way and the speed-up. Or why
     not: a graph exported without ``query_seqlens`` (before ONNX Runtime 1.32), or int4, drafts
     one reply at a time (``chatbot.loader``)."""
-    variant = choose_variant(folder, "cpu")
-    session = FusedSession(
-        folder.variant_path(variant), folder.spec, initializers=variant_initializers(folder, variant)
-    )
+    variant, session = _served(folder)
     if not (session.scores_drafts and session.pads_rows):
         return {"missing": f"{variant} was exported before ONNX Runtime 1.32: replies draft one at a time"}
     if variant == INT4:
@@ -203,6 +197,13 @@ def measure_together(
         "identical": differ is None,
         "first_difference": differ,
     }
+
+
+def _served(folder: ModelFolder) -> tuple[str, FusedSession]:
+    """The CPU graph the engine serves for ``folder``, and a session on it."""
+    variant = choose_variant(folder, "cpu")
+    path, initializers = folder.variant_path(variant), variant_initializers(folder, variant)
+    return variant, FusedSession(path, folder.spec, initializers=initializers)
 
 
 def _rounds(rounds: int, min_seconds: float) -> Iterator[int]:

@@ -33,6 +33,7 @@ from chatbot.folder import ModelFolder
 from chatbot.fused import FusedSession
 from chatbot.loader import load_generator
 from chatbot.scheduler import BatchingGenerator
+from training.evaluation.rounds import against_base
 
 RUNS = 7  # each time is the median of this many (interleaved), after one untimed run
 
@@ -52,14 +53,12 @@ class StepBound:
 
     def to_dict(self) -> dict[str, Any]:
         rates = {n: self.tokens_per_s(n) for n in self.step_ms}
-        base = 1 if 1 in rates else min(rates)
         return {
             "prefill_ms": self.prefill_ms,
             "step_ms": self.step_ms,
             "context": self.context,
             "tokens_per_s": rates,
-            "vs_base": {n: rate / rates[base] for n, rate in rates.items()},
-            "base": base,
+            **against_base(rates),
         }
 
 

@@ -495,8 +495,11 @@ class _Builder:
             k_scale = w.floats(f"l{i}.k_scale", self.kv_scales[i, 0])
             v_scale = w.floats(f"l{i}.v_scale", self.kv_scales[i, 1])
             attention += ["", "", "", "", "", k_scale, v_scale]
-            quantized = {"k_quant_type": "PER_CHANNEL", "v_quant_type": "PER_CHANNEL"}
-            quantized["kv_cache_bit_width"] = 8
+            quantized = {
+                "k_quant_type": "PER_CHANNEL",
+                "v_quant_type": "PER_CHANNEL",
+                "kv_cache_bit_width": 8,
+            }
         if self.pads_rows:  # input 16, after the rotary, bias, sink, scale and norm inputs
             attention += [""] * (16 - len(attention)) + [QUERY_LENGTHS]
         w.node(
