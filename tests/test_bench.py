@@ -88,7 +88,7 @@ def test_the_sides_are_interleaved_and_each_figure_has_its_spread(
     assert len(ratios["decode_iqr"]) == 2 and set(ratios["tokens_per_s_iqr"]) == {"1", "2"}
     scaling = results["ours"]["scaling"]
     assert scaling["base"] == 1 and scaling["vs_base"]["1"] == 1 and scaling["vs_base"]["2"] > 0
-    assert scaling["target"] == 4
+    assert scaling["target"] == 4 and scaling["vs_base_iqr"]["1"] == [1, 1]  # paired within each round
     assert (
         "| conversations at once | ours, one thread each through the scheduler (tokens/s) | ours against 1"
         in stdout
@@ -350,6 +350,26 @@ def test_rounds_alternate_the_sides_and_ratios_are_paired_within_a_round() -> No
     ratios = paired_ratios(*sides)
     assert ratios["first_token"] == pytest.approx(3) and ratios["decode"] == pytest.approx(3)
     assert ratios["first_token_iqr"] == pytest.approx([3, 3])
+
+
+def test_conversations_at_once_are_timed_round_by_round_and_held_against_one_within_a_round() -> None:
+    from training.evaluation.rounds import Contender, paired_against_base, run_batch_rounds
+
+    ran: list[tuple[str, int]] = []
+    # the machine's speed swings from round to round; 8 at once stay 3x one within each round
+    speed = [1.0, 2.0, 0.5]
+
+    def batch(key: str, n: int) -> tuple[int, float]:
+        ran.append((key, n))
+        round_ = sum(1 for entry in ran if entry == (key, n)) - 1
+        return n * 10, (1.0 if n == 1 else n / 3) / speed[round_]
+
+    sides = [Contender(key, key, lambda: (0.0, 0.0, 0), lambda n, key=key: batch(key, n)) for key in "ab"]
+    run_batch_rounds(sides, (1, 8), 3, lambda _: None)
+    assert ran == [("a", 1), ("b", 1), ("a", 8), ("b", 8)] * 3  # every count in every round
+    paired = paired_against_base(sides[0].rates)
+    assert paired["base"] == 1 and paired["vs_base"] == {1: 1.0, 8: pytest.approx(3.0)}
+    assert paired["vs_base_iqr"][8] == pytest.approx([3.0, 3.0])
 
 
 def test_an_unknown_config_is_refused_with_the_names(tmp_path: Path) -> None:

@@ -80,15 +80,24 @@ def run_rounds(
 def run_batch_rounds(
     contenders: list[Contender], counts: tuple[int, ...], runs: int, progress: Progress
 ) -> None:
-    """For each n of ``counts``: ``runs`` rounds of n replies at once, the sides in turn."""
+    """``runs`` rounds, each timing n replies at once for every n of ``counts``, the sides in turn.
+
+    Every n runs in every round, so N conversations and one are timed in the same minutes: on a
+    machine whose memory speed swings from one minute to the next, one conversation's decode
+    (bandwidth-bound) moves more than 32's (half compute), and blocks of rounds per n made their
+    ratio a matter of which minute each block fell in (:func:`paired_against_base`)."""
     batching = [c for c in contenders if c.batch is not None]
-    for n in counts:
-        progress(f"{n} conversations at once, {runs} rounds: {', '.join(c.key for c in batching)}")
-        for contender in batching:
+    for contender in batching:
+        for n in counts:
             if contender.compiles_per_batch:
                 contender.time_batch(n)  # compiles: not timed
             contender.rates[n] = []
-        for _ in range(runs):
+    for round_ in range(runs):
+        progress(
+            f"round {round_ + 1} of {runs}, {', '.join(map(str, counts))} conversations at once: "
+            f"{', '.join(c.key for c in batching)}"
+        )
+        for n in counts:
             for contender in batching:
                 contender.rates[n].append(contender.time_batch(n))
 
@@ -98,6 +107,20 @@ def against_base(rates: dict[int, float]) -> dict[str, Any]:
     ``base`` and ``vs_base``."""
     base = 1 if 1 in rates else min(rates)
     return {"base": base, "vs_base": {n: rate / rates[base] for n, rate in rates.items()}}
+
+
+def paired_against_base(rates: dict[int, list[float]]) -> dict[str, Any]:
+    """Tokens/s by conversations at once against one conversation's (or the fewest's), round by
+    round (the lists are aligned by round: :func:`run_batch_rounds`): ``vs_base`` the median of
+    each round's ratio and ``vs_base_iqr`` its middle half."""
+    base = 1 if 1 in rates else min(rates)
+    paired = {n: [r / b for r, b in zip(values, rates[base], strict=True)] for n, values in rates.items()}
+    spreads = {n: spread(values) for n, values in paired.items()}
+    return {
+        "base": base,
+        "vs_base": {n: s["median"] for n, s in spreads.items()},
+        "vs_base_iqr": {n: [s["q1"], s["q3"]] for n, s in spreads.items()},
+    }
 
 
 def spread(values: list[float]) -> dict[str, float]:
