@@ -20,14 +20,18 @@ from chatbot.errors import ChatbotError, ExportError, ModelFolderError
 from chatbot.fused import FusedSession
 from chatbot.loader import choose_variant, int4_serves, load_generator, variant_initializers
 from chatbot.scheduler import BatchingGenerator
+from training.evaluation.evaluate import reference_perplexity
 from training.export.fused_graph import (
     INT4_BLOCK,
+    INT4_FALLBACK_BLOCK,
     VARIANTS,
     build_variant,
     build_variants,
     fused_logits,
     quantize_int4,
 )
+from training.fitting.train import record_variant_perplexity
+from training.transcripts.readers import Transcript, Turn
 
 # the CPU graphs' fused operators (training.export.fused_graph)
 FUSED_OPS = {"LayerNormalization", "GroupQueryAttention", "FastGelu"}
@@ -365,6 +369,37 @@ def test_the_int4_graph_is_block_quantised_and_recorded_in_the_card(tiny_model_d
     expected = _greedy_replies(OnnxGenerator(folder, device="cpu"), folder)
     assert _agreement(folder, "cpu-int4", expected) >= VARIANTS["cpu-int4"].min_greedy_agreement
     assert _greedy_replies(load_generator(folder, device="cpu", variant="cpu-int4"), folder)
+
+
+@pytest.mark.parametrize(("budget", "block"), [(1.0, INT4_BLOCK), (-1.0, INT4_FALLBACK_BLOCK)])
+def test_int4_is_built_in_finer_blocks_where_its_perplexity_is_beyond_the_budget(
+    tiny_model_dir: Path, tmp_path: Path, budget: float, block: int
+) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    model = ModelFolder(folder)
+    assert model.card["onnx"]["cpu-int4"]["block_size"] == INT4_BLOCK == 2 * INT4_FALLBACK_BLOCK
+    turns = (("user", "Where is my order?"), ("assistant", "It ships tomorrow."))
+    validation = [Transcript("v-1", "test", 1, tuple(Turn(role, text) for role, text in turns))]
+    reference = reference_perplexity(model, validation).value
+    entry = record_variant_perplexity(model, "cpu-int4", validation, reference, budget=budget)
+    card = ModelFolder(folder).card["onnx"]["cpu-int4"]
+    assert card["block_size"] == block and card["perplexity"] == entry
+    assert entry["reference"] == reference and entry["change"] == pytest.approx(
+        entry["value"] / reference - 1
+    )
+    blocks = {
+        onnx.helper.get_attribute_value(attribute)
+        for node in onnx.load(str(model.variant_path("cpu-int4")), load_external_data=False).graph.node
+        for attribute in node.attribute
+        if attribute.name == "block_size"
+    }
+    assert blocks == {block}
+    if block == INT4_BLOCK:
+        assert "coarser" not in entry
+    else:  # measured in blocks of 256 first, then built again in blocks of 128
+        assert entry["coarser"]["block_size"] == INT4_BLOCK and entry["coarser"]["change"] > budget
+    assert _greedy_replies(load_generator(ModelFolder(folder), device="cpu", variant="cpu-int4"), model)
 
 
 @pytest.mark.parametrize(

@@ -84,7 +84,8 @@ MS_OPS = {
 WEIGHT_LEVELS = 63  # int8 weights use 7 bits where the CPU multiplies in int16 pairs (AVX2)
 FULL_WEIGHT_LEVELS = 127  # and 8 bits where it does not (VNNI, AMX): see chatbot.cpu
 INT8_CACHE = {"int8", "int4"}  # the precisions that can keep them in int8 (the CPU graphs)
-INT4_BLOCK = 128  # int4 weights: one scale per 128 inputs of an output column (README, "Fast graphs")
+INT4_BLOCK = 256  # int4 weights: one scale per 256 inputs of an output column (README, "Fast graphs")
+INT4_FALLBACK_BLOCK = 128  # where blocks of 256 lose too much (chatbot train measures, see int4_block)
 SCORED = "score_from"  # input: the first position the LM head scores, from the end ([-1]: the last)
 
 
@@ -188,11 +189,14 @@ def load_weights(folder: Path) -> dict[str, np.ndarray]:
 class _GraphWriter:
     """Collects nodes and initializers; turns weights into the variant's precision."""
 
-    def __init__(self, precision: str, weight_levels: int = WEIGHT_LEVELS) -> None:
+    def __init__(
+        self, precision: str, weight_levels: int = WEIGHT_LEVELS, int4_block: int = INT4_BLOCK
+    ) -> None:
         from onnx import TensorProto
 
         self.precision = precision
         self.weight_levels = weight_levels  # int8: largest |quantised weight| (63 or 127)
+        self.int4_block = int4_block  # int4: inputs of a column that share a scale
         self.float_type = TensorProto.FLOAT16 if precision == "fp16" else TensorProto.FLOAT
         self.uint8 = TensorProto.UINT8
         self.nodes: list[Any] = []
@@ -282,14 +286,15 @@ class _GraphWriter:
         self.node("Add", [q + ".nobias", self.floats(out + ".bias", bias)], [out])
 
     def _int4_matmul(self, x: str, weight: np.ndarray, bias: np.ndarray | None, out: str) -> None:
-        """``x @ weight`` with 4-bit weights in blocks of :data:`INT4_BLOCK` along the input axis
+        """``x @ weight`` with 4-bit weights in blocks of ``int4_block`` along the input axis
         (ONNX Runtime's ``MatMulNBits``; with ``accuracy_level`` 4 it quantises each row of ``x``
         to int8 per block itself, so a row's result never depends on its batch)."""
         k, n = weight.shape
-        packed, scales = quantize_int4(weight)
+        packed, scales = quantize_int4(weight, self.int4_block)
         inputs = [x, self.constant(out + ".weight", packed), self.constant(out + ".weight.scale", scales)]
         product = out if bias is None else out + ".nobias"
-        self.node("MatMulNBits", inputs, [product], K=k, N=n, bits=4, block_size=INT4_BLOCK, accuracy_level=4)
+        block = self.int4_block
+        self.node("MatMulNBits", inputs, [product], K=k, N=n, bits=4, block_size=block, accuracy_level=4)
         if bias is not None:
             self.node("Add", [product, self.floats(out + ".bias", bias)], [out])
 
@@ -331,22 +336,22 @@ def takes_query_lengths() -> bool:
     )
 
 
-def quantize_int4(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``weight`` (in, out) as ``MatMulNBits`` wants it: (out, blocks, INT4_BLOCK / 2) bytes of
-    two 4-bit values (low nibble first, stored as q + 8 for q in -8..7) and (out * blocks,) float
-    scales, one per :data:`INT4_BLOCK` inputs of a column (inputs padded with zeros). A block's
+def quantize_int4(weight: np.ndarray, block: int = INT4_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """``weight`` (in, out) as ``MatMulNBits`` wants it: (out, blocks, block / 2) bytes of two
+    4-bit values (low nibble first, stored as q + 8 for q in -8..7) and (out * blocks,) float
+    scales, one per ``block`` inputs of a column (inputs padded with zeros). A block's
     weight of largest magnitude w is stored as -8 (scale w / -8), so all 16 levels are used: on
     the demo model's weights 22 % less squared error than max |w| / 7 with -7..7."""
     k, n = weight.shape
-    blocks = -(-k // INT4_BLOCK)
-    padded = np.zeros((n, blocks * INT4_BLOCK), dtype=np.float32)
+    blocks = -(-k // block)
+    padded = np.zeros((n, blocks * block), dtype=np.float32)
     padded[:, :k] = weight.T
-    grouped = padded.reshape(n, blocks, INT4_BLOCK)  # (out, blocks, INT4_BLOCK)
+    grouped = padded.reshape(n, blocks, block)  # (out, blocks, block)
     widest = np.take_along_axis(grouped, np.abs(grouped).argmax(axis=-1)[..., None], axis=-1)[..., 0]
     scale = widest / -8  # (out, blocks), negative where that value is positive
     scale[scale == 0] = 1.0
     q = (np.clip(np.round(grouped / scale[..., None]), -8, 7) + 8).astype(np.uint8)
-    packed = q[..., 0::2] | (q[..., 1::2] << 4)  # (out, blocks, INT4_BLOCK / 2)
+    packed = q[..., 0::2] | (q[..., 1::2] << 4)  # (out, blocks, block / 2)
     return np.ascontiguousarray(packed), scale.reshape(-1).astype(np.float32)
 
 
@@ -357,11 +362,15 @@ def build_graph(
     *,
     weight_levels: int = WEIGHT_LEVELS,
     kv_scales: np.ndarray | None = None,
+    int4_block: int = INT4_BLOCK,
 ) -> onnx.ModelProto:
     """The fused GPT-2 decoder as an ONNX model (see the module docstring for its shape);
     ``weight_levels``: int8's largest |quantised weight|; ``kv_scales`` (n_layer, 2, n_embd): an
-    int8 KV cache with these scales per channel (:mod:`training.export.kv_cache`)."""
-    return _Builder(config, weights, precision, weight_levels=weight_levels, kv_scales=kv_scales).model()
+    int8 KV cache with these scales per channel (:mod:`training.export.kv_cache`);
+    ``int4_block``: int4's inputs per scale."""
+    return _Builder(
+        config, weights, precision, weight_levels=weight_levels, kv_scales=kv_scales, int4_block=int4_block
+    ).model()
 
 
 class _Builder:
@@ -375,10 +384,11 @@ class _Builder:
         *,
         weight_levels: int = WEIGHT_LEVELS,
         kv_scales: np.ndarray | None = None,
+        int4_block: int = INT4_BLOCK,
     ) -> None:
         self.config = config
         self.weights = weights
-        self.w = _GraphWriter(precision, weight_levels)
+        self.w = _GraphWriter(precision, weight_levels, int4_block)
         self.kv_scales = kv_scales
         # the CPU graphs take query_seqlens where this ONNX Runtime has it (1.32+): drafts of
         # several replies verified in one step; the GPU's fp16 graph steps one token a row
@@ -554,6 +564,7 @@ def build_variant(
     decode_steps: int = 8,
     progress: Progress | None = None,
     kv_cache: str = "float",
+    int4_block: int = INT4_BLOCK,
 ) -> dict[str, Any]:
     """Write ``onnx/<variant>/model.onnx`` for ``model_dir`` once it agrees with the reference.
 
@@ -567,6 +578,8 @@ def build_variant(
     ``kv_cache``: "float" (the graph's float type) or "int8": the int8 and int4 graphs then keep
     keys and values in int8 with calibrated scales (:mod:`training.export.kv_cache`: a quarter of
     the cache's memory and 2.5× faster attention at 32 rows, 3× slower attention over a prompt).
+    ``int4_block``: how many inputs of a column share a scale in int4 (:data:`INT4_BLOCK`, or
+    :data:`INT4_FALLBACK_BLOCK` where ``chatbot train`` found those too coarse).
     """
     if kv_cache not in KV_CACHES:
         raise ExportError(f"unknown KV cache {kv_cache!r}", hint=f"use one of {', '.join(KV_CACHES)}")
@@ -578,7 +591,7 @@ def build_variant(
     if not reference.is_file():
         raise ModelFolderError(f"{reference} is missing", hint=f"run `chatbot export {folder}` first")
     config = folder_config(folder)
-    quantized = _quantization(precision)
+    quantized = _quantization(precision, int4_block)
     say(f"writing the fused {precision.name} graph ({variant}) from {folder / 'model.safetensors'}")
     levels = quantized.get("weight_levels", WEIGHT_LEVELS)
     kv_scales = None
@@ -586,7 +599,9 @@ def build_variant(
         say(f"calibrating the int8 keys and values through the reference ({CALIBRATION_SEQUENCES} sequences)")
         kv_scales = calibrate_kv_scales(folder)
     weights = load_weights(folder)
-    model = build_graph(config, weights, precision.name, weight_levels=levels, kv_scales=kv_scales)
+    model = build_graph(
+        config, weights, precision.name, weight_levels=levels, kv_scales=kv_scales, int4_block=int4_block
+    )
     with temporary_folder(folder) as tmp:
         path = tmp / "model.onnx"
         _save(model, path)
@@ -634,7 +649,7 @@ def build_variant(
     return entry
 
 
-def _quantization(precision: Precision) -> dict[str, Any]:
+def _quantization(precision: Precision, int4_block: int = INT4_BLOCK) -> dict[str, Any]:
     """What the card records of a quantised graph: the int8 weights' range, chosen by this CPU's
     int8 kind (:mod:`chatbot.cpu`: 8 bits where VNNI or AMX sum exactly, 7 on AVX2), and the
     kind it was built on; nothing for float graphs."""
@@ -645,7 +660,7 @@ def _quantization(precision: Precision) -> dict[str, Any]:
     if precision.name == "int8":
         entry["weight_levels"] = WEIGHT_LEVELS if kind == "avx2" else FULL_WEIGHT_LEVELS
     if precision.name == "int4":
-        entry["block_size"] = INT4_BLOCK
+        entry["block_size"] = int4_block
     return entry
 
 

@@ -663,19 +663,69 @@ def _variant_perplexity(
     say: Progress,
 ) -> str:
     """Perplexity of a fast variant on the validation conversations, recorded in its card entry."""
-    from training.evaluation.evaluate import variant_perplexity
-
-    say(f"perplexity of the {variant} graph on the validation conversations")
-    value = variant_perplexity(model, variant, validation, system_prompt=run.options.system_prompt).value
-    change = value / reference - 1 if value is not None and reference else None
-    entry = {"value": value, "reference": reference, "change": change}
-    set_card_entry(model.path, ["onnx", variant, "perplexity"], entry)
-    if change is None:
-        return f"Perplexity of `{variant}`: not measured."
-    return (
-        f"Perplexity of `{variant}`: {value:.4g} against {reference:.4g} for the reference export "
-        f"({change:+.2%})."
+    entry = record_variant_perplexity(
+        model,
+        variant,
+        validation,
+        reference,
+        system_prompt=run.options.system_prompt,
+        kv_cache=run.options.kv_cache,
+        progress=say,
     )
+    if entry["change"] is None:
+        return f"Perplexity of `{variant}`: not measured."
+    tried = entry.get("coarser")
+    return (
+        f"Perplexity of `{variant}`: {entry['value']:.4g} against {reference:.4g} for the reference export "
+        f"({entry['change']:+.2%})"
+        + (f"; in blocks of {tried['block_size']} it was {tried['change']:+.2%}." if tried else ".")
+    )
+
+
+def record_variant_perplexity(
+    model: ModelFolder,
+    variant: str,
+    validation: list[Transcript],
+    reference: float | None,
+    *,
+    system_prompt: str | None = None,
+    kv_cache: str = "float",
+    progress: Progress | None = None,
+    budget: float | None = None,
+) -> dict[str, Any]:
+    """Measure ``variant``'s perplexity on ``validation`` against the reference export's
+    (``reference``) and record it in its card entry (``onnx.<variant>.perplexity``); returns it.
+
+    int4 is built in blocks of 256 inputs per scale, the faster (README, "Fast graphs"). Where
+    its perplexity is further from the reference than ``budget`` (default: how far the engine
+    serves int4 by default, :data:`chatbot.loader.INT4_MAX_PERPLEXITY_CHANGE`), it is built again
+    in blocks of 128 and measured again; the entry keeps what the coarser blocks gave under
+    ``coarser``."""
+    from chatbot.loader import INT4, INT4_MAX_PERPLEXITY_CHANGE
+    from training.evaluation.evaluate import variant_perplexity
+    from training.export.fused_graph import INT4_FALLBACK_BLOCK, build_variant
+
+    say = progress or (lambda message: None)
+    budget = INT4_MAX_PERPLEXITY_CHANGE if budget is None else budget
+
+    def measure() -> dict[str, Any]:
+        say(f"perplexity of the {variant} graph on the validation conversations")
+        value = variant_perplexity(model, variant, validation, system_prompt=system_prompt).value
+        change = value / reference - 1 if value is not None and reference else None
+        return {"value": value, "reference": reference, "change": change}
+
+    entry = measure()
+    block = (read_card(model.path).get("onnx") or {}).get(variant, {}).get("block_size")
+    coarse = variant == INT4 and isinstance(block, int) and block > INT4_FALLBACK_BLOCK
+    if coarse and entry["change"] is not None and entry["change"] > budget:
+        say(
+            f"{variant} in blocks of {block}: perplexity {entry['change']:+.2%}, beyond {budget:.0%}; "
+            f"building it in blocks of {INT4_FALLBACK_BLOCK}"
+        )
+        build_variant(model.path, variant, progress=say, kv_cache=kv_cache, int4_block=INT4_FALLBACK_BLOCK)
+        entry = {**measure(), "coarser": {"block_size": block, **entry}}
+    set_card_entry(model.path, ["onnx", variant, "perplexity"], entry)
+    return entry
 
 
 def _share(folder: Path) -> None:
