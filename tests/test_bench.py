@@ -141,12 +141,15 @@ def test_the_machine_and_each_variant_are_held_against_their_floors(
     )
     assert "| our graph | read per token (MB: weights + KV cache) |" in stdout
     assert "| `cpu-int8` (served), int8 |" in stdout
-    # each round measured the bandwidth again; the decode of a round is held against that round's floor
+    # each round measured the bandwidth again, and around each reply of each graph; a decode is
+    # held against the floor of the bandwidth measured around it
     rounds = machine["round_bandwidth_gbs"]
     assert len(rounds) == len(results["ours"]["runs"]["decode_ms_per_token"]) == 1 and rounds[0] > 0
+    around = variant["round_bandwidth_gbs"]
+    assert len(around) == 1 and around[0] > 0
     assert variant["decode_vs_round_floor"] == pytest.approx(
         results["ours"]["runs"]["decode_ms_per_token"][0]
-        / (variant["bytes_per_token"] / (rounds[0] * 1e9) * 1e3)
+        / (variant["bytes_per_token"] / (around[0] * 1e9) * 1e3)
     )
     assert "| × its round's floor |" in stdout and "and at the start of each round " in stdout
 
@@ -350,6 +353,29 @@ def test_rounds_alternate_the_sides_and_ratios_are_paired_within_a_round() -> No
     ratios = paired_ratios(*sides)
     assert ratios["first_token"] == pytest.approx(3) and ratios["decode"] == pytest.approx(3)
     assert ratios["first_token_iqr"] == pytest.approx([3, 3])
+
+
+def test_each_of_our_graphs_is_probed_just_before_and_after_its_reply() -> None:
+    from training.evaluation.rounds import Contender, run_rounds
+
+    ran: list[str] = []
+    bandwidth = iter(range(10, 100, 10))  # the probe reads more each time
+
+    def probe() -> float:
+        ran.append("probe")
+        return float(next(bandwidth))
+
+    def reply(key: str) -> tuple[float, float, int]:
+        ran.append(key)
+        return 0.01, 0.05, 5
+
+    keys = {"ours": "cpu-int8", "int4": "cpu-int4", "peer": None}
+    sides = [Contender(k, k, lambda k=k: reply(k), variant=variant) for k, variant in keys.items()]
+    probed = run_rounds(sides, 1, lambda _: None, probe=probe)
+    # the round's figure is the first graph's "before"; the peer is not probed around
+    assert ran == ["probe", "ours", "probe", "probe", "int4", "probe", "peer"]
+    assert probed == [10.0] and sides[0].bandwidths == [15.0] and sides[1].bandwidths == [35.0]
+    assert sides[2].bandwidths == []
 
 
 def test_conversations_at_once_are_timed_round_by_round_and_held_against_one_within_a_round() -> None:

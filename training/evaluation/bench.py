@@ -365,10 +365,11 @@ def _variant(
     )
     entry.update(floors)
     entry["decode_vs_floor"] = entry["decode_ms_per_token"] / floors["decode_floor_ms"]
-    rounds = facts.get("round_bandwidth_gbs") or []
-    if len(rounds) == len(contender.decodes):  # each round's decode over that round's floor
+    rounds = contender.bandwidths  # measured around each of its replies (run_rounds)
+    if rounds and len(rounds) == len(contender.decodes):  # each decode over its own second's floor
         bytes_per_token = floors["bytes_per_token"]
         paired = [d * gbs * 1e9 / bytes_per_token for d, gbs in zip(contender.decodes, rounds, strict=True)]
+        entry["round_bandwidth_gbs"] = rounds
         entry["decode_vs_round_floor"] = statistics.median(paired)
         entry["decode_vs_round_floor_iqr"] = iqr(paired)
     first_floor = floors["first_token_floor_ms"]

@@ -185,7 +185,8 @@ def _machine_line(machine: dict[str, Any]) -> str:
     rounds = machine.get("round_bandwidth_gbs") or []
     each = (
         f" and at the start of each round {', '.join(f'{gbs:.1f}' for gbs in rounds)} GB/s (ONNX Runtime's "
-        "int8 GEMV, the median of 3 passes: each round's decode is also held against its own floor)"
+        "int8 GEMV, the median of 3 passes; also just before and after each reply of our graphs, and "
+        "each decode is held against the floor of the mean of those two)"
         if rounds
         else ""
     )

@@ -43,6 +43,7 @@ class Contender:
     decodes: list[float] = field(default_factory=list)  # seconds per token, one per round
     counts: list[int] = field(default_factory=list)
     rates: dict[int, list[float]] = field(default_factory=dict)  # tokens/s per round, by n
+    bandwidths: list[float] = field(default_factory=list)  # GB/s around each reply (ours, probed)
 
     def time_reply(self) -> tuple[float, float, int]:
         with self.quiet():
@@ -61,20 +62,36 @@ class Contender:
 def run_rounds(
     contenders: list[Contender], runs: int, progress: Progress, probe: Callable[[], float] | None = None
 ) -> list[float]:
-    """``runs`` rounds of one reply each, all sides in turn (warmed up before, by their loader);
-    with a ``probe``, what it measures at the start of each round (the machine's read bandwidth,
-    :class:`~training.evaluation.machine.BandwidthProbe`), one figure a round."""
+    """``runs`` rounds of one reply each, all sides in turn (warmed up before, by their loader).
+
+    With a ``probe`` (the machine's read bandwidth, :class:`~training.evaluation.machine.
+    BandwidthProbe`): what it measures at the start of each round, one figure a round (returned),
+    and for each of our graphs (a side with a ``variant``) the mean of what it measures just
+    before and just after each reply (``Contender.bandwidths``). This VM's bandwidth swings within
+    seconds (45 to 74 GB/s between the rounds of one run), so a decode is held against what the
+    memory gave in its own second, not at the round's start, before other sides ran."""
     probed: list[float] = []
     for round_ in range(runs):
         progress(f"round {round_ + 1} of {runs}: {', '.join(c.key for c in contenders)}")
-        if probe is not None:
-            probed.append(probe())
-        for contender in contenders:
-            first, total, count = contender.time_reply()
-            contender.firsts.append(first)
-            contender.decodes.append((total - first) / max(1, count - 1))
-            contender.counts.append(count)
+        start = probe() if probe is not None else None
+        if start is not None:
+            probed.append(start)
+        for index, contender in enumerate(contenders):
+            if probe is None or contender.variant is None:
+                _time_reply(contender)
+                continue
+            # the first side's "before" is the round's figure, taken just now
+            before = start if index == 0 and start is not None else probe()
+            _time_reply(contender)
+            contender.bandwidths.append((before + probe()) / 2)
     return probed
+
+
+def _time_reply(contender: Contender) -> None:
+    first, total, count = contender.time_reply()
+    contender.firsts.append(first)
+    contender.decodes.append((total - first) / max(1, count - 1))
+    contender.counts.append(count)
 
 
 def run_batch_rounds(
