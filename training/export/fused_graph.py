@@ -565,6 +565,7 @@ def build_variant(
     progress: Progress | None = None,
     kv_cache: str = "float",
     int4_block: int = INT4_BLOCK,
+    kv_scales: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Write ``onnx/<variant>/model.onnx`` for ``model_dir`` once it agrees with the reference.
 
@@ -579,7 +580,9 @@ def build_variant(
     keys and values in int8 with calibrated scales (:mod:`training.export.kv_cache`: a quarter of
     the cache's memory and 2.5× faster attention at 32 rows, 3× slower attention over a prompt).
     ``int4_block``: how many inputs of a column share a scale in int4 (:data:`INT4_BLOCK`, or
-    :data:`INT4_FALLBACK_BLOCK` where ``chatbot train`` found those too coarse).
+    :data:`INT4_FALLBACK_BLOCK` where ``chatbot train`` found those too coarse). ``kv_scales``:
+    the int8 cache's scales when the caller calibrated them already (:func:`build_variants` does
+    once for all its graphs); otherwise they are calibrated here.
     """
     if kv_cache not in KV_CACHES:
         raise ExportError(f"unknown KV cache {kv_cache!r}", hint=f"use one of {', '.join(KV_CACHES)}")
@@ -594,10 +597,10 @@ def build_variant(
     quantized = _quantization(precision, int4_block)
     say(f"writing the fused {precision.name} graph ({variant}) from {folder / 'model.safetensors'}")
     levels = quantized.get("weight_levels", WEIGHT_LEVELS)
-    kv_scales = None
-    if kv_cache == "int8" and precision.name in INT8_CACHE:
-        say(f"calibrating the int8 keys and values through the reference ({CALIBRATION_SEQUENCES} sequences)")
-        kv_scales = calibrate_kv_scales(folder)
+    if kv_cache != "int8" or precision.name not in INT8_CACHE:
+        kv_scales = None
+    elif kv_scales is None:
+        kv_scales = _calibrated(folder, say)
     weights = load_weights(folder)
     model = build_graph(
         config, weights, precision.name, weight_levels=levels, kv_scales=kv_scales, int4_block=int4_block
@@ -784,7 +787,17 @@ def build_variants(
     kv_cache: str = "float",
 ) -> dict[str, dict[str, Any]]:
     """:func:`build_variant` for each of ``variants``; returns their card entries by name."""
+    say = progress or (lambda message: None)
+    cached = [v for v in variants if _precision(v).name in INT8_CACHE]
+    scales = _calibrated(check_model_folder(model_dir), say) if kv_cache == "int8" and cached else None
     built = {}
-    for variant in variants:
-        built[variant] = build_variant(model_dir, variant, progress=progress, kv_cache=kv_cache)
+    for variant in variants:  # the same scales for every graph, calibrated once
+        built[variant] = build_variant(
+            model_dir, variant, progress=progress, kv_cache=kv_cache, kv_scales=scales
+        )
     return built
+
+
+def _calibrated(folder: Path, say: Progress) -> np.ndarray:
+    say(f"calibrating the int8 keys and values through the reference ({CALIBRATION_SEQUENCES} sequences)")
+    return calibrate_kv_scales(folder)
