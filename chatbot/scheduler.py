@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from chatbot.drafting import DraftTable, RecentReplies, back_off, propose
+from chatbot.drafting import DRAFT_POSITIONS, DraftTable, RecentReplies, back_off, batch_draft_tokens, propose
 from chatbot.fused import FixedSlots, FusedSession, KVCache, StepResult
 from chatbot.generation import Token, reply_budget
 from chatbot.sampling import Sampler, log_softmax
@@ -310,7 +310,8 @@ class BatchingGenerator:
     docstring, drafted from ``drafts`` (the model's training replies) first;
     ``drafted_tokens``, ``accepted_tokens`` and ``verify_steps`` count what it did. A reply drafts
     alone in the batch; with ``draft_batches`` (and a graph that pads rows) greedy replies in
-    progress together draft in one step too.
+    progress together draft in one step too, each draft cut so that the step feeds at most
+    ``draft_positions`` positions (:func:`~chatbot.drafting.batch_draft_tokens`).
     """
 
     def __init__(
@@ -325,6 +326,7 @@ class BatchingGenerator:
         drafts: DraftTable | None = None,
         prefill_session: FusedSession | None = None,
         draft_batches: bool = False,
+        draft_positions: int = DRAFT_POSITIONS,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")
@@ -351,6 +353,7 @@ class BatchingGenerator:
         self.draft_tokens = max(0, draft_tokens) if can_draft else 0
         # several greedy replies drafting in one step, where the graph pads rows (query_seqlens)
         self.draft_batches = bool(draft_batches and can_draft and session.pads_rows)
+        self.draft_positions = draft_positions  # the most positions such a step feeds (batch_draft_tokens)
         self.drafted_tokens = 0  # tokens proposed by drafts
         self.accepted_tokens = 0  # of them, those greedy decoding agreed with
         self.verify_steps = 0  # replies' steps that fed a draft (several a step when replies draft together)
@@ -490,20 +493,24 @@ class BatchingGenerator:
         if len(batch) > 1 and not self.draft_batches:
             return plain
         assert isinstance(self._rows, _GrowingRows)
-        drafts = [self._draft(reply) for reply in batch]
+        most = batch_draft_tokens(len(batch), self.draft_tokens, self.draft_positions)
+        if not most:
+            return plain
+        drafts = [self._draft(reply, most) for reply in batch]
         width = max(len(drafted) for drafted in drafts)
         if len(batch) > 1 and any(self._rows.room(reply) <= width for reply in batch):
             return plain
         return drafts
 
-    def _draft(self, reply: _Reply) -> list[int]:
-        """What ``reply`` drafts this step ([]: nothing, or it backs off after drafts that missed)."""
+    def _draft(self, reply: _Reply, tokens: int) -> list[int]:
+        """What ``reply`` drafts this step, at most ``tokens`` ([]: nothing, or it backs off after
+        drafts that missed)."""
         if reply.plain_steps:  # its drafts missed lately: a wrong draft's wider step costs time
             reply.plain_steps -= 1
             return []
         assert isinstance(self._rows, _GrowingRows)
         # never past the budget (one more token comes from the step) or the row's end
-        most = min(self.draft_tokens, reply.budget - reply.written - 1, self._rows.room(reply) - 1)
+        most = min(tokens, reply.budget - reply.written - 1, self._rows.room(reply) - 1)
         if most < 1:
             return []
         return propose(reply.history(), tokens=most, table=self.drafts, recent=self._recent)

@@ -89,13 +89,18 @@ def test_a_cached_demo_model_without_a_draft_table_gets_one_and_chatbot_index_wr
     )
     assert result.returncode == 0, result.stderr
     # the policies replayed on held-out conversations, against the training split the card records
-    from training.evaluation.draft_policy import Policy, compare
+    from training.evaluation.draft_policy import Policy, batch_speedups, compare
 
     held_out = str(Path(__file__).parents[1] / "training" / "demo" / "held_out.jsonl")
     policies = [Policy(3, 6, 0.5), Policy(4, 8, 0.5)]
     found = compare(ModelFolder(folder), [held_out], policies, train_data=[str(tmp_path / "moved.jsonl")])
     assert [r["policy"] for r in found] == policies
     assert all(r["steps"] <= r["tokens"] and r["estimated_speedup"] > 0 for r in found)
+    # and in batches, within two limits of positions a step
+    moved = [str(tmp_path / "moved.jsonl")]
+    together = batch_speedups(ModelFolder(folder), [held_out], policies[1], [1, 4], [8, 64], train_data=moved)
+    assert [(r["rows"], r["positions"]) for r in together] == [(1, 8), (1, 64), (4, 8), (4, 64)]
+    assert all(r["steps"] > 0 and r["estimated_speedup"] > 0 for r in together)
 
 
 def test_the_demo_serves_the_web_chat_by_default(tmp_path: Path) -> None:

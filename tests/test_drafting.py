@@ -174,3 +174,31 @@ def test_replaying_drafting_counts_the_steps_the_scheduler_would_take() -> None:
     # step's own pick, 0) and keeps them all; second: the same draft kept up to 13, the step's
     # pick 99; nothing follows 99 anywhere, so 15 and 0 come from plain steps
     assert steps.tolist() == [2, 0, 0, 0, 0, 2, 0, 0, 0]  # 4 steps for 12 tokens
+
+
+def test_drafts_of_replies_together_are_cut_to_the_positions_a_step_may_feed() -> None:
+    from chatbot.drafting import DRAFT_POSITIONS, batch_draft_tokens
+
+    assert batch_draft_tokens(1, 8) == 8  # a reply alone drafts what it may
+    assert batch_draft_tokens(4, 8, positions=64) == 8 and batch_draft_tokens(8, 8, positions=64) == 7
+    assert batch_draft_tokens(32, 8, positions=64) == 1  # 32 rows of 2 positions
+    assert batch_draft_tokens(33, 8, positions=64) == 0  # a plain step
+    assert batch_draft_tokens(2, 8) == min(8, DRAFT_POSITIONS // 2 - 1)
+
+
+def test_replaying_drafting_in_batches_takes_the_steps_the_scheduler_would() -> None:
+    from training.evaluation.draft_policy import Policy, replay_batch
+
+    prompts = [[1, 2, 3], [1, 2, 3]]
+    replies = [[10, 11, 12, 13, 14, 15, 0], [10, 11, 12, 13, 99, 15, 0]]
+    table = DraftTable.build([3, 10, 11, 12, 13, 14, 15, 0], order=4)
+    policy = Policy(order=4, tokens=8, share=0.5)
+    # (rows, positions a row) of each step; plainly, six steps of both replies
+    assert replay_batch(Policy(4, 0, 0.5), table, prompts, replies, 2) == [(2, 1)] * 6
+    # together: both draft 11..15 in one step of 6 positions; the first keeps it all and ends, the
+    # second keeps 11..13 and takes 99, then goes on alone and plainly (nothing follows 99)
+    assert replay_batch(policy, table, prompts, replies, 2) == [(2, 6), (1, 1), (1, 1)]
+    # within 4 positions a step, each of the two drafts one token a step
+    assert replay_batch(policy, table, prompts, replies, 2, positions=4) == [(2, 2)] * 3 + [(1, 1)]
+    # one at a time: the replay of a reply alone (test above), reply after reply
+    assert replay_batch(policy, table, prompts, replies, 1) == [(1, 6), (1, 6), (1, 1), (1, 1)]

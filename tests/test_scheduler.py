@@ -12,7 +12,7 @@ import pytest
 from together import at_once
 
 from chatbot import GenerationConfig, ModelFolder
-from chatbot.drafting import DraftTable, draft
+from chatbot.drafting import DRAFT_POSITIONS, DraftTable, draft
 from chatbot.fused import FusedSession
 from chatbot.generation import Token
 from chatbot.loader import load_generator
@@ -40,6 +40,7 @@ def _generator(
     draft_tokens: int = 0,
     drafts: DraftTable | None = None,
     draft_batches: bool = False,
+    draft_positions: int = DRAFT_POSITIONS,
 ) -> BatchingGenerator:
     """The CPU's scheduler (a growing cache), or with ``fixed`` the GPU's (fixed slots, the decode
     step feeding itself) running on the CPU provider."""
@@ -53,6 +54,7 @@ def _generator(
         draft_tokens=draft_tokens,
         drafts=drafts,
         draft_batches=draft_batches,
+        draft_positions=draft_positions,
     )
 
 
@@ -420,26 +422,31 @@ def test_speculative_rows_batched_with_plain_greedy_and_sampling_rows(folder: Mo
     assert generator.accepted_tokens > 0
 
 
+@pytest.mark.parametrize("positions", [DRAFT_POSITIONS, 12])
 def test_greedy_replies_in_progress_together_draft_in_one_step_and_keep_their_replies(
-    folder: ModelFolder,
+    folder: ModelFolder, positions: int
 ) -> None:
     """Rows of different draft lengths (none, for some) in one right-padded step (query_seqlens):
-    every reply is token for token what it is alone (the fp32 graph), stop tokens included."""
+    every reply is token for token what it is alone (the fp32 graph), stop tokens included; a
+    step feeds at most ``draft_positions`` positions, the drafts cut to fit."""
     prompts = [*_echo_prompts(folder, 4), *_prompts(folder, 2)]
     configs = [GenerationConfig(max_new_tokens=30 + 7 * i) for i in range(len(prompts))]  # leave apart
     expected = [[t.id for t in reply] for reply in _alone(folder, prompts, configs)]
-    generator = _generator(folder, draft_tokens=5, max_batch=6, draft_batches=True)
+    generator = _generator(folder, draft_tokens=5, max_batch=6, draft_batches=True, draft_positions=positions)
     assert generator.draft_batches  # the graph pads rows: built on ONNX Runtime 1.32+
-    steps = []
-    step = generator._rows.verify  # white-box: how many rows each verifying step fed
+    steps: list[tuple[int, int]] = []
+    step = generator._rows.verify  # white-box: how many rows and positions each verifying step fed
 
     def counted(batch: list[Any], drafts: list[list[int]]) -> Any:
-        steps.append(len(batch))
+        steps.append((len(batch), 1 + max(len(drafted) for drafted in drafts)))
         return step(batch, drafts)
 
     generator._rows.verify = counted  # type: ignore[method-assign]
     assert _at_once(generator, prompts, configs) == expected
-    assert max(steps) > 1 and generator.accepted_tokens > 0  # several replies verified at once
+    assert max(rows for rows, _ in steps) > 1 and generator.accepted_tokens > 0  # several at once
+    assert all(rows * width <= positions for rows, width in steps if rows > 1)
+    if positions < DRAFT_POSITIONS:  # 6 rows within 12 positions: one drafted token each
+        assert {width for rows, width in steps if rows == 6} <= {2}
     # without it, replies draft only when alone in the batch
     alone_only = _generator(folder, draft_tokens=5, max_batch=6)
     assert not alone_only.draft_batches and _at_once(alone_only, prompts, configs) == expected
