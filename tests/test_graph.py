@@ -271,6 +271,32 @@ def test_chatbot_export_builds_the_variants_it_is_asked_for(tiny_model_dir: Path
     assert "kv_cache" not in built.card["onnx"]["cpu-fp32"]
 
 
+def test_chatbot_export_records_the_fast_graphs_perplexity_on_held_out_data(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """An exported folder (no `chatbot train`) gets what int4 needs to serve by default: its
+    perplexity against the reference export's, on held-out conversations."""
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    chats = Path(__file__).parent / "data" / "transcripts" / "chats.jsonl"
+    export = [sys.executable, "-m", "chatbot", "export", str(folder), "--variant", "cpu-int4"]
+    result = subprocess.run([*export, "--data", str(chats)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    entry = ModelFolder(folder).card["onnx"]["cpu-int4"]
+    recorded = entry["perplexity"]
+    assert recorded["value"] > 1 and recorded["reference"] > 1
+    assert recorded["change"] == pytest.approx(recorded["value"] / recorded["reference"] - 1)
+    assert "perplexity of cpu-int4: " in result.stdout and "recorded in card.json" in result.stdout
+    # blocks of 256 unless they left the 3 % bound (then 128, with what 256 gave kept)
+    assert entry["block_size"] == (INT4_FALLBACK_BLOCK if "coarser" in recorded else INT4_BLOCK)
+    assert int4_serves(ModelFolder(folder), kind="vnni") == (recorded["change"] <= 0.03)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    result = subprocess.run([*export, "--data", str(empty)], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "empty.jsonl: the file is empty" in result.stderr
+    assert "exporting" not in result.stderr  # said before any export
+
+
 def _built_for(kind: str, tiny_model_dir: Path, where: Path, monkeypatch: pytest.MonkeyPatch) -> ModelFolder:
     """A copy of the tiny model whose cpu-int8 graph was built as on a ``kind`` CPU."""
     shutil.copytree(tiny_model_dir, where)

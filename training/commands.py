@@ -28,7 +28,7 @@ from chatbot.versions import ModelVersions, resolve_model_path
 from training.evaluation.bench import BenchOptions
 from training.export.kv_cache import KV_CACHES
 from training.fitting.train import SIZES, TrainOptions
-from training.transcripts.readers import CsvColumns
+from training.transcripts.readers import CsvColumns, Transcript
 
 DEMO_CHANNEL = "web"
 DEMO_DESCRIPTION = (
@@ -220,6 +220,16 @@ def export(commands: CommandSet) -> None:
         help="what writes onnx/model.onnx: chatbot (GPT-2 from its weights, the default) or optimum "
         "(any architecture; needs `chatbot[optimum]` in an environment of its own)",
     )
+    parser.add_argument(
+        "--data",
+        nargs="+",
+        default=(),
+        metavar="PATH",
+        help="held-out transcripts (files, folders, globs): measure each fast CPU graph's perplexity "
+        "on them against the reference export's and record it in card.json, as `chatbot train` does "
+        "on its validation conversations (the engine serves cpu-int4 by default only within 3 %%)",
+    )
+    _add_reading_options(parser)
     parser.set_defaults(run=_export)
 
 
@@ -228,6 +238,7 @@ def _export(args: argparse.Namespace) -> int:
     from training.export.fused_graph import DEFAULT_VARIANTS, build_variants
     from training.export.reference import export_onnx
 
+    held_out = _held_out(args)  # read first: a bad file is said before minutes of exporting
     parity = export_onnx(args.model_dir, tolerance=args.tolerance, exporter=args.exporter, progress=progress)
     print(f"exported {args.model_dir / 'onnx' / 'model.onnx'}")
     diff, tolerance = parity["max_abs_diff"], parity["tolerance"]
@@ -244,7 +255,49 @@ def _export(args: argparse.Namespace) -> int:
             f"of the reference (tolerance {check['tolerance']:g}), greedy tokens "
             f"{check['greedy_agreement']:.1%} the same"
         )
+    if held_out:
+        cpu = [name for name, entry in entries.items() if entry.get("device") == "cpu"]
+        _record_perplexities(args, held_out, cpu)
     return 0
+
+
+def _held_out(args: argparse.Namespace) -> list[Transcript]:
+    """``--data``'s conversations, read as training reads them (none without it)."""
+    if not args.data:
+        return []
+    from training.transcripts.prepare import load_conversations
+
+    held_out = load_conversations(
+        args.data, strict=args.strict, csv_columns=_csv_columns(args), format=args.format
+    ).transcripts
+    if not held_out:
+        raise ChatbotError(f"no conversations in {' '.join(args.data)}", hint="give held-out transcripts")
+    return list(held_out)
+
+
+def _record_perplexities(args: argparse.Namespace, held_out: list[Transcript], variants: list[str]) -> None:
+    """Each of ``variants``' perplexity on ``held_out`` against the reference's, into card.json."""
+    from chatbot.folder import ModelFolder
+    from training.evaluation.evaluate import reference_perplexity
+    from training.fitting.train import record_variant_perplexity
+
+    model = ModelFolder(args.model_dir)
+    system, say = model.system_prompt, progress
+    say(f"perplexity of the reference export on {len(held_out)} held-out conversations")
+    reference = reference_perplexity(model, held_out, system_prompt=system).value
+    for variant in variants:
+        entry = record_variant_perplexity(
+            model, variant, held_out, reference, system_prompt=system, kv_cache=args.kv_cache, progress=say
+        )
+        if entry["change"] is None:
+            print(f"perplexity of {variant}: not measured (no agent turn to score)")
+            continue
+        tried = entry.get("coarser")
+        coarser = f"; in blocks of {tried['block_size']}: {tried['change']:+.2%}" if tried else ""
+        print(
+            f"perplexity of {variant}: {entry['value']:.4g} against {reference:.4g} for the reference "
+            f"({entry['change']:+.2%}{coarser}), recorded in card.json"
+        )
 
 
 # -- index ---------------------------------------------------------------------------------
