@@ -13,6 +13,7 @@ import numpy as np
 
 from chatbot import settings
 from chatbot.cpu import int8_initializers, int8_kind
+from chatbot.drafting import DRAFT_POSITIONS
 from chatbot.errors import ChatbotError, ModelFolderError
 from chatbot.folder import ModelFolder
 from chatbot.fused import FusedSession
@@ -29,6 +30,8 @@ INT8 = "cpu-int8"  # also what prefills for cpu-int4 (see load_generator)
 # the CPUs' int8 kinds (chatbot.cpu) on which cpu-int4 decoded faster than cpu-int8 (README, "Speed")
 INT4_FASTER_ON = frozenset({"vnni"})
 INT4_MAX_PERPLEXITY_CHANGE = 0.03  # cpu-int4 serves by default only within 3 % of the reference
+# replies drafting together on int4 feed at most 16 positions a step (64 on the others: draft_positions)
+INT4_DRAFT_POSITIONS = 16
 
 
 def choose_variant(folder: ModelFolder, device: str, variant: str | None = None) -> str:
@@ -123,10 +126,19 @@ def load_generator(
         draft_tokens=draft_tokens(folder),
         drafts=folder.drafts,
         prefill_session=_prefill_session(folder, chosen, on),
-        # replies draft together where it pays: ~1.7x at 4-8 greedy replies on int8, ~1x on int4,
-        # whose MatMulNBits is slow on many rows (README, "Speculative decoding")
-        draft_batches=chosen != INT4,
+        draft_batches=True,  # where the graph pads rows (query_seqlens), within draft_positions
+        draft_positions=draft_positions(chosen),
     )
+
+
+def draft_positions(variant: str) -> int:
+    """The most positions a step of greedy replies drafting together feeds on ``variant``
+    (:func:`chatbot.drafting.batch_draft_tokens`): 16 on int4, whose ``MatMulNBits`` is slow on
+    many rows (8 rows × 9 positions cost 4.5× a plain step on GPT-2 124M's shape, int8 2.7×),
+    64 on the others. Replayed on the demo model's held-out drafts at GPT-2-shape step costs,
+    int4 within 16 gave an estimated 1.40-1.51× at 2 replies, 1.21-1.27× at 4, 1.20× at 8, and
+    without a limit 0.97× at 4, 0.73× at 8 (README, "Speculative decoding")."""
+    return INT4_DRAFT_POSITIONS if variant == INT4 else DRAFT_POSITIONS
 
 
 def draft_tokens(folder: ModelFolder) -> int:

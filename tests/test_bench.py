@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from chatbot.loader import draft_positions
+
 HAS_CTRANSLATE2 = importlib.util.find_spec("ctranslate2") is not None
 HELD_OUT = Path(__file__).parent / "data" / "transcripts" / "chats.jsonl"
 QUICK = ["--prompt-tokens", "16", "--new-tokens", "6", "--runs", "1", "--concurrency", "1,2"]
@@ -184,7 +186,9 @@ def test_speculative_decoding_is_reported_apart_on_real_text_and_on_the_random_p
     assert together["identical"] and 2 <= together["replies"] <= 4 and together["groups"] >= 1
     assert together["plain_tokens_per_s"] > 0 and together["together_tokens_per_s"] > 0
     assert 0 <= together["acceptance"] <= 1 and together["speedup"] > 0
+    assert together["draft_positions"] == draft_positions(together["variant"])
     assert "Speculative decoding, replies together (--data, real text; " in stdout
+    assert f"within {together['draft_positions']} positions a step on `{together['variant']}`" in stdout
 
 
 def test_the_issues_targets_are_judged_against_the_run(measured: tuple[str, dict[str, Any]]) -> None:

@@ -16,9 +16,17 @@ import pytest
 
 from chatbot import GenerationConfig, ModelFolder, OnnxGenerator
 from chatbot.cpu import detected_int8_kind, int8_activations
+from chatbot.drafting import DRAFT_POSITIONS
 from chatbot.errors import ChatbotError, ExportError, ModelFolderError
 from chatbot.fused import FusedSession
-from chatbot.loader import choose_variant, int4_serves, load_generator, variant_initializers
+from chatbot.loader import (
+    INT4_DRAFT_POSITIONS,
+    choose_variant,
+    draft_positions,
+    int4_serves,
+    load_generator,
+    variant_initializers,
+)
 from chatbot.scheduler import BatchingGenerator
 from training.evaluation.evaluate import reference_perplexity
 from training.export.fused_graph import (
@@ -494,6 +502,17 @@ def test_int4_replies_have_their_prompts_prefilled_by_the_int8_graph(tiny_model_
     assert _greedy_replies(generator, folder)  # and it serves
     int8 = load_generator(folder, device="cpu", variant="cpu-int8")
     assert isinstance(int8, BatchingGenerator) and int8._rows.prefill_session is int8._rows.session
+
+
+def test_replies_draft_together_within_fewer_positions_on_int4(tiny_model_dir: Path) -> None:
+    """Both CPU graphs let greedy replies draft in one step (they pad rows); int4's many-row steps
+    are slow, so its drafts are cut to 16 positions a step where int8's are to 64."""
+    folder = ModelFolder(tiny_model_dir)
+    for variant, positions in (("cpu-int4", INT4_DRAFT_POSITIONS), ("cpu-int8", DRAFT_POSITIONS)):
+        generator = load_generator(folder, device="cpu", variant=variant)
+        assert isinstance(generator, BatchingGenerator) and generator.draft_batches
+        assert generator.draft_positions == draft_positions(variant) == positions
+    assert INT4_DRAFT_POSITIONS < DRAFT_POSITIONS
 
 
 @pytest.fixture(scope="module")

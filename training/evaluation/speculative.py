@@ -28,7 +28,7 @@ from typing import Any
 from chatbot.drafting import DRAFTS_FILE
 from chatbot.folder import ModelFolder
 from chatbot.fused import FusedSession
-from chatbot.loader import INT4, choose_variant, variant_initializers
+from chatbot.loader import choose_variant, draft_positions, variant_initializers
 from chatbot.scheduler import BatchingGenerator
 from chatbot.settings import SUGGESTED_DRAFT_TOKENS
 from chatbot.types import GenerationConfig, Progress
@@ -139,14 +139,13 @@ def measure_together(
 ) -> dict[str, Any]:
     """``prompts`` in groups of ``replies`` (at most) greedy replies at once (one thread each, as a server's
     callers), without drafts and with every reply drafting in the same steps (the scheduler's
-    ``draft_batches``), on the graph the engine serves; tokens/s each way and the speed-up. Or why
-    not: a graph exported without ``query_seqlens`` (before ONNX Runtime 1.32), or int4, drafts
-    one reply at a time (``chatbot.loader``)."""
+    ``draft_batches``, within the positions a step the loader allows the graph:
+    :func:`chatbot.loader.draft_positions`), on the graph the engine serves; tokens/s each way and
+    the speed-up. Or why not: a graph exported without ``query_seqlens`` (before ONNX Runtime
+    1.32) drafts one reply at a time."""
     variant, session = _served(folder)
     if not (session.scores_drafts and session.pads_rows):
         return {"missing": f"{variant} was exported before ONNX Runtime 1.32: replies draft one at a time"}
-    if variant == INT4:
-        return {"missing": "int4 drafts one reply at a time (a padded step costs more than drafts win)"}
     replies = min(replies, len(prompts))
     if replies < 2:
         return {"missing": "fewer than 2 prompts"}
@@ -163,6 +162,7 @@ def measure_together(
             draft_tokens=drafts,
             drafts=folder.drafts,
             draft_batches=True,
+            draft_positions=draft_positions(variant),
         )
 
     for warm_up in (generator(0), generator(draft_tokens)):
@@ -189,6 +189,7 @@ def measure_together(
         "groups": len(groups),
         "rounds": round_ + 1,
         "draft_tokens": draft_tokens,
+        "draft_positions": draft_positions(variant),
         "acceptance": accepted / max(1, drafted),
         "tokens_per_step": 1 + accepted / max(1, steps),
         "plain_tokens_per_s": statistics.median(rates["plain"]),
@@ -240,7 +241,8 @@ def together_section(result: dict[str, Any], source: str) -> str:
         return f"Speculative decoding, replies together ({source}): not measured ({result['missing']})."
     return (
         f"Speculative decoding, replies together ({source}; {result['groups']} × {result['replies']} "
-        f"greedy replies at once, {result['rounds']} rounds, drafts of up to {result['draft_tokens']}): "
+        f"greedy replies at once, {result['rounds']} rounds, drafts of up to {result['draft_tokens']} "
+        f"within {result['draft_positions']} positions a step on `{result['variant']}`): "
         f"{_accepted(result)}; {result['plain_tokens_per_s']:.0f} → {result['together_tokens_per_s']:.0f} "
         f"tokens/s ({result['speedup']:.2f}×), {_same(result)}."
     )
