@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeAlias
 
 import numpy as np
 import onnxruntime as ort
@@ -278,6 +279,64 @@ class FusedSession:
             binding.bind_output(present, "cpu", 0, cache.dtype, list(view.shape), address)
         cache.binding, cache.scored = (self, first_row, rows, binding), 1
         return binding
+
+
+Ids: TypeAlias = "np.ndarray | list[list[int]]"  # a step's token ids, (rows, positions)
+Starts: TypeAlias = "np.ndarray | list[int]"  # each row's first position
+
+
+class QuantizingPrefill:
+    """Prompts prefilled on a float32-cache graph, their keys and values stored in an int8 cache.
+
+    ONNX Runtime's attention over an int8 cache (``chatbot export --kv-cache int8``) is fast for
+    one new position a row and ~3x slower than float32's over a prompt (README, "Fast graphs").
+    So a prompt runs on ``session``, the same weights with a float32 cache, over a one-row scratch;
+    the positions it wrote are stored in the int8 cache as ``round(x / scale)`` clipped to
+    -128..127, one ``scale`` per channel: exactly what the int8 graph's own attention stores
+    (``training.export.kv_cache``). Kept positions before the prompt (an earlier turn, a system
+    prompt) are read back from the int8 cache into the scratch first, as the int8 graph would
+    read them. Used where a :class:`FusedSession` prefills (its :meth:`step`, one row at a time).
+    """
+
+    def __init__(self, session: FusedSession, scales: np.ndarray) -> None:
+        spec = session.spec
+        channels = spec.n_head * spec.head_dim
+        if session.cache_dtype != np.float32 or scales.shape != (spec.n_layer, 2, channels):
+            raise ValueError(
+                f"{session.path} must keep float32 keys and values (scales: layers, 2, {channels})"
+            )
+        self.session = session
+        self.spec = spec
+        self.path = session.path
+        self.device = session.device
+        self.cache_dtype: type[np.generic] = np.int8  # what it writes
+        # one (heads, 1, head_dim) array per cache buffer, in its order (key, value of each layer)
+        shaped = scales.astype(np.float32).reshape(2 * spec.n_layer, spec.n_head, 1, spec.head_dim)
+        self._scales = list(shaped)
+        self._inverse = [np.float32(1) / scale for scale in shaped]
+        self._scratch = session.new_cache(1)
+
+    def step(self, cache: KVCache, row: int, ids: Ids, starts: Starts, *, scored: int = 1) -> StepResult:
+        """:meth:`FusedSession.step` of one row's prompt into row ``row`` of the int8 ``cache``."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.shape[0] != 1 or cache.dtype != np.int8:
+            raise ValueError("QuantizingPrefill prefills one row of an int8 cache at a time")
+        start = int(np.asarray(starts)[0])
+        end = start + ids.shape[1]
+        scratch = self._scratch
+        scratch.reserve(1, end)
+        for floats, held, scale in zip(scratch.buffers, cache.buffers, self._scales, strict=True):
+            np.multiply(held[row, :, :start], scale, out=floats[0, :, :start])
+        result = self.session.step(scratch, 0, ids, [start], scored=scored)
+        for floats, held, inverse in zip(scratch.buffers, cache.buffers, self._inverse, strict=True):
+            levels = floats[0, :, start:end] * inverse
+            np.rint(levels, out=levels)
+            np.clip(levels, -128, 127, out=levels)
+            held[row, :, start:end] = levels
+        return result
+
+
+Prefiller: TypeAlias = "FusedSession | QuantizingPrefill"  # what runs prompts into a KVCache
 
 
 def batch_buckets(slots: int) -> tuple[int, ...]:

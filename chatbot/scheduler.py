@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from chatbot.drafting import DRAFT_POSITIONS, DraftTable, RecentReplies, back_off, batch_draft_tokens, propose
-from chatbot.fused import FixedSlots, FusedSession, KVCache, StepResult
+from chatbot.fused import FixedSlots, FusedSession, KVCache, Prefiller, StepResult
 from chatbot.generation import Token, reply_budget
 from chatbot.sampling import Sampler, log_softmax
 from chatbot.types import GenerationConfig
@@ -200,9 +200,10 @@ class _GrowingRows:
     """CPU rows: slots 0..n-1 of a :class:`~chatbot.fused.KVCache` sized to the replies in
     progress; when a reply leaves, the last one moves into its slot (a step binds one view)."""
 
-    def __init__(self, session: FusedSession, kept_bytes: int, prefill: FusedSession | None = None) -> None:
+    def __init__(self, session: FusedSession, kept_bytes: int, prefill: Prefiller | None = None) -> None:
         self.session = session
-        self.prefill_session = prefill or session  # prompts may run on another graph (int8 for int4)
+        # prompts may run on another graph (int8 for int4; float32 keys quantised into an int8 cache)
+        self.prefill_session: Prefiller = prefill or session
         self.cache = session.new_cache(1)
         self.kept = _Kept(kept_bytes)
 
@@ -305,7 +306,8 @@ class BatchingGenerator:
     memory for conversations' keys and values between turns (CPU; see the module docstring).
     ``prefill_session`` (CPU): another graph of the same model that runs the prompts, writing the
     same keys and values (int8 prefills for int4, whose prompts are 2-3× slower: README, "Fast
-    graphs"); ``session`` decodes.
+    graphs"), or a :class:`~chatbot.fused.QuantizingPrefill` writing an int8 cache from a
+    float32-cache graph; ``session`` decodes.
     ``draft_tokens`` (CPU, 0: off): speculative decoding of greedy replies, see the module
     docstring, drafted from ``drafts`` (the model's training replies) first;
     ``drafted_tokens``, ``accepted_tokens`` and ``verify_steps`` count what it did. A reply drafts
@@ -324,7 +326,7 @@ class BatchingGenerator:
         kept_bytes: int = 0,
         draft_tokens: int = 0,
         drafts: DraftTable | None = None,
-        prefill_session: FusedSession | None = None,
+        prefill_session: Prefiller | None = None,
         draft_batches: bool = False,
         draft_positions: int = DRAFT_POSITIONS,
     ) -> None:
@@ -373,7 +375,7 @@ class BatchingGenerator:
         return len(self._active)
 
     @property
-    def prefill_session(self) -> FusedSession:
+    def prefill_session(self) -> Prefiller:
         """The graph that runs the prompts: another one on the CPU where one was given, else ``session``."""
         return self._rows.prefill_session if isinstance(self._rows, _GrowingRows) else self.session
 

@@ -18,7 +18,7 @@ from chatbot import GenerationConfig, ModelFolder, OnnxGenerator
 from chatbot.cpu import detected_int8_kind, int8_activations
 from chatbot.drafting import DRAFT_POSITIONS
 from chatbot.errors import ChatbotError, ExportError, ModelFolderError
-from chatbot.fused import FusedSession
+from chatbot.fused import FusedSession, QuantizingPrefill
 from chatbot.loader import (
     INT4_DRAFT_POSITIONS,
     choose_variant,
@@ -583,6 +583,43 @@ def test_int4_prefills_itself_when_the_int8_graph_keeps_keys_and_values_another_
     generator = load_generator(folder, device="cpu", variant="cpu-int4")
     assert isinstance(generator, BatchingGenerator) and generator.prefill_session is generator.session
     assert _greedy_replies(generator, folder)  # and it serves
+
+
+def test_prompts_of_an_int8_cache_run_with_float32_keys_and_values(kv8_dir: Path) -> None:
+    """``--kv-cache int8`` also writes the int8 graph's float32-cache twin; both CPU graphs' prompts
+    run on it and their keys and values are quantised into the int8 cache as the int8 graph's own
+    attention would store them (ONNX Runtime's int8-cache attention is ~3x slower over a prompt)."""
+    folder = ModelFolder(kv8_dir)
+    twin = folder.card["onnx"]["cpu-int8"]["prefill"]
+    assert twin["path"] == "onnx/cpu-int8/prefill.onnx" and twin["kv_cache"] == "float"
+    assert twin["parity"]["max_rel_diff"] <= twin["parity"]["tolerance"]
+    expected = _greedy_replies(OnnxGenerator(folder, device="cpu"), folder)
+    for variant in ("cpu-int8", "cpu-int4"):
+        assert (kv8_dir / folder.card["onnx"][variant]["kv_cache"]["scales_file"]).is_file()
+        generator = load_generator(folder, device="cpu", variant=variant)
+        assert isinstance(generator, BatchingGenerator)
+        prefill = generator.prefill_session
+        assert isinstance(prefill, QuantizingPrefill) and prefill.path == kv8_dir / twin["path"]
+        assert prefill.session.cache_dtype == np.float32 and generator.session.cache_dtype == np.int8
+        replies = _greedy_replies(generator, folder)
+        pairs = [zip(got, want, strict=False) for got, want in zip(replies, expected, strict=True)]
+        same = sum(a == b for pair in pairs for a, b in pair)
+        assert same / sum(len(want) for want in expected) >= VARIANTS[variant].min_greedy_agreement
+    # layer 0's keys and values are the int8 graph's own levels exactly (later layers differ: its own
+    # attention over the prompt reads the quantised keys, the twin's the float32 ones)
+    loaded = variant_initializers(folder, "cpu-int8")
+    own = FusedSession(folder.variant_path("cpu-int8"), folder.spec, initializers=loaded)
+    prompt = _prompts(folder)[0]
+    quantised, theirs, continued = (own.new_cache(1, len(prompt)) for _ in range(3))
+    prefill.step(quantised, 0, [prompt], [0])
+    own.step(theirs, 0, [prompt], [0])
+    # a prompt continued over kept positions reads them back from the int8 cache
+    prefill.step(continued, 0, [prompt[:5]], [0])
+    prefill.step(continued, 0, [prompt[5:]], [5])
+    for buffer in (0, 1):  # layer 0's keys, values
+        held = quantised.buffers[buffer][0, :, : len(prompt)]
+        assert held.dtype == np.int8 and np.array_equal(held, theirs.buffers[buffer][0, :, : len(prompt)])
+        assert np.array_equal(held, continued.buffers[buffer][0, :, : len(prompt)])
 
 
 def test_an_int8_cache_keeps_turns_and_verifies_drafts(kv8_dir: Path) -> None:

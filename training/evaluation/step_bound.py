@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from chatbot.folder import ModelFolder
-from chatbot.fused import FusedSession
+from chatbot.fused import FusedSession, Prefiller
 from chatbot.loader import load_generator
 from chatbot.scheduler import BatchingGenerator
 from training.evaluation.rounds import against_base
@@ -64,7 +64,7 @@ class StepBound:
 
 def measure_step_bound(
     decode: FusedSession,
-    prefill: FusedSession,
+    prefill: Prefiller,
     prompt: Sequence[int],
     new_tokens: int,
     rows: Sequence[int],

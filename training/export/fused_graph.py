@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -87,6 +87,8 @@ INT8_CACHE = {"int8", "int4"}  # the precisions that can keep them in int8 (the 
 INT4_BLOCK = 256  # int4 weights: one scale per 256 inputs of an output column (README, "Fast graphs")
 INT4_FALLBACK_BLOCK = 128  # where blocks of 256 lose too much (chatbot train measures, see int4_block)
 SCORED = "score_from"  # input: the first position the LM head scores, from the end ([-1]: the last)
+KV_SCALES_FILE = "kv_scales.npy"  # beside a graph with an int8 cache: its scales, (layers, 2, channels)
+PREFILL_FILE = "prefill.onnx"  # beside cpu-int8 with an int8 cache: its prompts' float32-cache graph
 
 
 @dataclass(frozen=True)
@@ -609,18 +611,23 @@ def build_variant(
         path = tmp / "model.onnx"
         _save(model, path)
         say(f"checking {variant} against the reference on {sequences} sequences, {decode_steps} decode steps")
+
+        def parity_of(graph: Path, activations: str) -> dict[str, Any]:
+            loaded = int8_initializers(quantized, "avx2" if activations == "u7" else "vnni")
+            steps = {"sequences": sequences, "decode_steps": decode_steps}
+            return measure_variant_parity(folder, graph, precision, **steps, initializers=loaded)
+
         checks = {}
         for activations in _checked_activations(quantized):
-            parity = measure_variant_parity(
-                folder,
-                path,
-                precision,
-                sequences=sequences,
-                decode_steps=decode_steps,
-                initializers=int8_initializers(quantized, "avx2" if activations == "u7" else "vnni"),
-            )
+            parity = parity_of(path, activations)
             _check(parity, precision, f"{variant} ({activations} activations)" if quantized else variant)
             checks[activations] = parity
+        prefill = None
+        if kv_scales is not None:
+            np.save(tmp / KV_SCALES_FILE, kv_scales)
+            if precision.name == "int8":  # its prompts run with float32 keys and values (QuantizingPrefill)
+                model_of_prompts = build_graph(config, weights, precision.name, weight_levels=levels)
+                prefill = _prefill_graph(tmp, model_of_prompts, precision, quantized, parity_of, say)
         target = folder / "onnx" / variant
         if target.exists():
             shutil.rmtree(target)
@@ -644,12 +651,35 @@ def build_variant(
             "sequences": CALIBRATION_SEQUENCES,
             "margin": MARGIN,
             "fingerprint": fingerprint(kv_scales),
+            "scales_file": f"onnx/{variant}/{KV_SCALES_FILE}",
         }
+    if prefill is not None:
+        entry["prefill"] = {"path": f"onnx/{variant}/{PREFILL_FILE}", "kv_cache": "float", **prefill}
     if "u7" in checks:  # how it serves on an AVX2-only CPU (chatbot.cpu)
         entry["parity_u7"] = checks["u7"]
     set_card_entry(folder, ("onnx", variant), entry)
     say(f"wrote onnx/{variant}/model.onnx ({entry['nodes']} nodes, {_describe(entry['parity'])})")
     return entry
+
+
+def _prefill_graph(
+    tmp: Path,
+    model: onnx.ModelProto,
+    precision: Precision,
+    quantized: dict[str, Any],
+    parity_of: Callable[[Path, str], dict[str, Any]],
+    say: Progress,
+) -> dict[str, Any]:
+    """Write ``model`` as ``tmp / PREFILL_FILE``: the int8 graph with float32 keys and values,
+    which prefills the prompts of the graphs that keep them in int8 (their own attention over a
+    prompt is ~3x slower: ``chatbot.fused.QuantizingPrefill``); checked against the reference as
+    the graph is. Its card entry's part."""
+    _save(model, tmp / PREFILL_FILE)
+    say(f"checking its prompts' graph ({PREFILL_FILE}, float32 keys and values) against the reference")
+    activations = _checked_activations(quantized)[0]
+    parity = parity_of(tmp / PREFILL_FILE, activations)
+    _check(parity, precision, f"{PREFILL_FILE} ({activations} activations)")
+    return {"nodes": len(model.graph.node), "parity": parity}
 
 
 def _quantization(precision: Precision, int4_block: int = INT4_BLOCK) -> dict[str, Any]:
