@@ -322,7 +322,7 @@ def test_a_gathered_table_costs_one_row_a_token_and_a_product_reads_all(tiny_mod
     rows = sum(sizes[name] // arrays[name].shape[0] for name in gathered)
     reads = graph_reads(path)
     assert reads.weight_bytes == sum(sizes[name] for name in multiplied) + rows
-    assert reads.precision == "int8" and reads.kv_itemsize == 4  # float keys and values (the default)
+    assert reads.precision == "int8" and reads.kv_itemsize == 1  # int8 keys and values (the default)
     assert graph_reads(tiny_model_dir / "onnx" / "model.onnx").precision == "fp32"
 
 

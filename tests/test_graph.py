@@ -488,7 +488,9 @@ def test_int4_replies_have_their_prompts_prefilled_by_the_int8_graph(tiny_model_
         generator._rows.prefill_session,
         generator._rows.session,
     )  # white-box: which graph does what
-    assert (prefill.path, decode.path) == (folder.variant_path("cpu-int8"), folder.variant_path("cpu-int4"))
+    # with int8 keys and values (the default) the int8 graph's float32-cache twin runs the prompts
+    twin = folder.path / "onnx" / "cpu-int8" / "prefill.onnx"
+    assert (prefill.path, decode.path) == (twin, folder.variant_path("cpu-int4"))
     expected = _greedy_replies(OnnxGenerator(folder, device="cpu"), folder)
     same = total = 0
     for prompt, reply in zip(_prompts(folder), expected, strict=True):
@@ -501,7 +503,7 @@ def test_int4_replies_have_their_prompts_prefilled_by_the_int8_graph(tiny_model_
     assert same / total >= VARIANTS["cpu-int4"].min_greedy_agreement
     assert _greedy_replies(generator, folder)  # and it serves
     int8 = load_generator(folder, device="cpu", variant="cpu-int8")
-    assert isinstance(int8, BatchingGenerator) and int8._rows.prefill_session is int8._rows.session
+    assert isinstance(int8, BatchingGenerator) and int8._rows.prefill_session.path == twin
 
 
 def test_replies_draft_together_within_fewer_positions_on_int4(tiny_model_dir: Path) -> None:
@@ -527,11 +529,23 @@ def kv8_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return folder
 
 
-def test_keys_and_values_stay_float_unless_asked(tiny_model_dir: Path) -> None:
-    folder = ModelFolder(tiny_model_dir)
+def test_keys_and_values_are_int8_unless_asked_float(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = ModelFolder(tiny_model_dir)  # built with the defaults
     for variant in ("cpu-int8", "cpu-int4"):
-        assert FusedSession(folder.variant_path(variant), folder.spec).cache_dtype == np.float32
-        assert "kv_cache" not in folder.card["onnx"][variant]
+        assert FusedSession(folder.variant_path(variant), folder.spec).cache_dtype == np.int8
+        assert folder.card["onnx"][variant]["kv_cache"]["dtype"] == "int8"
+    shutil.copytree(tiny_model_dir, tmp_path / "model")
+    build_variants(tmp_path / "model", ["cpu-int8", "cpu-int4"], kv_cache="float")
+    floats = ModelFolder(tmp_path / "model")
+    for variant in ("cpu-int8", "cpu-int4"):
+        assert FusedSession(floats.variant_path(variant), floats.spec).cache_dtype == np.float32
+        entry = floats.card["onnx"][variant]
+        assert "kv_cache" not in entry and "prefill" not in entry
+        assert not (floats.variant_path(variant).parent / "kv_scales.npy").exists()
+        generator = load_generator(floats, device="cpu", variant=variant)  # prompts on int8 itself
+        assert isinstance(generator, BatchingGenerator)
+        assert generator.prefill_session.path == floats.variant_path("cpu-int8")
+    assert not (floats.path / "onnx" / "cpu-int8" / "prefill.onnx").exists()
 
 
 def test_the_cpu_graphs_can_keep_keys_and_values_in_int8_with_the_same_scales(kv8_dir: Path) -> None:

@@ -86,6 +86,10 @@ def test_folder_has_the_contract_files(tiny_model_dir: Path) -> None:
         "onnx/cpu-int8/model.onnx",
         "onnx/cpu-int4",
         "onnx/cpu-int4/model.onnx",
+        # int8 keys and values (the default): each graph's scales, and the prompts' float32 twin
+        "onnx/cpu-int8/kv_scales.npy",
+        "onnx/cpu-int4/kv_scales.npy",
+        "onnx/cpu-int8/prefill.onnx",
     }
     assert expected <= names
     assert "chat_template.jinja" not in names

@@ -26,7 +26,7 @@ from chatbot.errors import ChatbotError
 from chatbot.generation import DEVICES
 from chatbot.versions import ModelVersions, resolve_model_path
 from training.evaluation.bench import BenchOptions
-from training.export.kv_cache import KV_CACHES
+from training.export.kv_cache import DEFAULT_KV_CACHE, KV_CACHES
 from training.fitting.train import SIZES, TrainOptions
 from training.transcripts.readers import CsvColumns, Transcript
 
@@ -209,9 +209,10 @@ def export(commands: CommandSet) -> None:
     parser.add_argument(
         "--kv-cache",
         choices=KV_CACHES,
-        default="float",
-        help="how the int8 and int4 graphs keep keys and values: float (default) or int8 (a quarter of "
-        "the memory, faster with many conversations at once, slower first tokens; README, Fast graphs)",
+        default=DEFAULT_KV_CACHE,
+        help="how the int8 and int4 graphs keep keys and values: int8 (default: a quarter of the memory, "
+        "faster with many conversations at once; prompts run on a float32 twin of the int8 graph) or "
+        "float (one graph fewer on disk and in memory; README, Fast graphs)",
     )
     parser.add_argument(
         "--exporter",

@@ -52,6 +52,7 @@ from chatbot.types import Progress
 from training.card import set_card_entry, utc_now
 from training.export.kv_cache import (
     CALIBRATION_SEQUENCES,
+    DEFAULT_KV_CACHE,
     KV_CACHES,
     MARGIN,
     calibrate_kv_scales,
@@ -565,7 +566,7 @@ def build_variant(
     sequences: int = 4,
     decode_steps: int = 8,
     progress: Progress | None = None,
-    kv_cache: str = "float",
+    kv_cache: str = DEFAULT_KV_CACHE,
     int4_block: int = INT4_BLOCK,
     kv_scales: np.ndarray | None = None,
 ) -> dict[str, Any]:
@@ -814,7 +815,7 @@ def build_variants(
     variants: Sequence[str] = DEFAULT_VARIANTS,
     *,
     progress: Progress | None = None,
-    kv_cache: str = "float",
+    kv_cache: str = DEFAULT_KV_CACHE,
 ) -> dict[str, dict[str, Any]]:
     """:func:`build_variant` for each of ``variants``; returns their card entries by name."""
     say = progress or (lambda message: None)

@@ -32,6 +32,7 @@ import numpy as np
 from training.export.parity import MAX_PARITY_LENGTH, load_session, parity_sequences, prompt_presents
 
 KV_CACHES = ("float", "int8")  # how a graph keeps keys and values (`chatbot export --kv-cache`)
+DEFAULT_KV_CACHE = "int8"  # prompts run on a float32 twin (chatbot.fused.QuantizingPrefill)
 MARGIN = 1.25  # the scale covers 1.25 × the largest magnitude calibration saw
 CALIBRATION_SEQUENCES = 8
 CALIBRATION_SEED = 1  # the parity check uses PARITY_SEED (0)
