@@ -416,8 +416,15 @@ def test_int4_is_built_in_finer_blocks_where_its_perplexity_is_beyond_the_budget
     turns = (("user", "Where is my order?"), ("assistant", "It ships tomorrow."))
     validation = [Transcript("v-1", "test", 1, tuple(Turn(role, text) for role, text in turns))]
     reference = reference_perplexity(model, validation).value
-    entry = record_variant_perplexity(model, "cpu-int4", validation, reference, budget=budget)
+    before = model.card["onnx"]["cpu-int4"]["kv_cache"]
+    said: list[str] = []
+    entry = record_variant_perplexity(
+        model, "cpu-int4", validation, reference, budget=budget, progress=said.append
+    )
     card = ModelFolder(folder).card["onnx"]["cpu-int4"]
+    # rebuilt or not, its int8 keys and values keep their scales (read back, not calibrated again)
+    assert card["kv_cache"]["fingerprint"] == before["fingerprint"]
+    assert not any(line.startswith("calibrating") for line in said)
     assert card["block_size"] == block and card["perplexity"] == entry
     assert entry["reference"] == reference and entry["change"] == pytest.approx(
         entry["value"] / reference - 1

@@ -288,7 +288,7 @@ def _record_perplexities(args: argparse.Namespace, held_out: list[Transcript], v
     reference = reference_perplexity(model, held_out, system_prompt=system).value
     for variant in variants:
         entry = record_variant_perplexity(
-            model, variant, held_out, reference, system_prompt=system, kv_cache=args.kv_cache, progress=say
+            model, variant, held_out, reference, system_prompt=system, progress=say
         )
         if entry["change"] is None:
             print(f"perplexity of {variant}: not measured (no agent turn to score)")

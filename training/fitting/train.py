@@ -669,7 +669,6 @@ def _variant_perplexity(
         validation,
         reference,
         system_prompt=run.options.system_prompt,
-        kv_cache=run.options.kv_cache,
         progress=say,
     )
     if entry["change"] is None:
@@ -689,7 +688,6 @@ def record_variant_perplexity(
     reference: float | None,
     *,
     system_prompt: str | None = None,
-    kv_cache: str = DEFAULT_KV_CACHE,
     progress: Progress | None = None,
     budget: float | None = None,
 ) -> dict[str, Any]:
@@ -699,8 +697,8 @@ def record_variant_perplexity(
     int4 is built in blocks of 256 inputs per scale, the faster (README, "Fast graphs"). Where
     its perplexity is further from the reference than ``budget`` (default: how far the engine
     serves int4 by default, :data:`chatbot.loader.INT4_MAX_PERPLEXITY_CHANGE`), it is built again
-    in blocks of 128 and measured again; the entry keeps what the coarser blocks gave under
-    ``coarser``."""
+    in blocks of 128 and measured again, keeping its keys and values as they were (int8 with the
+    scales beside it, or float32); the entry keeps what the coarser blocks gave under ``coarser``."""
     from chatbot.loader import INT4, INT4_MAX_PERPLEXITY_CHANGE
     from training.evaluation.evaluate import variant_perplexity
     from training.export.fused_graph import INT4_FALLBACK_BLOCK, build_variant
@@ -715,14 +713,25 @@ def record_variant_perplexity(
         return {"value": value, "reference": reference, "change": change}
 
     entry = measure()
-    block = (read_card(model.path).get("onnx") or {}).get(variant, {}).get("block_size")
+    built = (read_card(model.path).get("onnx") or {}).get(variant, {})
+    block = built.get("block_size")
     coarse = variant == INT4 and isinstance(block, int) and block > INT4_FALLBACK_BLOCK
     if coarse and entry["change"] is not None and entry["change"] > budget:
         say(
             f"{variant} in blocks of {block}: perplexity {entry['change']:+.2%}, beyond {budget:.0%}; "
             f"building it in blocks of {INT4_FALLBACK_BLOCK}"
         )
-        build_variant(model.path, variant, progress=say, kv_cache=kv_cache, int4_block=INT4_FALLBACK_BLOCK)
+        kept = built.get("kv_cache") or {}
+        scales = np.load(model.path / kept["scales_file"]) if kept.get("scales_file") else None
+        cache = "int8" if scales is not None else "float"  # the same scales: not calibrated again
+        build_variant(
+            model.path,
+            variant,
+            progress=say,
+            kv_cache=cache,
+            kv_scales=scales,
+            int4_block=INT4_FALLBACK_BLOCK,
+        )
         entry = {**measure(), "coarser": {"block_size": block, **entry}}
     set_card_entry(model.path, ["onnx", variant, "perplexity"], entry)
     return entry
