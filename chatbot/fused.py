@@ -65,7 +65,7 @@ class KVCache:
     slots or longer sequences are needed: slots double, the length rounds up to a multiple of
     :data:`LENGTH_STEP` (at most the model's window), so a cache for short replies stays small
     (GPT-2 124M with float32 keys and values: 75 MB per slot at 1024 positions, 19 MB at 256; with
-    int8 ones, ``chatbot export --kv-cache int8``, a quarter of that).
+    int8 ones, what ``chatbot export`` writes by default, a quarter of that).
     """
 
     def __init__(self, spec: ModelSpec, dtype: type[np.generic], capacity: int = 1, length: int = 1) -> None:
@@ -288,7 +288,7 @@ Starts: TypeAlias = "np.ndarray | list[int]"  # each row's first position
 class QuantizingPrefill:
     """Prompts prefilled on a float32-cache graph, their keys and values stored in an int8 cache.
 
-    ONNX Runtime's attention over an int8 cache (``chatbot export --kv-cache int8``) is fast for
+    ONNX Runtime's attention over an int8 cache (what ``chatbot export`` writes by default) is fast for
     one new position a row and ~3x slower than float32's over a prompt (README, "Fast graphs").
     So a prompt runs on ``session``, the same weights with a float32 cache, over a one-row scratch;
     the positions it wrote are stored in the int8 cache as ``round(x / scale)`` clipped to

@@ -47,12 +47,11 @@ from chatbot.drafting import (
 )
 from chatbot.folder import ModelFolder
 from chatbot.fused import FusedSession
-from chatbot.loader import choose_variant, variant_initializers
 from chatbot.scheduler import BatchingGenerator
 from chatbot.settings import SUGGESTED_DRAFT_TOKENS
 from chatbot.types import GenerationConfig
 from chatbot.versions import model_folder
-from training.evaluation.speculative import held_out_prompts
+from training.evaluation.speculative import held_out_prompts, served_session
 from training.fitting.train import draft_table, training_split
 
 
@@ -179,10 +178,10 @@ def batch_speedups(
     to ``held_out`` and priced at the step times of ``costs_from``'s served CPU graph (default:
     ``folder``'s; e.g. a ``chatbot bench --config gpt2`` folder, to price a trained small
     model's drafts at GPT-2 124M's step costs), by rows and positions."""
-    prompts, replies = _greedy_replies(folder, _served_session(folder), held_out, new_tokens)
+    prompts, replies = _greedy_replies(folder, served_session(folder)[1], held_out, new_tokens)
     table = _tables(folder, train_data, {policy.order})[policy.order]
     timed = costs_from or folder
-    session = _served_session(timed)
+    _, session = served_session(timed)
     context = min(round(statistics.mean(len(prompt) for prompt in prompts)), timed.spec.n_positions // 2)
     widths = 1 + policy.tokens
     # rows in between are priced between the nearest timed ones (a batch shrinks as replies end)
@@ -219,13 +218,6 @@ def _tables(folder: ModelFolder, train_data: Sequence[str], orders: set[int]) ->
     return {order: draft_table(split.encoded, order)[0] for order in orders}
 
 
-def _served_session(folder: ModelFolder) -> FusedSession:
-    variant = choose_variant(folder, "cpu")
-    return FusedSession(
-        folder.variant_path(variant), folder.spec, initializers=variant_initializers(folder, variant)
-    )
-
-
 def compare(
     folder: ModelFolder,
     held_out: Sequence[str],
@@ -235,8 +227,7 @@ def compare(
     new_tokens: int = 64,
 ) -> list[dict[str, Any]]:
     """Each policy's steps and estimated speed-up over plain decoding on ``held_out``."""
-    variant = choose_variant(folder, "cpu")
-    session = _served_session(folder)
+    variant, session = served_session(folder)
     prompts, replies = _greedy_replies(folder, session, held_out, new_tokens)
     tokens = sum(len(reply) - 1 for reply in replies)
     tables = _tables(folder, train_data, {policy.order for policy in policies})

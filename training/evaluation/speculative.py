@@ -72,7 +72,7 @@ def measure_speculative(
     At least ``rounds`` rounds, and more (up to :data:`MAX_ROUNDS`) until they took
     ``min_seconds``: a small model's round takes a fraction of a second, and its speed-up moved
     from 1.26x to 1.66x between runs of 5 rounds; a large model's few rounds are long enough."""
-    variant, session = _served(folder)
+    variant, session = served_session(folder)
     if not session.scores_drafts:
         return {"missing": f"{variant} predates speculative decoding: run `chatbot export` again"}
     stops = folder.stop_token_ids if stop else ()
@@ -143,7 +143,7 @@ def measure_together(
     :func:`chatbot.loader.draft_positions`), on the graph the engine serves; tokens/s each way and
     the speed-up. Or why not: a graph exported without ``query_seqlens`` (before ONNX Runtime
     1.32) drafts one reply at a time."""
-    variant, session = _served(folder)
+    variant, session = served_session(folder)
     if not (session.scores_drafts and session.pads_rows):
         return {"missing": f"{variant} was exported before ONNX Runtime 1.32: replies draft one at a time"}
     replies = min(replies, len(prompts))
@@ -200,7 +200,7 @@ def measure_together(
     }
 
 
-def _served(folder: ModelFolder) -> tuple[str, FusedSession]:
+def served_session(folder: ModelFolder) -> tuple[str, FusedSession]:
     """The CPU graph the engine serves for ``folder``, and a session on it."""
     variant = choose_variant(folder, "cpu")
     path, initializers = folder.variant_path(variant), variant_initializers(folder, variant)

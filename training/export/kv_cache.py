@@ -1,5 +1,5 @@
-"""Keys and values kept in int8 by the CPU graphs, on request (``chatbot export --kv-cache int8``):
-one scale per channel, calibrated at export.
+"""Keys and values kept in int8 by the CPU graphs (the default; ``chatbot export --kv-cache float``
+keeps them in float32): one scale per channel, calibrated at export.
 
 A decode step reads every cached key and value of its rows: in float32, 12 layers × 2 × 768 × 4
 bytes a position on GPT-2 124M, 377 MB a step for 32 conversations at 160 positions, which made
@@ -9,8 +9,9 @@ attention half of such a step (README, "Speed"). ONNX Runtime's CPU ``GroupQuery
 heads × head_dim): it stores ``round(x / scale)`` clipped to -128..127 and attends over
 ``q · scale``. A quarter of the bytes and the memory: a 32-row attention step at 180 positions
 took 0.38 ms a layer against 0.94 in float32. But its attention over several new positions (a
-prompt, a drafted step) is ~3× slower than float32's, so it is not the default (README, "Fast
-graphs", weighs the two).
+prompt, a drafted step) is ~3× slower than float32's, so prompts run on the int8 graph's
+float32-cache twin (``prefill.onnx``) and are quantised into the cache with these scales
+(``chatbot.fused.QuantizingPrefill``; README, "Fast graphs", weighs the two).
 
 The scales are fixed in the graph, so they are measured once, here: the reference export
 (``onnx/model.onnx``, float32) runs calibration sequences (the chat template's conversation and
