@@ -103,9 +103,11 @@ def test_the_sides_are_interleaved_and_each_figure_has_its_spread(
         graph["context"] == results["settings"]["prompt_tokens"] + results["settings"]["new_tokens"] // 2 + 1
     )
     assert graph["vs_base"]["1"] == 1 and graph["tokens_per_s"]["2"] > 0
+    assert set(graph["attention_ms"]) == {"1", "2"}  # each step less the step without attention
     assert (
         "What the graph allows (bare steps, no scheduler" in stdout and "The scheduler reached 1: " in stdout
     )
+    assert " ms of it)" in stdout and "a copy of the graph without attention" in stdout
 
 
 def test_the_machine_and_each_variant_are_held_against_their_floors(
@@ -261,6 +263,9 @@ def test_the_graph_bound_is_timed_on_the_served_graphs_or_says_why_not(tiny_mode
     bound = served_step_bound(tiny_model_dir, "cpu-int8", prompt, 6, [1, 3])
     assert set(bound["step_ms"]) == {1, 3} and bound["prefill_ms"] > 0
     assert bound["context"] == len(prompt) + 3 + 1 and bound["vs_base"][1] == 1
+    # the same steps on the graph without its attention, timed beside them
+    assert set(bound["attention_ms"]) == {1, 3}
+    assert all(bound["step_ms"][n] - ms > 0 for n, ms in bound["attention_ms"].items())
     # the reference export is served one reply at a time: there is no batched step to time
     missing = served_step_bound(tiny_model_dir, "reference", prompt, 6, [1, 3])
     assert missing == {"missing": "reference is served without the batching scheduler"}
@@ -481,3 +486,32 @@ def test_the_floor_script_holds_bare_steps_against_the_benchs_floors(
     assert (
         cells[1].endswith(" MB") and float(cells[2]) >= 0 and float(cells[3]) > 0 and cells[4].endswith("×")
     )
+
+
+def test_the_graph_without_attention_passes_the_queries_through_and_keeps_the_cache(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """What `chatbot bench` times the attention's share against: the served decode graph with
+    every GroupQueryAttention replaced by its queries, the cache bound in place untouched."""
+    import numpy as np
+    import onnx
+
+    from chatbot.folder import ModelFolder
+    from chatbot.fused import FusedSession
+    from training.evaluation.step_bound import without_attention
+
+    folder = ModelFolder(tiny_model_dir)
+    served = folder.variant_path("cpu-int8")
+    bare_path = without_attention(served, tmp_path / "bare.onnx")
+    ops = [node.op_type for node in onnx.load(str(bare_path)).graph.node]
+    assert "GroupQueryAttention" not in ops and ops.count("Slice") > folder.spec.n_layer
+    graph, bare = FusedSession(served, folder.spec), FusedSession(bare_path, folder.spec)
+    cache, other = graph.new_cache(2, 16), bare.new_cache(2, 16)
+    ids, starts = [[5], [6]], [3, 7]
+    for session, kept in ((graph, cache), (bare, other)):
+        session.step(kept, 0, [[5, 6, 7, 8, 9, 10, 11, 12]] * 2, [0, 0])
+    before = [buffer.copy() for buffer in other.buffers]
+    stepped = bare.step(other, 0, ids, starts)
+    assert stepped.next_token.shape == (2,)  # a step like the graph's, the same outputs
+    assert all(np.array_equal(a, b) for a, b in zip(before, other.buffers, strict=True))  # nothing written
+    assert graph.step(cache, 0, ids, starts).next_token.shape == (2,)

@@ -343,7 +343,11 @@ def _graph_bound_line(rates: dict[Any, float], graph: dict[str, Any]) -> str:
     """The served graph's own bound for N conversations, and how much of it the scheduler reached."""
     if "missing" in graph or not graph.get("step_ms"):
         return f"What the graph allows: not measured ({graph.get('missing', 'no bare steps timed')})."
-    steps = ", ".join(f"{n} rows {ms:.2f} ms" for n, ms in graph["step_ms"].items())
+    attention = graph.get("attention_ms") or {}
+    steps = ", ".join(
+        f"{n} rows {ms:.2f} ms" + (f" (attention {attention[n]:.2f} ms of it)" if n in attention else "")
+        for n, ms in graph["step_ms"].items()
+    )
     reached = ", ".join(
         f"{n}: {rates[n] / bound:.0%} of {bound:.0f} tokens/s ({graph['vs_base'][n]:.2f}× {graph['base']})"
         for n, bound in graph["tokens_per_s"].items()
@@ -354,6 +358,12 @@ def _graph_bound_line(rates: dict[Any, float], graph: dict[str, Any]) -> str:
         f"prefill of the prompt {graph['prefill_ms']:.2f} ms, a decode step at {graph['context']} "
         f"positions {steps}; so N conversations, prefilled one by one and then stepped together, "
         f"give at most N · new tokens / (N · prefill + (new − 1) · step). The scheduler reached {reached}."
+        + (
+            " Attention: each step less the same step on a copy of the graph without attention "
+            "(ONNX Runtime's GroupQueryAttention; its share grows with the rows and positions)."
+            if attention
+            else ""
+        )
     )
 
 

@@ -13,13 +13,23 @@ So the bound is ``N · new / (N · prefill + (new - 1) · step(N))``, each time 
 (int8 for int4, as the scheduler does), and an N-row decode step at the replies' mean context
 (the prompt and half the reply: attention reads every row's keys and values, so a step's cost
 grows with it). The scheduler's tokens/s over this bound is its own efficiency; the bound for N
-over the bound for one says how far the graph itself lets N conversations go. Speed is measured
-here and in `chatbot bench`, never in a test.
+over the bound for one says how far the graph itself lets N conversations go. Each N steps a
+cache of its own, several steps in a row, as the scheduler does: one cache shared by every N
+rebound it at each step (~0.4 ms more a step, which made one row look slower than it decodes).
+
+Where an N-row step's time goes: the same steps on a copy of the decode graph whose attention is
+taken out (:func:`without_attention`) give ``attention_ms``, the step's time minus that copy's.
+ONNX Runtime's CPU attention over an int8 cache (GroupQueryAttention) was 40-50 % of a 32-row
+step at 161 positions on GPT-2 124M (AMD EPYC, VNNI, 2 threads: ~9 of ~19.5 ms), against ~2 ms
+for reading those keys and values at the machine's bandwidth; the weights' GEMMs at 32 rows ran
+at ~80 % of the int8 peak. So what limits N conversations is that kernel, not the scheduler.
+Speed is measured here and in `chatbot bench`, never in a test.
 """
 
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,12 +40,13 @@ from typing import Any
 import numpy as np
 
 from chatbot.folder import ModelFolder
-from chatbot.fused import FusedSession, Prefiller
+from chatbot.fused import FusedSession, KVCache, Prefiller
 from chatbot.loader import load_generator
 from chatbot.scheduler import BatchingGenerator
 from training.evaluation.rounds import against_base
 
-RUNS = 7  # each time is the median of this many (interleaved), after one untimed run
+RUNS = 7  # rounds: each times the prefill, then STEADY steps of each N in a row (after one untimed)
+STEADY = 3  # a step's time is the median of RUNS * STEADY, each N on its own cache (bound once)
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,7 @@ class StepBound:
     step_ms: dict[int, float]  # by rows, at the replies' mean context
     context: int  # the positions each row's step attended over
     new_tokens: int
+    attention_ms: dict[int, float] | None = None  # by rows: the step less the step without attention
 
     def tokens_per_s(self, n: int) -> float:
         seconds = (n * self.prefill_ms + (self.new_tokens - 1) * self.step_ms[n]) / 1000
@@ -59,6 +71,7 @@ class StepBound:
             "context": self.context,
             "tokens_per_s": rates,
             **against_base(rates),
+            **({"attention_ms": self.attention_ms} if self.attention_ms is not None else {}),
         }
 
 
@@ -70,37 +83,96 @@ def measure_step_bound(
     rows: Sequence[int],
     *,
     runs: int = RUNS,
+    bare: FusedSession | None = None,
 ) -> StepBound:
     """Time ``prompt``'s prefill on ``prefill`` and a decode step of each of ``rows`` rows on
-    ``decode`` at the mean context, over a cache of their own (see the module docstring). The
-    runs are interleaved (a prefill, then each step, ``runs`` times): on a machine whose speed
+    ``decode`` at the mean context (see the module docstring); with ``bare`` (the decode graph
+    without its attention, :func:`without_attention`) the same steps on it too. The runs are
+    interleaved (a prefill, then each N's steps, ``runs`` times): on a machine whose speed
     drifts, all of them see the same minutes, as the bound divides one by the other."""
-    most = max(rows)
     context = len(prompt) + new_tokens // 2
-    cache = decode.new_cache(most, len(prompt) + new_tokens)
+    length = len(prompt) + new_tokens
     ids = [list(prompt)]
-
-    def prefill_once() -> None:  # writes the prompt's positions only: the steps write past them
-        prefill.step(cache, 0, ids, [0])
-
-    prefill_once()  # untimed: first-run allocations
-    for row in range(1, most):  # every row holds the prompt's keys and values
-        cache.move(0, row, len(prompt))
-    timed: dict[str | int, Callable[[], object]] = {"prefill": prefill_once}
+    scratch = decode.new_cache(1, length)
+    steps: dict[int | tuple[str, int], Callable[[], list[float]]] = {}
     for n in sorted(set(rows)):
         tokens = np.full((n, 1), prompt[-1], dtype=np.int64)
         starts = np.full(n, context, dtype=np.int64)
-        timed[n] = partial(decode.step, cache, 0, tokens, starts)
-        timed[n]()  # untimed
-    times: dict[str | int, list[float]] = {name: [] for name in timed}
+        steps[n] = partial(_steps, decode, _prompt_cache(decode, prefill, ids, n, length), tokens, starts)
+        if bare is not None:  # a cache of its own too: the two graphs' bindings stay
+            steps[("bare", n)] = partial(_steps, bare, bare.new_cache(n, length), tokens, starts)
+    prefill.step(scratch, 0, ids, [0])  # untimed: first-run allocations
+    for run in steps.values():
+        run()
+    prefills: list[float] = []
+    times: dict[int | tuple[str, int], list[float]] = {name: [] for name in steps}
     for _ in range(runs):
-        for name, run in timed.items():
-            started = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        prefill.step(scratch, 0, ids, [0])
+        prefills.append(time.perf_counter() - started)
+        for name, run in steps.items():
+            times[name].extend(run())
     ms = {name: statistics.median(values) * 1000 for name, values in times.items()}
     step_ms = {n: ms[n] for n in sorted(set(rows))}
-    return StepBound(ms["prefill"], step_ms, context + 1, new_tokens)
+    attention = {n: step_ms[n] - ms[("bare", n)] for n in step_ms} if bare is not None else None
+    return StepBound(statistics.median(prefills) * 1000, step_ms, context + 1, new_tokens, attention)
+
+
+def _prompt_cache(
+    decode: FusedSession, prefill: Prefiller, ids: list[list[int]], rows: int, length: int
+) -> KVCache:
+    """A cache of ``rows`` rows, each holding the prompt's keys and values."""
+    cache = decode.new_cache(rows, length)
+    prefill.step(cache, 0, ids, [0])
+    for row in range(1, rows):
+        cache.move(0, row, len(ids[0]))
+    return cache
+
+
+def _steps(session: FusedSession, cache: KVCache, tokens: np.ndarray, starts: np.ndarray) -> list[float]:
+    """Seconds of :data:`STEADY` steps in a row over ``cache`` (each rewrites the same position)."""
+    seconds = []
+    for _ in range(STEADY):
+        started = time.perf_counter()
+        session.step(cache, 0, tokens, starts)
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def without_attention(graph: Path, target: Path) -> Path:
+    """A copy of the fused decode graph ``graph`` at ``target`` whose every GroupQueryAttention
+    passes its queries through (the first third of the packed projection) and leaves the cache
+    as it is: the same step with the attention's work taken out, to time it against the
+    graph (its replies mean nothing)."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(graph))
+    nodes = []
+    bounds: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type != "GroupQueryAttention":
+            nodes.append(node)
+            continue
+        hidden = next(a.i for a in node.attribute if a.name == "num_heads") * _head_size(model, node)
+        bounds.setdefault(f"bare.{hidden}", hidden)
+        query = [node.input[0], "bare.zero", f"bare.{hidden}", "bare.axis"]
+        nodes.append(helper.make_node("Slice", query, [node.output[0]], name=f"{node.name}.bare"))
+        for cached, present in zip(node.input[3:5], node.output[1:3], strict=True):  # bound in place
+            nodes.append(helper.make_node("Identity", [cached], [present], name=f"{present}.bare"))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    constants = {"bare.zero": 0, "bare.axis": 2, **bounds}
+    for name, value in constants.items():
+        model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([value], dtype=np.int64), name))
+    onnx.save(model, str(target))
+    return target
+
+
+def _head_size(model: Any, node: Any) -> int:
+    """The head size of ``node``'s cache (the last dimension of its past keys)."""
+    past = next(i for i in model.graph.input if i.name == node.input[3])
+    return int(past.type.tensor_type.shape.dim[3].dim_value)
 
 
 def served_step_bound(
@@ -108,9 +180,18 @@ def served_step_bound(
 ) -> dict[str, Any]:
     """:func:`measure_step_bound` on the graphs the engine serves ``variant`` of the folder at
     ``path`` with (meant for a child process: its own sessions, threads and cache)."""
-    generator = load_generator(ModelFolder(path), device="cpu", variant=variant, max_batch=max(rows))
+    folder = ModelFolder(path)
+    generator = load_generator(folder, device="cpu", variant=variant, max_batch=max(rows))
     if not isinstance(generator, BatchingGenerator):  # the reference export: one reply at a time
         return {"missing": f"{variant} is served without the batching scheduler"}
-    return measure_step_bound(
-        generator.session, generator.prefill_session, prompt, new_tokens, rows
-    ).to_dict()
+    decode = generator.session
+    threads = decode.session.get_session_options().intra_op_num_threads or None
+    with tempfile.TemporaryDirectory(prefix="chatbot-bare-") as scratch:
+        graph = without_attention(decode.path, Path(scratch) / "model.onnx")
+        # what the served session was given at load (an AVX2 CPU's activation range: chatbot.cpu)
+        loaded = getattr(decode.session, "chatbot_initializers", {})
+        initializers = {name: value.numpy() for name, value in loaded.items()}
+        bare = FusedSession(graph, folder.spec, threads=threads, initializers=initializers)
+        return measure_step_bound(
+            decode, generator.prefill_session, prompt, new_tokens, rows, bare=bare
+        ).to_dict()
