@@ -95,8 +95,11 @@ def issue_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     scaling = (results["ours"].get("scaling") or {}).get("vs_base") or {}
     most = max(scaling, key=int, default=None)
     at_most = scaling.get(most) if most is not None and int(most) >= 32 else None
-    allowed = ((results["ours"].get("scaling") or {}).get("graph") or {}).get("vs_base") or {}
+    bound = (results["ours"].get("scaling") or {}).get("graph") or {}
+    allowed, attention = bound.get("vs_base") or {}, bound.get("attention_ms") or {}
     graph = f"; the graph's own steps allow {allowed[most]:.2f}×" if most in allowed else ""
+    if most in attention and most in (bound.get("step_ms") or {}):
+        graph += f", attention {attention[most] / bound['step_ms'][most]:.0%} of a {most}-row step"
     add(
         f"32 conversations ≥ {SCALING:.0f}× the tokens/s of one",
         f"{at_most:.2f}× ({most} conversations{graph})" if isinstance(at_most, float) else None,
