@@ -14,8 +14,10 @@ So the bound is ``N · new / (N · prefill + (new - 1) · step(N))``, each time 
 (the prompt and half the reply: attention reads every row's keys and values, so a step's cost
 grows with it). The scheduler's tokens/s over this bound is its own efficiency; the bound for N
 over the bound for one says how far the graph itself lets N conversations go. Each N steps a
-cache of its own, several steps in a row, as the scheduler does: one cache shared by every N
-rebound it at each step (~0.4 ms more a step, which made one row look slower than it decodes).
+cache of its own, several steps in a row after a few untimed ones, as a reply's steps follow each
+other: one cache shared by every N rebound it at each step, and one row's first few steps after
+32 rows' ran ~15 % slower, which made one row look slower than it decodes (4.4-4.7 ms a step
+against 3.8-4.1 through the scheduler) and the bound for 32 conversations too generous.
 
 Where an N-row step's time goes: the same steps on a copy of the decode graph whose attention is
 taken out (:func:`without_attention`) give ``attention_ms``, the step's time minus that copy's.
@@ -45,8 +47,9 @@ from chatbot.loader import load_generator
 from chatbot.scheduler import BatchingGenerator
 from training.evaluation.rounds import against_base
 
-RUNS = 7  # rounds: each times the prefill, then STEADY steps of each N in a row (after one untimed)
-STEADY = 3  # a step's time is the median of RUNS * STEADY, each N on its own cache (bound once)
+RUNS = 7  # rounds: each times the prefill, then STEADY steps of each N in a row (after WARM untimed)
+WARM = 4  # after another N's steps, the first three or four of one row ran ~15 % slower (4.6 against 4.1 ms)
+STEADY = 4  # a step's time is the median of RUNS * STEADY, each N on its own cache (bound once)
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,10 @@ def _prompt_cache(
 
 
 def _steps(session: FusedSession, cache: KVCache, tokens: np.ndarray, starts: np.ndarray) -> list[float]:
-    """Seconds of :data:`STEADY` steps in a row over ``cache`` (each rewrites the same position)."""
+    """Seconds of :data:`STEADY` steps in a row over ``cache``, after :data:`WARM` untimed ones,
+    as a reply's steps follow each other (each rewrites the same position)."""
+    for _ in range(WARM):
+        session.step(cache, 0, tokens, starts)
     seconds = []
     for _ in range(STEADY):
         started = time.perf_counter()
