@@ -643,6 +643,44 @@ def test_prompts_of_an_int8_cache_run_with_float32_keys_and_values(kv8_dir: Path
         assert np.array_equal(held, continued.buffers[buffer][0, :, : len(prompt)])
 
 
+def test_the_cpu_graphs_keep_their_embedding_tables_in_one_file_beside_them(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The float embedding tables of the CPU graphs lie in ``embeddings.bin`` beside them (the int8
+    graph and its prompts' twin point at the same file), each at a page boundary, so that ONNX
+    Runtime maps them instead of copying them into every session; loaded, they are the weights."""
+    from safetensors.numpy import load_file
+
+    from training.export.fused_graph import TABLE_ALIGNMENT, TABLES, TABLES_FILE, _save
+
+    weights = load_file(tiny_model_dir / "model.safetensors")
+    folder = tiny_model_dir / "onnx" / "cpu-int8"
+    for graph in ("model.onnx", "prefill.onnx"):
+        proto = onnx.load(str(folder / graph), load_external_data=False)
+        tables = {t.name: t for t in proto.graph.initializer if t.name in TABLES}
+        assert set(tables) == set(TABLES)
+        for tensor in tables.values():
+            where = {entry.key: entry.value for entry in tensor.external_data}
+            assert tensor.data_location == onnx.TensorProto.EXTERNAL and where["location"] == TABLES_FILE
+            assert int(where.get("offset", 0)) % TABLE_ALIGNMENT == 0 and not tensor.raw_data
+        loaded = {t.name: onnx.numpy_helper.to_array(t, base_dir=str(folder)) for t in tables.values()}
+        for name in TABLES:
+            key = next(k for k in weights if k.endswith(f"{name}.weight"))
+            assert np.array_equal(loaded[name], weights[key])
+    # a file written for other tables is never overwritten (a session may map it): the save refuses
+    other = onnx.load(str(folder / "model.onnx"))
+    for tensor in other.graph.initializer:
+        if tensor.name == "wpe":
+            tensor.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(tensor) + 1, "wpe"))
+    target = tmp_path / "graphs"
+    target.mkdir()
+    shutil.copy(folder / TABLES_FILE, target / TABLES_FILE)
+    before = (target / TABLES_FILE).read_bytes()
+    with pytest.raises(ExportError, match="other embedding tables"):
+        _save(other, target / "model.onnx", tables=True)
+    assert (target / TABLES_FILE).read_bytes() == before
+
+
 def test_an_int8_cache_keeps_turns_and_verifies_drafts(kv8_dir: Path) -> None:
     """The scheduler's other uses of the cache: a turn's keys and values kept for the next (copied
     out and back in int8), and a step over a drafted reply (several new positions over the cache)."""

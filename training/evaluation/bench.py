@@ -91,7 +91,7 @@ BENCH_EXTRA = "pip install 'chatbot[bench]'"
 CT2_QUANTIZATION = "int8"
 FOLLOW_UP_TOKENS = 32  # the new message of the second turn that `chatbot bench` times
 SCALING_TARGET = 4.0  # issue 21: 32 conversations at once should give at least 4× one's tokens/s
-RECIPE = 11  # bump when a config folder must be built again (new files, new export options)
+RECIPE = 12  # bump when a config folder must be built again (new files, new export options)
 
 
 @dataclass(frozen=True)
