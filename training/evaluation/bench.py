@@ -546,15 +546,22 @@ def _build_bench_model(name: str, folder: Path, progress: Progress) -> None:
 
 
 def _build_fast_variants(path: Path, progress: Progress) -> None:
-    """Build the engine's fast CPU variants of the exported folder at ``path``: the default ones
-    (``cpu-int8``) must build; any other (``cpu-fp32``, and whatever the graph builder learns
-    next) is timed and held against its floors when it builds, and left out when it does not."""
-    from training.export.fused_graph import DEFAULT_VARIANTS, build_variant, build_variants
+    """Build the engine's fast CPU variants of the exported folder at ``path``: ``cpu-int8``, which
+    serves random weights, must build; any other (``cpu-int4``, ``cpu-fp32``, and whatever the
+    graph builder learns next) is timed and held against its floors when it builds, and left out
+    when it does not. On random weights int4's greedy picks agree with the reference's by luck
+    around its 30 % bound (36 % in one build of the GPT-2 shape, 28 % in another of the same
+    weights), which must not stop the bench from timing the rest."""
+    from training.export.fused_graph import build_variant, build_variants
 
-    build_variants(path, progress=progress)
+    build_variants(path, ("cpu-int8",), progress=progress)
+    entry = ModelFolder(path).card["onnx"]["cpu-int8"].get("kv_cache") or {}
+    # the same int8 keys' and values' scales as cpu-int8's (calibrated once, not again)
+    scales = np.load(path / entry["scales_file"]) if entry.get("scales_file") else None
     for variant in _cpu_variants():
-        if variant not in DEFAULT_VARIANTS:
-            _try_variant(path, variant, partial(build_variant, path, variant, progress=progress), progress)
+        if variant != "cpu-int8":
+            build = partial(build_variant, path, variant, progress=progress, kv_scales=scales)
+            _try_variant(path, variant, build, progress)
 
 
 def _add_missing_variants(folder: Path, progress: Progress) -> None:
