@@ -38,6 +38,7 @@ REQUIRED_FILES = {
 # The fused graphs' interface (training.export.fused_graph writes it into each variant's card entry):
 # 1 = logits and next_token; 2 = also next_logprob, next_position_ids and next_seqlens_k.
 GRAPH_FORMAT = 2
+TABLES_FILE = "embeddings.bin"  # the CPU graphs' float embedding tables, beside them (ONNX external data)
 
 
 @dataclass(frozen=True)

@@ -679,6 +679,12 @@ def test_the_cpu_graphs_keep_their_embedding_tables_in_one_file_beside_them(
     with pytest.raises(ExportError, match="other embedding tables"):
         _save(other, target / "model.onnx", tables=True)
     assert (target / TABLES_FILE).read_bytes() == before
+    # opening a graph reads its tables' file through once (into the page cache, not the session):
+    # a prompt's first step would otherwise read each token's row from the disk
+    from chatbot.generation import warm_file
+
+    assert warm_file(folder / TABLES_FILE) == (folder / TABLES_FILE).stat().st_size > 0
+    assert warm_file(tmp_path / "absent" / TABLES_FILE) == 0
 
 
 def test_an_int8_cache_keeps_turns_and_verifies_drafts(kv8_dir: Path) -> None:

@@ -46,7 +46,7 @@ import numpy as np
 
 from chatbot.cpu import ACTIVATIONS, detected_int8_kind, int8_initializers, int8_kind
 from chatbot.errors import ExportError, ModelFolderError
-from chatbot.folder import GRAPH_FORMAT, read_json_object
+from chatbot.folder import GRAPH_FORMAT, TABLES_FILE, read_json_object
 from chatbot.fused import QUERY_LENGTHS, FixedSlots, FusedSession, past_names, present_names
 from chatbot.types import Progress
 from training.card import set_card_entry, utc_now
@@ -91,7 +91,6 @@ SCORED = "score_from"  # input: the first position the LM head scores, from the 
 KV_SCALES_FILE = "kv_scales.npy"  # beside a graph with an int8 cache: its scales, (layers, 2, channels)
 PREFILL_FILE = "prefill.onnx"  # beside cpu-int8 with an int8 cache: its prompts' float32-cache graph
 TABLES = ("wte", "wpe")  # the CPU graphs' float embedding tables (Gather reads a row a token)
-TABLES_FILE = "embeddings.bin"  # where they lie beside the CPU graphs, shared by those in one folder
 TABLE_ALIGNMENT = 4096  # each table at a page boundary of the file, so ONNX Runtime can map it
 
 
