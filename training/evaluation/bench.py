@@ -553,11 +553,10 @@ def _build_fast_variants(path: Path, progress: Progress) -> None:
     around its 30 % bound (36 % in one build of the GPT-2 shape, 28 % in another of the same
     weights), which must not stop the bench from timing the rest."""
     from training.export.fused_graph import build_variant, build_variants
+    from training.export.kv_cache import recorded_scales
 
     build_variants(path, ("cpu-int8",), progress=progress)
-    entry = ModelFolder(path).card["onnx"]["cpu-int8"].get("kv_cache") or {}
-    # the same int8 keys' and values' scales as cpu-int8's (calibrated once, not again)
-    scales = np.load(path / entry["scales_file"]) if entry.get("scales_file") else None
+    scales = recorded_scales(path, "cpu-int8")  # the others share its cache: not calibrated again
     for variant in _cpu_variants():
         if variant != "cpu-int8":
             build = partial(build_variant, path, variant, progress=progress, kv_scales=scales)

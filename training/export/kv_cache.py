@@ -60,6 +60,16 @@ def calibrate_kv_scales(folder: Path, *, sequences: int = CALIBRATION_SEQUENCES)
     return scales.astype(np.float32)
 
 
+def recorded_scales(folder: Path, variant: str) -> np.ndarray | None:
+    """The scales ``variant`` of ``folder`` keeps its int8 keys and values with, read back from
+    the file its card entry names (so a graph built after it can share its cache without
+    calibrating again); None where it keeps them in float."""
+    from chatbot.card import read_card
+
+    kept = ((read_card(folder).get("onnx") or {}).get(variant) or {}).get("kv_cache") or {}
+    return np.load(folder / kept["scales_file"]) if kept.get("scales_file") else None
+
+
 def fingerprint(scales: np.ndarray) -> str:
     """A short name for a set of scales: two graphs whose caches interchange share it."""
     return hashlib.sha256(np.ascontiguousarray(scales, dtype=np.float32).tobytes()).hexdigest()[:16]

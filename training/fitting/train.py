@@ -49,7 +49,7 @@ from training.dataset.examples import (
     pad_batch,
     split_ids,
 )
-from training.export.kv_cache import DEFAULT_KV_CACHE, KV_CACHES
+from training.export.kv_cache import DEFAULT_KV_CACHE, KV_CACHES, recorded_scales
 from training.fitting.report import REPORT_FILE, summarize, write_report
 from training.fitting.tiny import ROLE_TOKENS, random_model, train_tokenizer, wrap_tokenizer
 from training.transcripts.prepare import Conversations, example_questions, load_conversations
@@ -721,8 +721,7 @@ def record_variant_perplexity(
             f"{variant} in blocks of {block}: perplexity {entry['change']:+.2%}, beyond {budget:.0%}; "
             f"building it in blocks of {INT4_FALLBACK_BLOCK}"
         )
-        kept = built.get("kv_cache") or {}
-        scales = np.load(model.path / kept["scales_file"]) if kept.get("scales_file") else None
+        scales = recorded_scales(model.path, variant)
         cache = "int8" if scales is not None else "float"  # the same scales: not calibrated again
         build_variant(
             model.path,
