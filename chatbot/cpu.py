@@ -69,6 +69,13 @@ def detected_int8_kind() -> str:
     return "avx2"
 
 
+@functools.cache
+def cpu_features() -> frozenset[str]:
+    """This CPU's features: ``/proc/cpuinfo``'s flags, else numpy's names for them (empty where
+    neither says)."""
+    return frozenset(_cpuinfo_flags() or _numpy_features())
+
+
 def _cpuinfo_flags() -> set[str]:
     try:
         text = Path("/proc/cpuinfo").read_text()

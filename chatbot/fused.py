@@ -175,8 +175,10 @@ class FusedSession:
             hint="build the variant again with `chatbot export MODEL_DIR`",
             log_severity=3,
             initializers=initializers,
+            native_attention=True,  # on the CPU, where an int8 cache's attention can be (chatbot.kernels)
         )
         self.device = "cuda" if CUDA in self.session.get_providers() else "cpu"  # what it really runs on
+        self.attention: str = self.session.chatbot_attention  # "native" or "onnxruntime"
         self.path = path
         self.spec = spec
         self._past = past_names(spec.n_layer)

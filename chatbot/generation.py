@@ -21,7 +21,7 @@ from typing import Protocol
 import numpy as np
 import onnxruntime as ort
 
-from chatbot import settings
+from chatbot import kernels, settings
 from chatbot.errors import ChatbotError, ModelFolderError
 from chatbot.folder import TABLES_FILE, ModelFolder
 from chatbot.sampling import Sampler, log_softmax
@@ -114,9 +114,13 @@ def open_session(
     threads: int | None = None,
     log_severity: int = 2,
     initializers: dict[str, np.ndarray] | None = None,
+    native_attention: bool = False,
 ) -> ort.InferenceSession:
     """An ONNX Runtime session on ``path``; :class:`ModelFolderError` naming the file and ``hint``
     when ONNX Runtime cannot load it. ``initializers`` replace the graph's own of the same names.
+    ``native_attention``: on the CPU, attention over an int8 cache runs on the kernel compiled
+    here (:mod:`chatbot.kernels`) where ``$CHATBOT_ATTENTION`` lets it; the session's
+    ``chatbot_attention`` says which ran ("native" or "onnxruntime").
 
     Its threads stop spinning when a run ends (``session.force_spinning_stop``). Each session has
     a pool of its own, whose threads otherwise spin on after a run and keep the cores from the
@@ -133,16 +137,49 @@ def open_session(
         options.add_initializer(name, value)
     if threads:
         options.intra_op_num_threads = threads
-    try:
-        with warnings.catch_warnings():
-            # a provider this build lacks is only a warning to ONNX Runtime; _check_cuda says it plainly
-            warnings.filterwarnings("ignore", message="Specified provider", category=UserWarning)
-            session = ort.InferenceSession(str(path), options, providers=list(providers))
-    except Exception as error:  # ORT raises Fail, InvalidProtobuf, InvalidGraph... from pybind
-        raise ModelFolderError(f"{path} cannot be loaded by ONNX Runtime: {error}", hint=hint) from error
+    on_cpu = all((p[0] if isinstance(p, tuple) else p) == CPU for p in providers)
+    session = _native_session(path, options, hint) if native_attention and on_cpu else None
+    if session is None:
+        try:
+            with warnings.catch_warnings():
+                # a provider this build lacks is only a warning to ONNX Runtime; _check_cuda says it plainly
+                warnings.filterwarnings("ignore", message="Specified provider", category=UserWarning)
+                session = ort.InferenceSession(str(path), options, providers=list(providers))
+        except Exception as error:  # ORT raises Fail, InvalidProtobuf, InvalidGraph... from pybind
+            raise ModelFolderError(f"{path} cannot be loaded by ONNX Runtime: {error}", hint=hint) from error
+        session.chatbot_attention = "onnxruntime"
     _check_cuda(session, providers, path)
     session.chatbot_initializers = values
     warm_file(path.parent / TABLES_FILE)
+    return session
+
+
+def _native_session(path: Path, options: ort.SessionOptions, hint: str) -> ort.InferenceSession | None:
+    """A CPU session on ``path`` with its int8-cache attention on the native kernel, or None where
+    the graph has none, the kernel is not built here, or (with ``$CHATBOT_ATTENTION`` auto) the
+    session fails on it, which is logged before ONNX Runtime's own attention serves instead."""
+    library = kernels.attention_library()
+    if library is None:
+        return None
+    try:
+        graph = kernels.native_graph(path)
+    except Exception as error:  # onnx raises DecodeError, OSError... on a file it cannot read
+        raise ModelFolderError(f"{path} cannot be read as an ONNX graph: {error}", hint=hint) from error
+    if graph is None:
+        return None
+    options.register_custom_ops_library(str(library))
+    options.add_session_config_entry(kernels.EXTERNAL_FOLDER, str(path.parent))
+    try:
+        session = ort.InferenceSession(graph, options, providers=[CPU])
+    except Exception as error:
+        if settings.attention() == "native":
+            raise ModelFolderError(
+                f"{path} cannot be loaded with the native attention: {error}",
+                hint="CHATBOT_ATTENTION=onnxruntime serves it with ONNX Runtime's attention",
+            ) from error
+        log.warning("%s: the native attention failed to load (%s); ONNX Runtime's serves", path, error)
+        return None
+    session.chatbot_attention = "native"
     return session
 
 

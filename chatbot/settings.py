@@ -46,6 +46,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CHATBOT_VARIANT", "auto", flag="--variant"),
     Setting("CHATBOT_CUDA_GRAPHS", "1"),
     Setting("CHATBOT_CPU", "auto"),
+    Setting("CHATBOT_ATTENTION", "auto"),
+    Setting("CC", "cc"),
     Setting("CHATBOT_PREFIX_CACHE_MB", "256"),
     Setting("CHATBOT_DRAFT_TOKENS", "8 where the model folder has a draft table, else 0"),
     Setting("CHATBOT_LOG_FORMAT", "text"),
@@ -118,6 +120,28 @@ def cpu() -> str:
     """``$CHATBOT_CPU``: the CPU's int8 instructions (auto: detected; avx2, vnni or amx to
     say so, e.g. to build or serve a folder as another machine would)."""
     return (read("CHATBOT_CPU") or "auto").lower()
+
+
+ATTENTIONS = ("auto", "native", "onnxruntime")
+
+
+def attention() -> str:
+    """``$CHATBOT_ATTENTION``: what attends over an int8 cache on the CPU. ``native``: the kernel
+    compiled on this machine (:mod:`chatbot.kernels`), an error where it cannot be built;
+    ``onnxruntime``: ONNX Runtime's GroupQueryAttention; ``auto`` (default): native where it
+    builds, else ONNX Runtime's (said once in the log)."""
+    wanted = (read("CHATBOT_ATTENTION") or "auto").lower()
+    if wanted not in ATTENTIONS:
+        raise ChatbotError(
+            f"CHATBOT_ATTENTION={wanted!r} is not a kind of attention",
+            hint=f"set it to one of {', '.join(ATTENTIONS)}",
+        )
+    return wanted
+
+
+def compiler() -> str:
+    """``$CC``, else ``cc``: the C compiler that builds :mod:`chatbot.kernels` on this machine."""
+    return read("CC") or "cc"
 
 
 def cuda_graphs() -> bool:

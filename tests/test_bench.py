@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from chatbot import kernels
 from chatbot.loader import draft_positions
 
 HAS_CTRANSLATE2 = importlib.util.find_spec("ctranslate2") is not None
@@ -108,6 +109,11 @@ def test_the_sides_are_interleaved_and_each_figure_has_its_spread(
         "What the graph allows (bare steps, no scheduler" in stdout and "The scheduler reached 1: " in stdout
     )
     assert " ms of it)" in stdout and "a copy of the graph without attention" in stdout
+    # which attention the served graph ran, said where its share is (chatbot.kernels)
+    served = kernels.attention_library() is not None
+    assert graph["attention"] == ("native" if served else "onnxruntime")
+    assert results["variants"]["cpu-int8"]["attention"] == graph["attention"]
+    assert ("chatbot/kernels/attention.c" in stdout) == served
 
 
 def test_the_machine_and_each_variant_are_held_against_their_floors(

@@ -83,7 +83,7 @@ def test_the_config_file_reaches_the_commands_and_a_bad_one_is_named(tmp_path: P
 
 
 def test_the_readme_lists_exactly_the_settings_of_the_code() -> None:
-    listed = set(re.findall(r"^\| `((?:CHATBOT|SLACK|XDG)_[A-Z_]+)` \|", README, re.M))
+    listed = set(re.findall(r"^\| `((?:CHATBOT|SLACK|XDG)_[A-Z_]+|CC)` \|", README, re.M))
     assert listed == {s.variable for s in SETTINGS}
 
 

@@ -341,6 +341,7 @@ def _variant(
         "name": contender.name,
         "graph": str(graph.relative_to(folder.path)),
         "served": contender is ours,
+        "attention": contender.attention,
         "first_token_ms": measured["first_token_ms"],
         "decode_ms_per_token": measured["decode_ms_per_token"],
         "spread": measured["spread"],
@@ -687,6 +688,9 @@ class _Sides:
         progress(f"ours: {graph.relative_to(folder.path)} ({variant}) on ONNX Runtime, {options.device}")
         with quiet_torch():
             generator = _our_generator(folder, options.device, variant)
+        # the graph's attention over its int8 cache: the native kernel or ONNX Runtime's (chatbot.kernels)
+        attention = getattr(getattr(generator, "session", None), "attention", None)
+        native = "; native attention" if attention == "native" else ""
 
         def stream() -> Iterator[Any]:
             return iter(generator.generate(self.prompt, self.config))
@@ -694,10 +698,11 @@ class _Sides:
         self._add(
             Contender(
                 "ours" if served else variant,
-                f"ours (ONNX Runtime, `{variant}`)" if served else f"ours on `{variant}`",
+                f"ours (ONNX Runtime, `{variant}`{native})" if served else f"ours on `{variant}`{native}",
                 partial(timed_stream, stream),
                 partial(_threaded, generator, self.prompt, self.config) if served else None,
                 variant=variant,
+                attention=attention,
             )
         )
         return generator

@@ -363,11 +363,18 @@ def _graph_bound_line(rates: dict[Any, float], graph: dict[str, Any]) -> str:
         f"give at most N · new tokens / (N · prefill + (new − 1) · step). The scheduler reached {reached}."
         + (
             " Attention: each step less the same step on a copy of the graph without attention "
-            "(ONNX Runtime's GroupQueryAttention; its share grows with the rows and positions)."
+            f"({_ATTENTION_KINDS.get(str(graph.get('attention')), _ATTENTION_KINDS['onnxruntime'])}; "
+            "its share grows with the rows and positions)."
             if attention
             else ""
         )
     )
+
+
+_ATTENTION_KINDS = {  # chatbot.kernels
+    "native": "the native kernel compiled on this machine, chatbot/kernels/attention.c",
+    "onnxruntime": "ONNX Runtime's GroupQueryAttention",
+}
 
 
 def _follow_up_line(follow_up: dict[str, Any]) -> str:

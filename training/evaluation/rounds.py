@@ -38,6 +38,7 @@ class Contender:
     on_torch: bool = False  # torch keeps its threads; for the others it gets one (see _quiet_torch)
     compiles_per_batch: bool = False  # a new batch size compiles first (transformers' static cache)
     variant: str | None = None  # ours: the graph it runs
+    attention: str | None = None  # ours: "native" or "onnxruntime" (chatbot.kernels), None where it has none
     peak_rss_mib: float = 0.0  # the process's high-water mark once this side was loaded and warm
     firsts: list[float] = field(default_factory=list)  # seconds, one per round
     decodes: list[float] = field(default_factory=list)  # seconds per token, one per round

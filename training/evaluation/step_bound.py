@@ -198,6 +198,5 @@ def served_step_bound(
         loaded = getattr(decode.session, "chatbot_initializers", {})
         initializers = {name: value.numpy() for name, value in loaded.items()}
         bare = FusedSession(graph, folder.spec, threads=threads, initializers=initializers)
-        return measure_step_bound(
-            decode, generator.prefill_session, prompt, new_tokens, rows, bare=bare
-        ).to_dict()
+        bound = measure_step_bound(decode, generator.prefill_session, prompt, new_tokens, rows, bare=bare)
+        return {**bound.to_dict(), "attention": decode.attention}
