@@ -138,7 +138,7 @@ def open_session(
     if threads:
         options.intra_op_num_threads = threads
     on_cpu = all((p[0] if isinstance(p, tuple) else p) == CPU for p in providers)
-    session = _native_session(path, options, hint) if native_attention and on_cpu else None
+    session = _native_session(path, options) if native_attention and on_cpu else None
     if session is None:
         try:
             with warnings.catch_warnings():
@@ -154,17 +154,18 @@ def open_session(
     return session
 
 
-def _native_session(path: Path, options: ort.SessionOptions, hint: str) -> ort.InferenceSession | None:
+def _native_session(path: Path, options: ort.SessionOptions) -> ort.InferenceSession | None:
     """A CPU session on ``path`` with its int8-cache attention on the native kernel, or None where
-    the graph has none, the kernel is not built here, or (with ``$CHATBOT_ATTENTION`` auto) the
-    session fails on it, which is logged before ONNX Runtime's own attention serves instead."""
+    the graph has none (or cannot be read: the plain load then says why), the kernel is not built
+    here, or (with ``$CHATBOT_ATTENTION`` auto) the session fails on it, which is logged before
+    ONNX Runtime's own attention serves instead."""
     library = kernels.attention_library()
     if library is None:
         return None
     try:
         graph = kernels.native_graph(path)
-    except Exception as error:  # onnx raises DecodeError, OSError... on a file it cannot read
-        raise ModelFolderError(f"{path} cannot be read as an ONNX graph: {error}", hint=hint) from error
+    except Exception:  # onnx raises DecodeError, OSError...: ONNX Runtime's own load says what is wrong
+        return None
     if graph is None:
         return None
     options.register_custom_ops_library(str(library))

@@ -39,7 +39,8 @@ typedef struct OrtValue OrtValue;
 typedef struct OrtShape OrtShape; /* OrtTensorTypeAndShapeInfo */
 typedef struct OrtSessionOptions OrtSessionOptions;
 typedef struct OrtDomain OrtDomain; /* OrtCustomOpDomain */
-typedef void *OrtApiTable[];
+typedef void (*AnyFunction)(void);
+typedef const AnyFunction OrtApiTable[]; /* OrtApi: a table of function pointers */
 
 typedef struct OrtApiBase {
     const OrtApiTable *(*GetApi)(uint32_t version);
@@ -291,6 +292,7 @@ typedef struct Work {
     float *out;
     int64_t batch, sequence, heads, length, head_dim;
     float scale;
+    int out_of_memory; /* set by a task that could not get its scores' buffer */
 } Work;
 
 /* rows × heads tasks: one head of one row, all its new positions */
@@ -311,10 +313,14 @@ static void one_head(void *context, size_t task) {
     }
     float small[4096];
     float *scores = end <= 4096 ? small : malloc(sizeof(float) * (size_t)end);
-    float qs[256 * 4];
+    if (!scores) {
+        __atomic_store_n((int *)&w->out_of_memory, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    float qs[256];
     for (int64_t i = 0; i < S; i++) {
         float *out = w->out + (b * S + i) * hidden + h * D;
-        if (i >= fed || !scores) {
+        if (i >= fed) { /* padding: nothing cached, nothing meant to be read */
             memset(out, 0, sizeof(float) * (size_t)D);
             continue;
         }
@@ -403,7 +409,9 @@ static OrtStatus *compute(void *state, OrtKernelContext *context) {
     w.keys = caches[0];
     w.values = caches[1];
     size_t tasks = (size_t)(w.batch * w.heads);
-    return CALL(PARALLEL_FOR, ParallelForFn)(context, one_head, tasks, 0, &w);
+    TRY(CALL(PARALLEL_FOR, ParallelForFn)(context, one_head, tasks, 0, &w));
+    if (w.out_of_memory) return CALL(CREATE_STATUS, CreateStatusFn)(ORT_FAIL, "Int8Attention: out of memory");
+    return NULL;
 }
 
 static OrtStatus *create(const CustomOp *op, const OrtApiTable *table, const OrtKernelInfo *info, void **state) {
