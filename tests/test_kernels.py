@@ -165,6 +165,7 @@ def test_a_fused_graph_serves_on_the_native_attention_with_the_same_replies(
         kernels.attention_library.cache_clear()
         session = FusedSession(folder.variant_path("cpu-int8"), folder.spec)
         assert session.attention == attention
+        assert getattr(session.session, "_model_bytes", None) is None  # not held for the session's life
         rng = np.random.default_rng(0)
         lengths = np.array([9, 3, 14])
         cache = session.new_cache(len(lengths), 64)
