@@ -226,6 +226,14 @@ def test_a_compiler_that_fails_is_reported_with_what_it_said(
     assert not list((tmp_path / "built").glob("*.so"))  # nothing half-built is kept
 
 
+def test_a_cache_folder_it_cannot_write_is_said(tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    with pytest.raises(kernels.KernelError, match="cannot write the attention kernel") as refused:
+        kernels.build_library(folder=blocked / "kernels")
+    assert "XDG_CACHE_HOME" in str(refused.value.hint)
+
+
 def test_the_library_is_built_once_per_source_compiler_and_cpu(tmp_path: Path) -> None:
     first = kernels.build_library(folder=tmp_path)
     built = first.stat().st_mtime_ns

@@ -83,8 +83,15 @@ def build_library(flags: tuple[str, ...] = NATIVE_FLAGS, *, folder: Path | None 
     target = folder / f"attention-{key.hexdigest()[:16]}.so"
     if target.is_file():
         return target
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".build-") as scratch:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        scratch_folder = tempfile.TemporaryDirectory(dir=folder, prefix=".build-")
+    except OSError as error:
+        raise KernelError(
+            f"cannot write the attention kernel into {folder}: {error}",
+            hint="point XDG_CACHE_HOME at a folder this user can write",
+        ) from error
+    with scratch_folder as scratch:
         built = Path(scratch) / target.name
         command = [found, *BASE_FLAGS, *flags, "-o", str(built), str(SOURCE), "-lm"]
         try:
