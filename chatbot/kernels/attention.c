@@ -131,68 +131,78 @@ typedef struct Kernel {
 
 /* ---- the arithmetic ---------------------------------------------------------------------- */
 
-typedef float floats16 __attribute__((vector_size(64)));
-typedef int8_t bytes16 __attribute__((vector_size(16)));
+/* Vectors as wide as the machine's registers: 16 floats with AVX-512, 8 otherwise (wider vectors
+ * than the registers left GCC spilling them to the stack on AVX2: 1.5x slower than ONNX Runtime). */
+#if defined(__AVX512F__)
+#define LANES 16
+#else
+#define LANES 8
+#endif
+typedef float floats __attribute__((vector_size(4 * LANES)));
+typedef int32_t ints __attribute__((vector_size(4 * LANES)));
+typedef float floats8 __attribute__((vector_size(32)));
+typedef float floats4 __attribute__((vector_size(16)));
 
-typedef int32_t ints16 __attribute__((vector_size(64)));
-
-/* 16 int8 as 16 floats: sign extension and conversion, each one instruction with AVX-512 and two
- * with AVX2 (GCC's vector conversion of bytes goes a lane at a time) */
-static inline floats16 widen(const int8_t *p) {
-    floats16 f;
+/* LANES int8 as floats: sign extension and conversion, one instruction each (GCC's own vector
+ * conversion of bytes goes a lane at a time) */
+static inline floats widen(const int8_t *p) {
+    floats f;
 #if defined(__AVX512F__)
     __m512 wide = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
     memcpy(&f, &wide, sizeof f);
 #elif defined(__AVX2__)
-    __m256 halves[2] = {_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p))),
-                        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p + 8))))};
-    memcpy(&f, halves, sizeof f);
+    __m256 wide = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+    memcpy(&f, &wide, sizeof f);
 #else
-    for (int j = 0; j < 16; j++) f[j] = (float)p[j];
+    for (int j = 0; j < LANES; j++) f[j] = (float)p[j];
 #endif
     return f;
 }
 
-static inline floats16 load(const float *p) {
-    floats16 f;
+static inline floats load(const float *p) {
+    floats f;
     memcpy(&f, p, sizeof f);
     return f;
 }
 
-typedef float floats8 __attribute__((vector_size(32)));
-typedef float floats4 __attribute__((vector_size(16)));
+static inline floats8 to8(floats a) { /* a's lanes summed down to 8 */
+#if LANES == 16
+    return __builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7) +
+           __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15);
+#else
+    return a;
+#endif
+}
 
-static inline float total(floats16 a) { /* a tree of sums, not a chain of 16 */
-    floats8 b = __builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7) +
-                __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15);
+static inline float total(floats a) { /* a tree of sums, not a chain */
+    floats8 b = to8(a);
     floats4 c = __builtin_shufflevector(b, b, 0, 1, 2, 3) + __builtin_shufflevector(b, b, 4, 5, 6, 7);
     return (c[0] + c[2]) + (c[1] + c[3]);
 }
 
-/* the sums of four vectors' lanes, in three rounds of pairs */
-static inline floats4 total4(const floats16 a[4]) {
-    floats16 ab = __builtin_shufflevector(a[0], a[1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
-                  __builtin_shufflevector(a[0], a[1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
-    floats16 cd = __builtin_shufflevector(a[2], a[3], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
-                  __builtin_shufflevector(a[2], a[3], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
-    floats16 e = __builtin_shufflevector(ab, cd, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
-                 __builtin_shufflevector(ab, cd, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
-    floats8 f = __builtin_shufflevector(e, e, 0, 1, 4, 5, 8, 9, 12, 13) +
-                __builtin_shufflevector(e, e, 2, 3, 6, 7, 10, 11, 14, 15);
-    return __builtin_shufflevector(f, f, 0, 2, 4, 6) + __builtin_shufflevector(f, f, 1, 3, 5, 7);
+/* the sums of four vectors' lanes, in rounds of pairs */
+static inline floats4 total4(const floats a[4]) {
+    floats8 b[4] = {to8(a[0]), to8(a[1]), to8(a[2]), to8(a[3])};
+    floats8 ab = __builtin_shufflevector(b[0], b[1], 0, 1, 2, 3, 8, 9, 10, 11) +
+                 __builtin_shufflevector(b[0], b[1], 4, 5, 6, 7, 12, 13, 14, 15);
+    floats8 cd = __builtin_shufflevector(b[2], b[3], 0, 1, 2, 3, 8, 9, 10, 11) +
+                 __builtin_shufflevector(b[2], b[3], 4, 5, 6, 7, 12, 13, 14, 15);
+    floats8 e = __builtin_shufflevector(ab, cd, 0, 1, 4, 5, 8, 9, 12, 13) +
+                __builtin_shufflevector(ab, cd, 2, 3, 6, 7, 10, 11, 14, 15);
+    return __builtin_shufflevector(e, e, 0, 2, 4, 6) + __builtin_shufflevector(e, e, 1, 3, 5, 7);
 }
 
-/* exp over 16 lanes (libm's expf is one call a position, which took longer than the rest of a step's
- * attention): x = n ln 2 + r with |r| <= ln 2 / 2, exp(r) by its Taylor series to r^7 (relative error
- * below 1e-8), 2^n by the exponent's bits. For x <= 0 (scores less their maximum). */
-static inline floats16 exp16(floats16 x) {
-    const floats16 lowest = (floats16){0} - 87.0f, round = (floats16){0} + 12582912.0f; /* 1.5 * 2^23 */
-    ints16 low = x < lowest;
-    x = (floats16)((low & (ints16)lowest) | (~low & (ints16)x));
-    floats16 t = x * 1.44269504f + round;
-    floats16 n = t - round;
-    floats16 r = x - n * 0.693145752f - n * 1.42860677e-6f;
-    floats16 p = 1.0f / 5040.0f + r * 0.0f;
+/* exp over LANES lanes (libm's expf is one call a position, which took longer than the rest of a
+ * step's attention): x = n ln 2 + r with |r| <= ln 2 / 2, exp(r) by its Taylor series to r^7
+ * (relative error below 1e-8), 2^n by the exponent's bits. For x <= 0 (scores less their maximum). */
+static inline floats expv(floats x) {
+    const floats lowest = (floats){0} - 87.0f, round = (floats){0} + 12582912.0f; /* 1.5 * 2^23 */
+    ints low = x < lowest;
+    x = (floats)((low & (ints)lowest) | (~low & (ints)x));
+    floats t = x * 1.44269504f + round;
+    floats n = t - round;
+    floats r = x - n * 0.693145752f - n * 1.42860677e-6f;
+    floats p = 1.0f / 5040.0f + r * 0.0f;
     p = p * r + 1.0f / 720.0f;
     p = p * r + 1.0f / 120.0f;
     p = p * r + 1.0f / 24.0f;
@@ -200,8 +210,8 @@ static inline floats16 exp16(floats16 x) {
     p = p * r + 0.5f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
-    ints16 bits = (__builtin_convertvector(n, ints16) + 127) << 23;
-    return p * (floats16)bits;
+    ints bits = (__builtin_convertvector(n, ints) + 127) << 23;
+    return p * (floats)bits;
 }
 
 static inline int8_t quantize(float x, float scale) {
@@ -216,12 +226,12 @@ static inline int8_t quantize(float x, float scale) {
 static inline void attend(const float *qs, const int8_t *keys, const int8_t *values, const float *vscale,
                           float *scores, int64_t n, const int D, float *out) {
     float top = -INFINITY;
-    if (D % 16 == 0 && D <= 256) {
-        floats16 q[16];
-        for (int c = 0; c < D / 16; c++) q[c] = load(qs + 16 * c);
+    if (D % LANES == 0 && D <= 256) {
+        floats q[256 / LANES];
+        for (int c = 0; c < D / LANES; c++) q[c] = load(qs + LANES * c);
         int64_t t = 0;
         for (; t + 4 <= n; t += 4) { /* four positions, summed across together */
-            floats16 a[4];
+            floats a[4];
             for (int j = 0; j < 4; j++) {
                 const int8_t *k = keys + (t + j) * D;
                 /* the cache comes from memory a head at a time: ask for its rows ahead, and for
@@ -229,7 +239,7 @@ static inline void attend(const float *qs, const int8_t *keys, const int8_t *val
                 __builtin_prefetch(k + AHEAD * D);
                 __builtin_prefetch(values + (t + j) * D);
                 a[j] = q[0] * widen(k);
-                for (int c = 1; c < D / 16; c++) a[j] += q[c] * widen(k + 16 * c);
+                for (int c = 1; c < D / LANES; c++) a[j] += q[c] * widen(k + LANES * c);
             }
             floats4 s4 = total4(a);
             memcpy(scores + t, &s4, sizeof s4);
@@ -237,8 +247,8 @@ static inline void attend(const float *qs, const int8_t *keys, const int8_t *val
         }
         for (; t < n; t++) {
             const int8_t *k = keys + t * D;
-            floats16 a = q[0] * widen(k);
-            for (int c = 1; c < D / 16; c++) a += q[c] * widen(k + 16 * c);
+            floats a = q[0] * widen(k);
+            for (int c = 1; c < D / LANES; c++) a += q[c] * widen(k + LANES * c);
             float s = total(a);
             scores[t] = s;
             top = s > top ? s : top;
@@ -253,9 +263,9 @@ static inline void attend(const float *qs, const int8_t *keys, const int8_t *val
     }
     float sum = 0.0f;
     int64_t t = 0;
-    floats16 sums = {0};
-    for (; t + 16 <= n; t += 16) {
-        floats16 e = exp16(load(scores + t) - top);
+    floats sums = {0};
+    for (; t + LANES <= n; t += LANES) {
+        floats e = expv(load(scores + t) - top);
         memcpy(scores + t, &e, sizeof e);
         sums += e;
     }
@@ -265,17 +275,17 @@ static inline void attend(const float *qs, const int8_t *keys, const int8_t *val
     }
     sum += total(sums);
     float norm = 1.0f / sum;
-    if (D % 16 == 0 && D <= 256) {
-        floats16 acc[16];
-        for (int c = 0; c < D / 16; c++) acc[c] = (floats16){0};
+    if (D % LANES == 0 && D <= 256) {
+        floats acc[256 / LANES];
+        for (int c = 0; c < D / LANES; c++) acc[c] = (floats){0};
         for (int64_t t = 0; t < n; t++) {
             const int8_t *v = values + t * D;
             float p = scores[t];
-            for (int c = 0; c < D / 16; c++) acc[c] += p * widen(v + 16 * c);
+            for (int c = 0; c < D / LANES; c++) acc[c] += p * widen(v + LANES * c);
         }
-        for (int c = 0; c < D / 16; c++) {
-            floats16 o = acc[c] * norm * load(vscale + 16 * c);
-            memcpy(out + 16 * c, &o, sizeof o);
+        for (int c = 0; c < D / LANES; c++) {
+            floats o = acc[c] * norm * load(vscale + LANES * c);
+            memcpy(out + LANES * c, &o, sizeof o);
         }
     } else {
         for (int d = 0; d < D; d++) out[d] = 0.0f;
