@@ -201,6 +201,7 @@ def _native_session(path: Path, options: ort.SessionOptions) -> ort.InferenceSes
     if getattr(session, "_model_bytes", None) is not None:
         session._model_bytes = None
     session.chatbot_attention = "native"
+    log.info("%s: attention over its int8 cache on the native kernel (%s)", path, library.name)
     return session
 
 
