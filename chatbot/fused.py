@@ -147,6 +147,8 @@ class FusedSession:
     A session may be shared; a cache may not (one thread steps it at a time). With the CUDA
     provider, ``cuda_graphs`` lets :class:`FixedSlots` replay its decode steps from CUDA graphs;
     ``initializers`` replace the graph's own (the int8 activations for this CPU: :mod:`chatbot.cpu`).
+    On the CPU an int8 cache's attention runs on the native kernel where it builds
+    (:mod:`chatbot.kernels`; :attr:`attention` says which), unless ``native_attention`` is False.
     """
 
     def __init__(
@@ -158,6 +160,7 @@ class FusedSession:
         threads: int | None = None,
         cuda_graphs: bool = False,
         initializers: dict[str, np.ndarray] | None = None,
+        native_attention: bool = True,
     ) -> None:
         providers = providers or [CPU]
         self.device = "cuda" if providers[0] == CUDA else "cpu"
@@ -175,7 +178,9 @@ class FusedSession:
             hint="build the variant again with `chatbot export MODEL_DIR`",
             log_severity=3,
             initializers=initializers,
-            native_attention=True,  # on the CPU, where an int8 cache's attention can be (chatbot.kernels)
+            # on the CPU, an int8 cache's attention on the native kernel where it builds (chatbot.kernels);
+            # False spares a graph known to keep float keys and values the look (~0.25 s on GPT-2 124M)
+            native_attention=native_attention,
         )
         self.device = "cuda" if CUDA in self.session.get_providers() else "cpu"  # what it really runs on
         self.attention: str = self.session.chatbot_attention  # "native" or "onnxruntime"

@@ -208,5 +208,8 @@ def _float_prefill(folder: ModelFolder, chosen: str) -> QuantizingPrefill | None
             f"{folder.path} lacks {graph if not graph.is_file() else scales}",
             hint=f"build the variants again with `chatbot export {folder.path} --kv-cache int8`",
         )
-    session = FusedSession(graph, folder.spec, initializers=variant_initializers(folder, INT8))
+    # the twin keeps float32 keys and values: ONNX Runtime's attention, nothing to rewrite
+    session = FusedSession(
+        graph, folder.spec, initializers=variant_initializers(folder, INT8), native_attention=False
+    )
     return QuantizingPrefill(session, np.load(scales))

@@ -17,8 +17,10 @@ from chatbot import kernels
 from chatbot.cpu import cpu_features
 from chatbot.errors import ChatbotError, ModelFolderError
 from chatbot.folder import ModelFolder
-from chatbot.fused import FusedSession
+from chatbot.fused import FusedSession, QuantizingPrefill
 from chatbot.generation import CPU, open_session
+from chatbot.loader import load_generator
+from chatbot.scheduler import BatchingGenerator
 from training.export.fused_graph import takes_query_lengths
 
 HEADS, LENGTH = 4, 64
@@ -190,6 +192,14 @@ def test_graphs_without_an_int8_cache_keep_onnx_runtimes_attention(tiny_model_di
     twin = folder.path / folder.card["onnx"]["cpu-int8"]["prefill"]["path"]  # a float32 cache
     assert kernels.native_graph(twin) is None
     assert FusedSession(twin, folder.spec).attention == "onnxruntime"
+    # served: the decode graph on the native attention where it builds, the twin's prompts on ONNX
+    # Runtime's (the loader does not even look: it knows the twin keeps float keys and values)
+    generator = load_generator(folder, device="cpu", variant="cpu-int8")
+    assert isinstance(generator, BatchingGenerator)
+    native = kernels.attention_library() is not None
+    assert generator.session.attention == ("native" if native else "onnxruntime")
+    prefill = generator.prefill_session
+    assert isinstance(prefill, QuantizingPrefill) and prefill.session.attention == "onnxruntime"
 
 
 def test_without_a_compiler_onnx_runtimes_attention_serves_and_says_so(
