@@ -138,7 +138,7 @@ def open_session(
         options.add_initializer(name, value)
     if threads:
         options.intra_op_num_threads = threads
-    on_cpu = all((p[0] if isinstance(p, tuple) else p) == CPU for p in providers)
+    on_cpu = set(_provider_names(providers)) == {CPU}
     session = _native_session(path, options) if native_attention and on_cpu else None
     if session is None:
         try:
@@ -226,6 +226,11 @@ def warm_file(path: Path) -> int:
     return total
 
 
+def _provider_names(providers: Sequence[str | tuple[str, dict[str, str]]]) -> list[str]:
+    """The providers' names, without the options some come with."""
+    return [p if isinstance(p, str) else p[0] for p in providers]
+
+
 def _check_cuda(
     session: ort.InferenceSession, asked: Sequence[str | tuple[str, dict[str, str]]], path: Path
 ) -> None:
@@ -235,8 +240,7 @@ def _check_cuda(
     CUDA or cuDNN it cannot find or that does not match its build) and only logs why; serving
     would then go on with the wrong buffers and fail later with an unrelated error.
     """
-    wanted = [p if isinstance(p, str) else p[0] for p in asked]
-    if CUDA not in wanted or CUDA in session.get_providers():
+    if CUDA not in _provider_names(asked) or CUDA in session.get_providers():
         return
     try:
         build = f"onnxruntime-gpu {metadata.version('onnxruntime-gpu')}"

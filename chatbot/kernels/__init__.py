@@ -160,7 +160,7 @@ def replace_attention(model: Any) -> int:
             name=node.name,
             domain=DOMAIN,
             num_heads=int(attributes["num_heads"]),
-            scale=float(attributes.get("scale", 0.0)) or 1.0 / _head_size(model, inputs[3]) ** 0.5,
+            scale=float(attributes.get("scale", 0.0)) or 1.0 / cache_head_size(model, inputs[3]) ** 0.5,
         )
         node.CopyFrom(new)
         replaced += 1
@@ -189,7 +189,8 @@ def _computes(attributes: dict[str, Any], inputs: list[str]) -> bool:
     )
 
 
-def _head_size(model: Any, past: str) -> int:
+def cache_head_size(model: Any, past: str) -> int:
+    """The head size of ONNX ``model``'s cache input ``past`` (its last dimension)."""
     graph_input = next(i for i in model.graph.input if i.name == past)
     return int(graph_input.type.tensor_type.shape.dim[3].dim_value)
 

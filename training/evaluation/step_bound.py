@@ -24,7 +24,9 @@ taken out (:func:`without_attention`) give ``attention_ms``, the step's time min
 ONNX Runtime's CPU attention over an int8 cache (GroupQueryAttention) was 40-50 % of a 32-row
 step at 161 positions on GPT-2 124M (AMD EPYC, VNNI, 2 threads: ~9 of ~19.5 ms), against ~2 ms
 for reading those keys and values at the machine's bandwidth; the weights' GEMMs at 32 rows ran
-at ~80 % of the int8 peak. So what limits N conversations is that kernel, not the scheduler.
+at ~80 % of the int8 peak. That kernel was what limited N conversations; the native attention
+(:mod:`chatbot.kernels`, which the served graph runs where it builds) took it to ~21 % (~2.9 of
+~13.5 ms).
 Speed is measured here and in `chatbot bench`, never in a test.
 """
 
@@ -43,6 +45,7 @@ import numpy as np
 
 from chatbot.folder import ModelFolder
 from chatbot.fused import FusedSession, KVCache, Prefiller
+from chatbot.kernels import cache_head_size
 from chatbot.loader import load_generator
 from chatbot.scheduler import BatchingGenerator
 from training.evaluation.rounds import against_base
@@ -160,7 +163,8 @@ def without_attention(graph: Path, target: Path) -> Path:
         if node.op_type != "GroupQueryAttention":
             nodes.append(node)
             continue
-        hidden = next(a.i for a in node.attribute if a.name == "num_heads") * _head_size(model, node)
+        heads = next(a.i for a in node.attribute if a.name == "num_heads")
+        hidden = heads * cache_head_size(model, node.input[3])
         bounds.setdefault(f"bare.{hidden}", hidden)
         query = [node.input[0], "bare.zero", f"bare.{hidden}", "bare.axis"]
         nodes.append(helper.make_node("Slice", query, [node.output[0]], name=f"{node.name}.bare"))
@@ -173,12 +177,6 @@ def without_attention(graph: Path, target: Path) -> Path:
         model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([value], dtype=np.int64), name))
     onnx.save(model, str(target))
     return target
-
-
-def _head_size(model: Any, node: Any) -> int:
-    """The head size of ``node``'s cache (the last dimension of its past keys)."""
-    past = next(i for i in model.graph.input if i.name == node.input[3])
-    return int(past.type.tensor_type.shape.dim[3].dim_value)
 
 
 def served_step_bound(
@@ -197,6 +195,9 @@ def served_step_bound(
         # what the served session was given at load (an AVX2 CPU's activation range: chatbot.cpu)
         loaded = getattr(decode.session, "chatbot_initializers", {})
         initializers = {name: value.numpy() for name, value in loaded.items()}
-        bare = FusedSession(graph, folder.spec, threads=threads, initializers=initializers)
+        # no attention left in it: nothing for chatbot.kernels to look for
+        bare = FusedSession(
+            graph, folder.spec, threads=threads, initializers=initializers, native_attention=False
+        )
         bound = measure_step_bound(decode, generator.prefill_session, prompt, new_tokens, rows, bare=bare)
         return {**bound.to_dict(), "attention": decode.attention}
